@@ -1,0 +1,29 @@
+# The two commands a newcomer needs: `make test` (set up and run the whole suite) and `make demo`.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+
+.PHONY: setup test lint proto check-proto clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $@
+
+setup: $(VENV)/.installed
+
+# Lint, types, stub freshness, then every test (unit and end-to-end on a real PostgreSQL).
+test: setup lint
+	$(PY) -m pytest
+
+lint: setup
+	$(PY) -m ruff check src tests scripts
+	$(PY) -m mypy
+	$(PY) scripts/gen_proto.py --check
+
+proto: setup
+	$(PY) scripts/gen_proto.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,150 @@
+// Command go-client is the walstream example client in Go (grpc-go + protoc-gen-go stubs).
+//
+// It prints every change the server streams and acknowledges it. It reconnects 2 s after the
+// stream ends or fails; on Ctrl-C / SIGTERM it half-closes the stream and waits for the server
+// to finish the call, so the last acks are delivered, then exits.
+//
+// plugin.pb.go and plugin_grpc.pb.go are generated into this package from ../../proto/plugin.proto
+// (see README.md).
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"google.golang.org/grpc"
+)
+
+const (
+	reconnectDelay = 2 * time.Second
+	shutdownGrace  = 5 * time.Second // how long to wait for the server to finish after we half-close
+)
+
+// describe returns the event's pg_lsn and the line to print for it; ok is false for an unknown kind.
+func describe(msg *ServerMessage) (lsn uint64, line string, ok bool) {
+	switch m := msg.GetMsg().(type) {
+	case *ServerMessage_Insert:
+		e := m.Insert
+		return e.PgLsn, fmt.Sprintf("INSERT %s.%s: %s", e.Schema, e.Table, e.JsonPayload), true
+	case *ServerMessage_Update:
+		e := m.Update
+		return e.PgLsn, fmt.Sprintf("UPDATE %s.%s: %s", e.Schema, e.Table, e.JsonPayload), true
+	case *ServerMessage_Delete:
+		e := m.Delete
+		return e.PgLsn, fmt.Sprintf("DELETE %s.%s: %s", e.Schema, e.Table, e.JsonPayload), true
+	case *ServerMessage_Truncate:
+		e := m.Truncate
+		return e.PgLsn, fmt.Sprintf("TRUNCATE %s.%s", e.Schema, e.Table), true
+	}
+	return 0, "", false
+}
+
+// runSession handles one Session call until the server ends it, it fails, or stop is closed.
+func runSession(client PluginServiceClient, stop <-chan struct{}) error {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	stream, err := client.Session(ctx)
+	if err != nil {
+		return err
+	}
+
+	// One goroutine receives; this one handles events and is the only one that sends.
+	events := make(chan *ServerMessage)
+	finished := make(chan error, 1) // io.EOF: the server ended the call with OK
+	go func() {
+		for {
+			msg, err := stream.Recv()
+			if err != nil {
+				finished <- err
+				return
+			}
+			select {
+			case events <- msg:
+			case <-ctx.Done():
+				return
+			}
+		}
+	}()
+
+	for {
+		select {
+		case msg := <-events:
+			lsn, line, ok := describe(msg)
+			if !ok {
+				continue
+			}
+			fmt.Println(line) // os.Stdout is unbuffered
+			// On a broken stream Send returns io.EOF; the real error then comes from Recv.
+			_ = stream.Send(&ClientMessage{Msg: &ClientMessage_Ack{Ack: &ClientAck{PgLsn: lsn}}})
+		case err := <-finished:
+			return err
+		case <-stop:
+			// Half-close after the acks already sent; events that still arrive are neither
+			// printed nor acked (the server sends them again next time).
+			_ = stream.CloseSend()
+			timeout := time.After(shutdownGrace)
+			for {
+				select {
+				case <-events:
+				case err := <-finished:
+					return err
+				case <-timeout:
+					log.Print("server did not finish the call in time; cancelling")
+					return nil
+				}
+			}
+		}
+	}
+}
+
+func main() {
+	log.SetFlags(0)
+	log.SetPrefix("[go-client] ")
+	addr := os.Getenv("WALSTREAM_ADDR")
+	if addr == "" {
+		addr = "127.0.0.1:50051"
+	}
+
+	stop := make(chan struct{})
+	signals := make(chan os.Signal, 1)
+	signal.Notify(signals, syscall.SIGINT, syscall.SIGTERM)
+	go func() {
+		sig := <-signals
+		log.Printf("got %v, flushing acks and exiting", sig)
+		close(stop)
+	}()
+
+	// grpc.WithInsecure: plaintext, as the server listens without TLS. (grpc-go >= 1.34 also
+	// offers grpc.WithTransportCredentials(insecure.NewCredentials()).)
+	conn, err := grpc.Dial(addr, grpc.WithInsecure())
+	if err != nil {
+		log.Fatalf("dial %s: %v", addr, err)
+	}
+	defer conn.Close()
+	client := NewPluginServiceClient(conn)
+
+	for {
+		log.Printf("connecting to %s", addr)
+		err := runSession(client, stop)
+		switch {
+		case err == nil:
+		case errors.Is(err, io.EOF):
+			log.Print("stream ended by server")
+		default:
+			log.Printf("stream failed: %v", err)
+		}
+		select {
+		case <-stop:
+			log.Print("bye")
+			return
+		case <-time.After(reconnectDelay):
+		}
+	}
+}

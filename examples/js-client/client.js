@@ -1,0 +1,89 @@
+// walstream example client (JavaScript, @grpc/grpc-js + @grpc/proto-loader).
+//
+// Loads ../../proto/plugin.proto at run time, prints every change the server streams and
+// acknowledges it. Reconnects 2 s after the stream ends or fails; on Ctrl-C / SIGTERM it
+// half-closes the stream and waits for the server to finish the call, so the last acks are
+// delivered, then exits.
+'use strict';
+
+const path = require('node:path');
+const grpc = require('@grpc/grpc-js');
+const protoLoader = require('@grpc/proto-loader');
+
+const ADDR = process.env.WALSTREAM_ADDR || '127.0.0.1:50051';
+const RECONNECT_DELAY_MS = 2000;
+const SHUTDOWN_GRACE_MS = 5000;
+
+const definition = protoLoader.loadSync(path.join(__dirname, '../../proto/plugin.proto'), {
+  keepCase: true, // field names as in the .proto: pg_lsn, json_payload
+  longs: String, // uint64 pg_lsn as a decimal string: no precision lost above 2^53
+  defaults: true,
+  oneofs: true, // sets msg.msg to the name of the field that is set
+});
+const { plugin } = grpc.loadPackageDefinition(definition);
+
+const client = new plugin.PluginService(ADDR, grpc.credentials.createInsecure());
+let call = null; // the open Session call, if any
+let reconnectTimer = null;
+let stopping = false;
+
+function log(msg) {
+  process.stderr.write(`[js-client] ${msg}\n`);
+}
+
+function describe(msg) {
+  const kind = msg.msg; // 'insert' | 'update' | 'delete' | 'truncate'
+  const ev = msg[kind];
+  let line = `${kind.toUpperCase()} ${ev.schema}.${ev.table}`;
+  if (kind !== 'truncate') line += `: ${ev.json_payload}`;
+  return { lsn: ev.pg_lsn, line };
+}
+
+function connect() {
+  reconnectTimer = null;
+  log(`connecting to ${ADDR}`);
+  const current = client.Session();
+  call = current;
+
+  current.on('data', (msg) => {
+    if (stopping) return; // not handled, not acked: the server sends it again next time
+    const { lsn, line } = describe(msg);
+    process.stdout.write(line + '\n');
+    current.write({ ack: { pg_lsn: lsn } });
+  });
+  current.on('error', () => {}); // reported through 'status' below
+  current.on('status', (status) => {
+    call = null;
+    if (status.code === grpc.status.OK) log('stream ended by server');
+    else log(`stream failed: ${grpc.status[status.code]}: ${status.details}`);
+    if (stopping) return shutdown();
+    reconnectTimer = setTimeout(connect, RECONNECT_DELAY_MS);
+  });
+}
+
+function shutdown() {
+  if (reconnectTimer) clearTimeout(reconnectTimer);
+  client.close();
+  log('bye');
+  process.exit(0);
+}
+
+function onSignal(signal) {
+  if (stopping) return;
+  stopping = true;
+  log(`got ${signal}, flushing acks and exiting`);
+  if (!call) return shutdown();
+  // Half-close: grpc-js sends every ack written so far, then END_STREAM. The 'status' handler
+  // exits once the server has finished the call.
+  call.end();
+  setTimeout(() => {
+    if (call) {
+      log('server did not finish the call in time; cancelling');
+      call.cancel();
+    }
+  }, SHUTDOWN_GRACE_MS).unref();
+}
+
+process.on('SIGINT', onSignal);
+process.on('SIGTERM', onSignal);
+connect();

@@ -1,0 +1,359 @@
+"""The `walstream` command: start the server, list and delete replication slots.
+
+    walstream [--connection CONN] [--log-level LEVEL] [--log-format text|json] [--version] <command>
+
+Errors are one line on stderr, `walstream: error: <message>`: exit 2 for a command line argparse cannot
+parse, 1 for everything else. `-h` is `start --host`, so help is `--help` only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any, NoReturn
+
+import orjson
+import psycopg2
+
+from . import __version__
+from .config import StartConfig, validate_slot_name
+from .dsn import parse_connection, redact
+from .errors import WalstreamError
+from .logs import FORMATS, LEVELS, setup_logging
+from .replication import catalog
+
+log = logging.getLogger(__name__)
+
+CONNECTION_ENV = "CONNECTION"
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+
+_BOOLS = {"true": True, "yes": True, "on": True, "1": True}
+_BOOLS.update({"false": False, "no": False, "off": False, "0": False})
+
+
+class UsageError(Exception):
+    """The command line could not be parsed; `prog` names the (sub)command whose --help explains it."""
+
+    def __init__(self, message: str, prog: str, hint: bool = True) -> None:
+        super().__init__(message)
+        self.prog = prog
+        self.hint = hint
+
+    def line(self) -> str:
+        return f"{self} (see `{self.prog} --help`)" if self.hint else str(self)
+
+
+class _Parser(argparse.ArgumentParser):
+    # Raise instead of printing usage and exiting, so main() prints one line and tests run in-process.
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(message, self.prog)
+
+
+def parse_bool(text: str) -> bool:
+    try:
+        return _BOOLS[text.strip().lower()]
+    except KeyError:
+        raise argparse.ArgumentTypeError(
+            f"invalid value {text!r}: use true or false (also accepted: yes/no, on/off, 1/0)"
+        ) from None
+
+
+def parse_port(text: str) -> int:
+    # Only the syntax here; the range is StartConfig's rule.
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid port {text!r}: use a number 0-65535") from None
+
+
+class _ShortHelp(argparse.Action):
+    """`-h` where it is not --host: say so instead of a confusing 'unrecognized argument'."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, **kwargs: Any) -> None:
+        super().__init__(option_strings, dest, nargs=0, help=argparse.SUPPRESS)
+
+    def __call__(self, parser: argparse.ArgumentParser, *args: Any, **kwargs: Any) -> None:
+        raise UsageError("unknown option -h: help is --help (-h is --host of `walstream start`)", parser.prog,
+                         hint=False)
+
+
+def _parser(parent: Any, name: str, **kwargs: Any) -> argparse.ArgumentParser:
+    parser: argparse.ArgumentParser = parent.add_parser(name, add_help=False, allow_abbrev=False, **kwargs)
+    parser.add_argument("--help", action="help", help="show this help and exit")
+    if name != "start":
+        parser.add_argument("-h", action=_ShortHelp)
+    return parser
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"invalid value {text!r}: use a whole number of at least 1")
+    return value
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value <= 3600:
+        raise argparse.ArgumentTypeError(f"invalid value {text!r}: use a number of seconds from 0 to 3600")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="walstream",
+        add_help=False,
+        allow_abbrev=False,
+        description="Stream PostgreSQL changes (logical replication, pgoutput) to gRPC clients.",
+    )
+    parser.add_argument("--help", action="help", help="show this help and exit")
+    parser.add_argument("-h", action=_ShortHelp)
+    parser.add_argument(
+        "--connection",
+        metavar="CONN",
+        help=f"libpq connection string or postgresql:// URI [env: {CONNECTION_ENV}]",
+    )
+    parser.add_argument("--log-level", choices=LEVELS, default="info", type=str.lower, help="default: info")
+    parser.add_argument("--log-format", choices=FORMATS, default="text", type=str.lower, help="default: text")
+    parser.add_argument("--version", action="version", version=f"walstream {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="<command>", required=True)
+
+    start = _parser(
+        commands,
+        "start",
+        help="start/create the replication slot and the gRPC server",
+        description="Start/create the replication slot and the gRPC server. "
+        "`walstream start PUBLICATION SLOT` is accepted too.",
+    )
+    start.add_argument("--publication", metavar="PUBLICATION", help="publication name")
+    start.add_argument("--slot", metavar="SLOT", help="replication slot name")
+    start.add_argument("-p", "--port", type=parse_port, default=50051, help="gRPC port [default: 50051]")
+    start.add_argument("-h", "--host", default="0.0.0.0", help="gRPC listen address [default: 0.0.0.0]")
+    start.add_argument(
+        "-t",
+        "--temporary",
+        type=parse_bool,
+        default=True,
+        metavar="true|false",
+        help="use a temporary replication slot, dropped on disconnect [default: true]",
+    )
+    start.add_argument("--client-queue-size", type=_positive_int, default=StartConfig.client_queue_size,
+                       metavar="N", help="messages queued per client before reading pauses [default: %(default)s]")
+    start.add_argument("--max-unacked", type=_positive_int, default=StartConfig.max_unacked, metavar="N",
+                       help="unacknowledged messages over all clients before reading pauses "
+                       "[default: %(default)s]")
+    start.add_argument("--shutdown-grace", type=_seconds, default=StartConfig.shutdown_grace, metavar="SECONDS",
+                       help="on SIGINT/SIGTERM, how long to wait for clients' acks [default: %(default)s]")
+    start.add_argument("positional", nargs="*", help=argparse.SUPPRESS)
+    start.set_defaults(handler=cmd_start)
+
+    listing = _parser(commands, "list", help="list replication slots", description="List replication slots.")
+    listing.add_argument("--json", action="store_true", help="print a JSON array")
+    listing.set_defaults(handler=cmd_list)
+
+    delete = _parser(
+        commands,
+        "delete",
+        help="delete a permanent replication slot",
+        description="Delete a permanent replication slot.",
+    )
+    delete.add_argument("--slot", metavar="SLOT", required=True, help="replication slot name")
+    delete.set_defaults(handler=cmd_delete)
+    return parser
+
+
+def _connection(args: argparse.Namespace) -> str:
+    conn_str = args.connection if args.connection is not None else os.environ.get(CONNECTION_ENV, "")
+    if not conn_str.strip():
+        raise UsageError(f"no connection string: pass --connection CONN or set {CONNECTION_ENV}", "walstream")
+    params = parse_connection(conn_str)
+    log.debug(
+        "connecting to PostgreSQL",
+        extra={k: params[k] for k in ("host", "hostaddr", "port", "dbname", "user") if k in params},
+    )
+    return conn_str
+
+
+def _publication_and_slot(args: argparse.Namespace) -> tuple[str, str]:
+    prog = "walstream start"
+    if args.positional:
+        if args.publication is not None or args.slot is not None:
+            raise UsageError(
+                "give the publication and slot either as --publication P --slot S or as `start P S`, "
+                "not both",
+                prog,
+            )
+        if len(args.positional) != 2:
+            raise UsageError(
+                f"expected two positional arguments, PUBLICATION and SLOT, got {len(args.positional)}", prog
+            )
+        return args.positional[0], args.positional[1]
+    given = (("--publication", args.publication), ("--slot", args.slot))
+    missing = [flag for flag, value in given if value is None]
+    if missing:
+        raise UsageError(f"the following arguments are required: {', '.join(missing)}", prog)
+    return args.publication, args.slot
+
+
+RunStart = Callable[[StartConfig], int]
+
+
+def _run_start() -> RunStart:
+    # Imported late: the engine is heavy (gRPC) and list/delete never need it.
+    from .app import run_start
+
+    return run_start
+
+
+def cmd_start(args: argparse.Namespace) -> int:
+    publication, slot = _publication_and_slot(args)
+    conn_str = _connection(args)
+    config = StartConfig(
+        connection=conn_str,
+        publication=publication,
+        slot=slot,
+        host=args.host,
+        port=args.port,
+        temporary=args.temporary,
+        client_queue_size=args.client_queue_size,
+        max_unacked=args.max_unacked,
+        shutdown_grace=args.shutdown_grace,
+    )
+    # Check what we can over plain SQL first: a missing publication or privilege is reported in one line
+    # before anything is created or any port is opened.
+    conn = catalog.connect(conn_str)
+    try:
+        info = catalog.check_start(conn, publication, slot)
+    finally:
+        conn.close()
+    if info is None:
+        log.info("replication slot %s does not exist yet and will be created", slot)
+    else:
+        log.info(
+            "using existing replication slot %s",
+            slot,
+            extra={"temporary": info.temporary, "wal_status": info.wal_status},
+        )
+        if info.active_pid is not None:
+            log.warning("replication slot %s is active for PID %d", slot, info.active_pid)
+    return _run_start()(config)
+
+
+def _slot_view(row: dict[str, Any]) -> dict[str, Any]:
+    # One stable shape for every server version; columns a version lacks are None.
+    return {
+        "name": row.get("slot_name"),
+        "plugin": row.get("plugin"),
+        "kind": row.get("slot_type"),
+        "database": row.get("database"),
+        "temporary": bool(row.get("temporary")),
+        "active": bool(row.get("active")),
+        "active_pid": row.get("active_pid"),
+        "restart_lsn": row.get("restart_lsn"),
+        "confirmed_flush_lsn": row.get("confirmed_flush_lsn"),
+        "wal_status": row.get("wal_status"),
+        "retained_bytes": row.get("retained_bytes"),
+    }
+
+
+_COLUMNS = (
+    ("NAME", "name"),
+    ("PLUGIN", "plugin"),
+    ("KIND", "kind"),
+    ("DATABASE", "database"),
+    ("TEMPORARY", "temporary"),
+    ("ACTIVE", "active"),
+    ("RESTART_LSN", "restart_lsn"),
+    ("CONFIRMED_FLUSH_LSN", "confirmed_flush_lsn"),
+    ("WAL_STATUS", "wal_status"),
+    ("RETAINED_BYTES", "retained_bytes"),
+)
+
+
+def _cell(slot: dict[str, Any], key: str) -> str:
+    value = slot[key]
+    if key == "active" and value and slot["active_pid"]:
+        return f"yes (pid {slot['active_pid']})"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    return "-" if value is None else str(value)
+
+
+def format_table(slots: list[dict[str, Any]]) -> str:
+    rows = [[title for title, _ in _COLUMNS]] + [[_cell(s, key) for _, key in _COLUMNS] for s in slots]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(_COLUMNS))]
+    lines = []
+    for row in rows:
+        cells = [
+            cell.rjust(width) if title == "RETAINED_BYTES" else cell.ljust(width)
+            for cell, width, (title, _) in zip(row, widths, _COLUMNS, strict=True)
+        ]
+        lines.append("  ".join(cells).rstrip())
+    return "\n".join(lines)
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    conn = catalog.connect(_connection(args))
+    try:
+        slots = [_slot_view(row) for row in catalog.list_slots(conn)]
+    finally:
+        conn.close()
+    if args.json:
+        print(orjson.dumps(slots, option=orjson.OPT_INDENT_2).decode())
+    elif not slots:
+        print("No replication slots on this server.")
+    else:
+        print(format_table(slots))
+    return 0
+
+
+def cmd_delete(args: argparse.Namespace) -> int:
+    slot = validate_slot_name(args.slot)
+    conn = catalog.connect(_connection(args))
+    try:
+        catalog.drop_slot(conn, slot)
+    finally:
+        conn.close()
+    print(f'dropped replication slot "{slot}"')
+    return 0
+
+
+def _error(message: str) -> None:
+    print(f"walstream: error: {redact(message)}", file=sys.stderr)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+    except UsageError as exc:
+        _error(exc.line())
+        return EXIT_USAGE
+    except SystemExit as exc:  # --help and --version
+        return exc.code if isinstance(exc.code, int) else 0
+    setup_logging(args.log_level, args.log_format)
+    try:
+        return int(args.handler(args))
+    except UsageError as exc:
+        _error(exc.line())
+        return EXIT_USAGE
+    except WalstreamError as exc:
+        _error(str(exc))
+    except psycopg2.Error as exc:
+        _error(f"PostgreSQL: {catalog.first_line(exc)}")
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:
+        log.debug("unexpected error", exc_info=True)
+        detail = f": {catalog.first_line(exc)}" if str(exc).strip() else ""
+        _error(f"unexpected {type(exc).__name__}{detail} (run with --log-level debug for details)")
+    return EXIT_ERROR

@@ -1,0 +1,163 @@
+"""The acknowledgement contract, in one place. Every delivery API records what it sends and what its
+clients acknowledge here, and the slot's confirmed position is derived from nothing else.
+
+- A *delivery* is one message sent to one client, carrying an LSN. Deliveries of one client form a queue in
+  the order they were sent.
+- A client's ack of LSN L acknowledges the oldest unacknowledged delivery to that client whose LSN is L, and
+  every delivery to that client before it. LSNs repeat (COPY, multi-row inserts, multi-table TRUNCATE) and
+  go backwards across transactions (decoding is in commit order), so acks are matched by position in the
+  client's queue, never by comparing LSNs. An ack matching no pending delivery is rejected: it moves nothing.
+- A transaction is done when its commit has been read and every delivery of it has been acknowledged by the
+  client it went to. The confirmed position is the end LSN of the newest transaction that is done and has
+  only done transactions before it. It never goes backwards.
+- When a client leaves while others stay, its pending deliveries are forgotten (they stop holding the slot).
+  When the last client leaves, its pending deliveries are kept and handed, in order, to the next client.
+- With nothing pending and no transaction open, the confirmed position may move to the server's WAL end
+  (idle_advance), so a slot on quiet tables does not hold WAL.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Generic, TypeVar
+
+P = TypeVar("P")  # what a delivery carries for replay (the API's ready-to-send message)
+
+
+@dataclass(slots=True, eq=False)
+class TxnRecord:
+    xid: int
+    commit_lsn: int
+    end_lsn: int | None = None  # set when the commit is read
+    outstanding: int = 0  # deliveries of this transaction not yet acknowledged
+
+
+@dataclass(slots=True, eq=False)
+class Delivery(Generic[P]):
+    seq: int
+    lsn: int
+    txn: TxnRecord | None
+    payload: P
+
+
+@dataclass(eq=False)
+class ClientLedger(Generic[P]):
+    """One client's unacknowledged deliveries, oldest first."""
+
+    name: str
+    pending: deque[Delivery[P]] = field(default_factory=deque)
+    by_lsn: dict[int, deque[int]] = field(default_factory=dict)  # lsn -> seqs still pending, oldest first
+    next_seq: int = 0
+    acked: int = 0
+    rejected: int = 0
+
+
+class AckTracker(Generic[P]):
+    def __init__(self, confirmed_lsn: int = 0) -> None:
+        self.confirmed_lsn = confirmed_lsn
+        self._txns: deque[TxnRecord] = deque()  # transactions not yet confirmed, in commit order
+        self._orphans: list[Delivery[P]] = []
+        self.outstanding = 0  # pending deliveries over all clients (and orphans)
+
+    # -- the stream side ------------------------------------------------------------------------------
+
+    def begin(self, xid: int, commit_lsn: int) -> TxnRecord:
+        txn = TxnRecord(xid, commit_lsn)
+        self._txns.append(txn)
+        return txn
+
+    def commit(self, txn: TxnRecord, end_lsn: int) -> bool:
+        txn.end_lsn = end_lsn
+        return self._advance()
+
+    def deliver(self, client: ClientLedger[P], lsn: int, txn: TxnRecord | None, payload: P) -> None:
+        seq = client.next_seq
+        client.next_seq = seq + 1
+        client.pending.append(Delivery(seq, lsn, txn, payload))
+        seqs = client.by_lsn.get(lsn)
+        if seqs is None:
+            client.by_lsn[lsn] = deque((seq,))
+        else:
+            seqs.append(seq)
+        if txn is not None:
+            txn.outstanding += 1
+        self.outstanding += 1
+
+    def idle_advance(self, wal_end: int) -> bool:
+        """Nothing open or pending: everything up to the server's WAL end is confirmed."""
+        if self._txns or self._orphans or wal_end <= self.confirmed_lsn:
+            return False
+        self.confirmed_lsn = wal_end
+        return True
+
+    @property
+    def open_transactions(self) -> int:
+        return len(self._txns)
+
+    # -- the client side ------------------------------------------------------------------------------
+
+    def ack(self, client: ClientLedger[P], lsn: int) -> int:
+        """Acknowledge per the contract above; returns how many deliveries it covered (0 = rejected)."""
+        seqs = client.by_lsn.get(lsn)
+        if not seqs:
+            client.rejected += 1
+            return 0
+        target = seqs[0]
+        count = 0
+        pending = client.pending
+        while pending and pending[0].seq <= target:
+            delivery = pending.popleft()
+            self._forget(client, delivery)
+            count += 1
+        client.acked += count
+        self._advance()
+        return count
+
+    def client_left(self, client: ClientLedger[P], last: bool) -> None:
+        if last:
+            self._orphans.extend(client.pending)
+        else:
+            for delivery in client.pending:
+                if delivery.txn is not None:
+                    delivery.txn.outstanding -= 1
+                self.outstanding -= 1
+            self._advance()
+        client.pending.clear()
+        client.by_lsn.clear()
+
+    def adopt_orphans(self, client: ClientLedger[P]) -> list[P]:
+        """Hand what the last client left unacknowledged to a new client; returns the payloads to resend."""
+        orphans, self._orphans = self._orphans, []
+        for old in orphans:
+            self.outstanding -= 1
+            if old.txn is not None:
+                old.txn.outstanding -= 1
+            self.deliver(client, old.lsn, old.txn, old.payload)
+        return [o.payload for o in orphans]
+
+    @property
+    def has_orphans(self) -> bool:
+        return bool(self._orphans)
+
+    # -- internals ------------------------------------------------------------------------------------
+
+    def _forget(self, client: ClientLedger[P], delivery: Delivery[P]) -> None:
+        seqs = client.by_lsn[delivery.lsn]
+        seqs.popleft()
+        if not seqs:
+            del client.by_lsn[delivery.lsn]
+        if delivery.txn is not None:
+            delivery.txn.outstanding -= 1
+        self.outstanding -= 1
+
+    def _advance(self) -> bool:
+        moved = False
+        txns = self._txns
+        while txns and txns[0].end_lsn is not None and txns[0].outstanding == 0:
+            end = txns.popleft().end_lsn
+            assert end is not None
+            if end > self.confirmed_lsn:
+                self.confirmed_lsn = end
+                moved = True
+        return moved

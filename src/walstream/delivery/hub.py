@@ -1,0 +1,141 @@
+"""Fan-out of the event stream to connected clients, with bounded per-client queues for backpressure.
+
+The replication side calls begin/publish/commit; each client's adapter turns an event into the messages of
+its API (zero or more, each with the LSN it will be acknowledged by). The reader asks `can_accept()` before
+every message: it reads from PostgreSQL only while at least one client is connected, every client's queue
+has room, and the number of unacknowledged deliveries is under the bound.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+from collections import deque
+from collections.abc import Callable, Sequence
+from typing import Protocol
+
+from ..processing.events import ChangeEvent
+from .acks import AckTracker, ClientLedger, TxnRecord
+
+log = logging.getLogger(__name__)
+
+
+class Adapter(Protocol):
+    api: str
+
+    def expand(self, event: ChangeEvent) -> Sequence[tuple[int, object]]:
+        """The messages this API sends for an event, each as (lsn to acknowledge it by, message)."""
+        ...
+
+
+class Client:
+    def __init__(self, name: str, adapter: Adapter) -> None:
+        self.name = name
+        self.adapter = adapter
+        self.ledger: ClientLedger[object] = ClientLedger(name)
+        self.queue: deque[object] = deque()
+        self.closed = False
+        self._wakeup = asyncio.Event()
+
+    def push(self, payload: object) -> None:
+        self.queue.append(payload)
+        self._wakeup.set()
+
+    def close(self) -> None:
+        self.closed = True
+        self._wakeup.set()
+
+    async def next_batch(self, limit: int = 512) -> list[object] | None:
+        """Wait for queued messages; None once the hub has closed this client and its queue is drained."""
+        while not self.queue:
+            if self.closed:
+                return None
+            self._wakeup.clear()
+            await self._wakeup.wait()
+        queue = self.queue
+        return [queue.popleft() for _ in range(min(limit, len(queue)))]
+
+
+class Hub:
+    def __init__(self, tracker: AckTracker[object], queue_size: int, max_unacked: int) -> None:
+        self.tracker = tracker
+        self.queue_size = queue_size
+        self.max_unacked = max_unacked
+        self.clients: list[Client] = []
+        self.accepting = True
+        self.capacity = asyncio.Event()  # set whenever can_accept() may have become true
+        self.acks_rejected = 0
+        self._ids = itertools.count(1)
+        self.on_confirmed: Callable[[int], None] = lambda lsn: None
+
+    # -- clients --------------------------------------------------------------------------------------
+
+    def connect(self, adapter: Adapter, peer: str) -> Client | None:
+        if not self.accepting:
+            return None
+        client = Client(f"{adapter.api}#{next(self._ids)} {peer}", adapter)
+        self.clients.append(client)
+        if self.tracker.has_orphans:
+            resent = self.tracker.adopt_orphans(client.ledger)
+            for payload in resent:
+                client.push(payload)
+            log.info("client %s connected; resending %d unacknowledged messages", client.name, len(resent))
+        else:
+            log.info("client %s connected", client.name)
+        self.capacity.set()
+        return client
+
+    def disconnect(self, client: Client) -> None:
+        if client not in self.clients:
+            return
+        self.clients.remove(client)
+        last = not self.clients
+        pending = len(client.ledger.pending)
+        self.tracker.client_left(client.ledger, last)
+        self._confirmed_maybe_moved()
+        log.info("client %s disconnected (%d acked, %d rejected acks, %d unacknowledged%s)", client.name,
+                 client.ledger.acked, client.ledger.rejected, pending,
+                 ", kept for the next client" if last and pending else "")
+        self.capacity.set()
+
+    def ack(self, client: Client, lsn: int) -> bool:
+        before = self.tracker.confirmed_lsn
+        if self.tracker.ack(client.ledger, lsn):
+            if self.tracker.confirmed_lsn != before:
+                self.on_confirmed(self.tracker.confirmed_lsn)
+            self.capacity.set()
+            return True
+        self.acks_rejected += 1
+        return False
+
+    def close(self) -> None:
+        """Stop taking clients and end every client stream once its queue is sent."""
+        self.accepting = False
+        for client in self.clients:
+            client.close()
+
+    # -- the stream -----------------------------------------------------------------------------------
+
+    def can_accept(self) -> bool:
+        if not self.clients or self.tracker.outstanding >= self.max_unacked:
+            return False
+        size = self.queue_size
+        return all(len(c.queue) < size for c in self.clients)
+
+    def begin(self, xid: int, commit_lsn: int) -> TxnRecord:
+        return self.tracker.begin(xid, commit_lsn)
+
+    def publish(self, event: ChangeEvent, txn: TxnRecord | None) -> None:
+        deliver = self.tracker.deliver
+        for client in self.clients:
+            for lsn, payload in client.adapter.expand(event):
+                deliver(client.ledger, lsn, txn, payload)
+                client.push(payload)
+
+    def commit(self, txn: TxnRecord, end_lsn: int) -> None:
+        if self.tracker.commit(txn, end_lsn):
+            self.on_confirmed(self.tracker.confirmed_lsn)
+
+    def _confirmed_maybe_moved(self) -> None:
+        self.on_confirmed(self.tracker.confirmed_lsn)

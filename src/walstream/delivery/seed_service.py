@@ -1,0 +1,106 @@
+"""plugin.PluginService: the seed contract. One JSON event per gRPC message; clients ack with ClientAck.
+
+A thin adapter over the internal event model: inserts, updates and deletes become one message each, a
+TRUNCATE one message per truncated table (all with the TRUNCATE's LSN); transaction boundaries and logical
+decoding messages have no form in this API and are not sent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Sequence
+
+import grpc
+
+from .._proto import plugin_pb2, plugin_pb2_grpc
+from ..processing.events import ChangeEvent, Op
+from ..lsn import format_lsn
+from .hub import Client, Hub
+
+log = logging.getLogger(__name__)
+
+
+class SeedAdapter:
+    api = "seed"
+
+    def expand(self, event: ChangeEvent) -> Sequence[tuple[int, object]]:
+        return _expand_once(event)
+
+
+# Every client expands the same event in turn: build its messages once and share them.
+_last: tuple[ChangeEvent | None, Sequence[tuple[int, object]]] = (None, ())
+
+
+def _expand_once(event: ChangeEvent) -> Sequence[tuple[int, object]]:
+    global _last
+    if _last[0] is not event:
+        _last = (event, _build(event))
+    return _last[1]
+
+
+def _build(event: ChangeEvent) -> Sequence[tuple[int, object]]:
+    op, rel, lsn = event.op, event.relation, event.lsn
+    if op is Op.INSERT and rel is not None:
+        ins = plugin_pb2.InsertEvent(pg_lsn=lsn, schema=rel.schema, table=rel.table,
+                                     json_payload=event.json_payload)
+        return ((lsn, plugin_pb2.ServerMessage(insert=ins)),)
+    if op is Op.UPDATE and rel is not None:
+        upd = plugin_pb2.UpdateEvent(pg_lsn=lsn, schema=rel.schema, table=rel.table,
+                                     json_payload=event.json_payload)
+        return ((lsn, plugin_pb2.ServerMessage(update=upd)),)
+    if op is Op.DELETE and rel is not None:
+        dele = plugin_pb2.DeleteEvent(pg_lsn=lsn, schema=rel.schema, table=rel.table,
+                                      json_payload=event.json_payload)
+        return ((lsn, plugin_pb2.ServerMessage(delete=dele)),)
+    if op is Op.TRUNCATE:
+        return tuple(
+            (lsn, plugin_pb2.ServerMessage(truncate=plugin_pb2.TruncateEvent(
+                pg_lsn=lsn, schema=t.schema, table=t.table)))
+            for t in event.truncated
+        )
+    return ()
+
+
+class SeedService(plugin_pb2_grpc.PluginServiceServicer):
+    def __init__(self, hub: Hub) -> None:
+        self.hub = hub
+
+    async def Session(  # noqa: N802 (name fixed by the proto)
+        self, request_iterator: AsyncIterator[plugin_pb2.ClientMessage], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[plugin_pb2.ServerMessage]:
+        client = self.hub.connect(SeedAdapter(), context.peer())
+        if client is None:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "walstream is shutting down")
+            return
+        acks = asyncio.ensure_future(self._read_acks(request_iterator, client))
+        try:
+            while True:
+                batch_task = asyncio.ensure_future(client.next_batch())
+                done, _ = await asyncio.wait({batch_task, acks}, return_when=asyncio.FIRST_COMPLETED)
+                if batch_task not in done:
+                    # The client half-closed its side: it is finished; end the call normally.
+                    batch_task.cancel()
+                    acks.result()
+                    return
+                batch = batch_task.result()
+                if batch is None:
+                    await context.abort(grpc.StatusCode.UNAVAILABLE, "walstream is shutting down")
+                    return
+                for message in batch:
+                    yield message  # type: ignore[misc]
+        finally:
+            acks.cancel()
+            self.hub.disconnect(client)
+
+    async def _read_acks(self, requests: AsyncIterator[plugin_pb2.ClientMessage], client: Client) -> None:
+        async for request in requests:
+            if request.WhichOneof("msg") != "ack":
+                client.ledger.rejected += 1
+                self.hub.acks_rejected += 1
+                log.warning("client %s sent a message without an ack; ignored", client.name)
+                continue
+            lsn = request.ack.pg_lsn
+            if not self.hub.ack(client, lsn):
+                log.warning("client %s acked %s, which matches nothing it was sent and not yet acked; "
+                            "ignored (the slot does not move)", client.name, format_lsn(lsn))

@@ -1,0 +1,163 @@
+"""A throwaway PostgreSQL cluster (initdb + pg_ctl in a temp dir, on a free port, wal_level=logical).
+
+Used by the test suite and by `walstream demo`. PostgreSQL refuses to run as root, so when euid is 0 the
+server programs run as the `postgres` user.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import pwd
+import shutil
+import socket
+import subprocess
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+DEFAULT_SETTINGS: dict[str, str] = {
+    "wal_level": "logical",
+    "max_replication_slots": "50",
+    "max_wal_senders": "50",
+    "max_connections": "120",
+    "listen_addresses": "'127.0.0.1'",
+    "fsync": "off",  # a throwaway cluster: the OS does not crash under the tests
+    "full_page_writes": "off",
+    "shared_buffers": "64MB",
+    "logging_collector": "off",
+    "log_min_messages": "warning",
+}
+
+
+class ClusterError(RuntimeError):
+    """The throwaway cluster could not be found, created, started or stopped."""
+
+
+def find_bindir(extra: Sequence[str] = ()) -> Path:
+    """First directory holding initdb+pg_ctl+postgres: explicit candidates, PATH, pg_config, Debian's layout."""
+    candidates: list[str] = list(extra)
+    on_path = shutil.which("pg_ctl")
+    if on_path:
+        candidates.append(os.path.dirname(on_path))
+    pg_config = shutil.which("pg_config")
+    if pg_config:
+        try:
+            out = subprocess.run([pg_config, "--bindir"], capture_output=True, text=True, check=True)
+            candidates.append(out.stdout.strip())
+        except (OSError, subprocess.CalledProcessError):
+            pass
+    candidates += sorted(glob.glob("/usr/lib/postgresql/*/bin"), key=_version_key, reverse=True)
+    for cand in candidates:
+        if all(os.access(os.path.join(cand, exe), os.X_OK) for exe in ("initdb", "pg_ctl", "postgres")):
+            return Path(cand)
+    raise ClusterError(
+        "no PostgreSQL server binaries found (looked on PATH, in `pg_config --bindir` and "
+        "/usr/lib/postgresql/*/bin); install them, e.g. `apt-get install postgresql-15`"
+    )
+
+
+def _version_key(path: str) -> float:
+    try:
+        return float(Path(path).parent.name)
+    except ValueError:
+        return 0.0
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Cluster:
+    """A PostgreSQL cluster owned by this process; `start()` creates it, `destroy()` removes every trace."""
+
+    bindir: Path
+    settings: dict[str, str] = field(default_factory=dict)
+    port: int = 0
+    workdir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="walstream-pg-")))
+    _initialized: bool = False
+
+    @property
+    def datadir(self) -> Path:
+        return self.workdir / "data"
+
+    @property
+    def logfile(self) -> Path:
+        return self.workdir / "postgres.log"
+
+    @property
+    def dsn(self) -> str:
+        return f"host=127.0.0.1 port={self.port} user=postgres dbname=postgres"
+
+    @property
+    def version(self) -> int:
+        return int((self.datadir / "PG_VERSION").read_text().strip())
+
+    def _run(self, args: list[str], check: bool = True) -> subprocess.CompletedProcess[str]:
+        cmd = [str(self.bindir / args[0]), *args[1:]]
+        if os.geteuid() == 0:
+            cmd = ["runuser", "-u", "postgres", "--", *cmd]
+        result = subprocess.run(cmd, capture_output=True, text=True, cwd=self.workdir)
+        if check and result.returncode != 0:
+            raise ClusterError(f"{args[0]} failed: {(result.stderr or result.stdout).strip()[-2000:]}")
+        return result
+
+    def init(self) -> None:
+        if os.geteuid() == 0:
+            pw = pwd.getpwnam("postgres")
+            os.chown(self.workdir, pw.pw_uid, pw.pw_gid)
+        os.chmod(self.workdir, 0o755)
+        self._run(["initdb", "-D", str(self.datadir), "-U", "postgres", "--auth=trust", "-E", "UTF8",
+                   "--locale=C", "--no-sync"])
+        settings = {**DEFAULT_SETTINGS, **self.settings, "unix_socket_directories": f"'{self.workdir}'"}
+        with open(self.datadir / "postgresql.conf", "a") as conf:
+            conf.write("\n# walstream throwaway cluster\n")
+            conf.writelines(f"{k} = {v}\n" for k, v in settings.items())
+        # Replication connections over TCP for any role (trust: a throwaway, loopback-only cluster).
+        with open(self.datadir / "pg_hba.conf", "a") as hba:
+            hba.write("host replication all 127.0.0.1/32 trust\n")
+        self._initialized = True
+
+    def start(self) -> Cluster:
+        if not self._initialized:
+            self.init()
+        for _attempt in range(5):
+            if not self.port:
+                self.port = free_port()
+            result = self._run(["pg_ctl", "-D", str(self.datadir), "-l", str(self.logfile), "-w", "-t", "60",
+                                "-o", f"-p {self.port}", "start"], check=False)
+            if result.returncode == 0:
+                return self
+            self.port = 0  # most likely the port was taken in the meantime; try another
+        raise ClusterError(f"PostgreSQL did not start; see {self.logfile}: {self.log_tail()}")
+
+    def stop(self, mode: str = "fast") -> None:
+        self._run(["pg_ctl", "-D", str(self.datadir), "-m", mode, "-w", "-t", "60", "stop"], check=False)
+
+    def restart(self, mode: str = "fast") -> None:
+        self.stop(mode)
+        self.start()
+
+    def is_running(self) -> bool:
+        return self._run(["pg_ctl", "-D", str(self.datadir), "status"], check=False).returncode == 0
+
+    def log_tail(self, chars: int = 3000) -> str:
+        try:
+            return self.logfile.read_text(errors="replace")[-chars:]
+        except OSError:
+            return ""
+
+    def destroy(self) -> None:
+        if self._initialized and (self.datadir / "postmaster.pid").exists():
+            self.stop("immediate")
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def __enter__(self) -> Cluster:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.destroy()

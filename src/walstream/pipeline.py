@@ -1,0 +1,188 @@
+"""The session loop: replication stream -> decoder -> assembler -> hub, plus status updates and reconnects.
+
+Two positions are kept apart, as in pg_recvlogical: `written` is how far walstream has read the stream,
+`confirmed` (the AckTracker's) is what clients have acknowledged; only `confirmed` is reported as flushed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from functools import partial
+
+from .config import StartConfig
+from .delivery.hub import Hub
+from .errors import SlotInUseError, WalstreamError
+from .lsn import format_lsn
+from .processing.assembler import Assembler, ConverterSource
+from .replication.decoder import decode_message
+from .replication.stream import ReplicationStream
+
+log = logging.getLogger(__name__)
+
+STANDBY_RETRY = 2.0  # seconds between attempts to take a slot held by another process
+BACKOFF_FIRST, BACKOFF_CAP = 0.5, 30.0
+MIN_STATUS_GAP = 0.2  # seconds; a moved confirmed position is reported at most this often
+PAUSED_KEEPALIVE = 1.0  # seconds between status updates while not reading (keeps the walsender alive)
+YIELD_EVERY = 256  # messages read before letting the gRPC side run
+
+
+class Pipeline:
+    def __init__(self, config: StartConfig, dsn: str, hub: Hub, types: ConverterSource) -> None:
+        self.config = config
+        self.dsn = dsn
+        self.hub = hub
+        self.assembler = Assembler(hub, types, partial(bytes.decode, encoding="utf-8"))
+        self.stopping = asyncio.Event()
+        self.first_attempt = asyncio.Event()  # the slot exists (or is held elsewhere) or start failed
+        self.streaming = False
+        self.written_lsn = 0
+        self.status_interval = config.status_interval
+        self._sent_flush = -1
+        self._last_status = 0.0
+        self._opened_once = False
+
+    async def run(self) -> None:
+        """Stream until stopped; reconnect with capped exponential backoff; raise on fatal errors."""
+        failures = 0
+        try:
+            while not self.stopping.is_set():
+                stream = ReplicationStream(self.dsn, self.config.slot, self.config.publication,
+                                           self.config.temporary)
+                try:
+                    info = await stream.open()
+                except SlotInUseError as exc:
+                    self.first_attempt.set()
+                    log.warning("%s (standby: retrying every %.0f s)", exc, STANDBY_RETRY)
+                    await self._sleep(STANDBY_RETRY)
+                    continue
+                except WalstreamError as exc:
+                    if not exc.retryable or not self._opened_once:
+                        raise
+                    failures += 1
+                    delay = min(BACKOFF_CAP, BACKOFF_FIRST * 2 ** (failures - 1))
+                    log.warning("reconnect attempt %d failed: %s; next try in %.1f s", failures, exc, delay)
+                    await self._sleep(delay)
+                    continue
+                self._on_open(info.created_slot, info.encoding, info.proto_version, info.server_version)
+                failures = 0
+                try:
+                    await self._pump(stream)
+                except WalstreamError as exc:
+                    if not exc.retryable:
+                        raise
+                    log.warning("%s; reconnecting", exc)
+                finally:
+                    self.streaming = False
+                    stream.close()
+                if not self.stopping.is_set():
+                    failures = 1
+                    await self._sleep(BACKOFF_FIRST)
+        finally:
+            self.first_attempt.set()
+
+    def _on_open(self, created: bool, encoding: str, proto: int, server_version: int) -> None:
+        self.assembler.text_decoder = partial(bytes.decode, encoding=encoding)
+        if self._opened_once:
+            if created and self.config.temporary:
+                log.warning("the temporary slot %s was lost with the connection and created again: changes "
+                            "committed in between were not captured (use --temporary false to keep them)",
+                            self.config.slot)
+                self.assembler.slot_recreated()
+            else:
+                self.assembler.connection_restarted()
+        self._opened_once = True
+        self._sent_flush = -1
+        self.streaming = True
+        self.first_attempt.set()
+        log.info("streaming slot %s (pgoutput protocol %d, PostgreSQL %d)", self.config.slot, proto,
+                 server_version)
+
+    async def _sleep(self, seconds: float) -> None:
+        try:
+            await asyncio.wait_for(self.stopping.wait(), seconds)
+        except asyncio.TimeoutError:
+            pass
+
+    # -- the loop -------------------------------------------------------------------------------------
+
+    async def _pump(self, stream: ReplicationStream) -> None:
+        hub, assembler, tracker = self.hub, self.assembler, self.hub.tracker
+        handle, read = assembler.handle, stream.read
+        loop = asyncio.get_running_loop()
+        deadline: float | None = None
+        while True:
+            if self.stopping.is_set():
+                # Graceful stop: finish the transaction being read, then wait for acks, within the grace.
+                deadline = deadline or time.monotonic() + self.config.shutdown_grace
+                if not assembler.in_transaction or time.monotonic() >= deadline:
+                    break
+            if not hub.can_accept():
+                hub.capacity.clear()
+                if not hub.can_accept():
+                    await self._wait(hub.capacity.wait(), PAUSED_KEEPALIVE)
+                    self._status(stream, force=time.monotonic() - self._last_status >= PAUSED_KEEPALIVE)
+                    continue
+            for _ in range(YIELD_EVERY):
+                msg = read()
+                if msg is None:
+                    break
+                if msg.data_start > self.written_lsn:
+                    self.written_lsn = msg.data_start
+                handle(decode_message(msg.payload), msg.data_start)
+                if not hub.can_accept():
+                    break
+            else:
+                self._status(stream)
+                await asyncio.sleep(0)
+                continue
+            if msg is None:
+                if not assembler.in_transaction and tracker.idle_advance(stream.wal_end):
+                    self.written_lsn = max(self.written_lsn, tracker.confirmed_lsn)
+                self._status(stream)
+                await self._wait_readable(loop, stream.fileno(), self._until_next_status())
+            else:
+                self._status(stream)
+                await asyncio.sleep(0)
+        await self._drain_acks(deadline or time.monotonic() + self.config.shutdown_grace)
+        self._status(stream, force=True)
+        log.info("replication closed at confirmed position %s", format_lsn(tracker.confirmed_lsn))
+
+    async def _drain_acks(self, deadline: float) -> None:
+        tracker = self.hub.tracker
+        while tracker.outstanding and self.hub.clients and time.monotonic() < deadline:
+            self.hub.capacity.clear()
+            await self._wait(self.hub.capacity.wait(), deadline - time.monotonic())
+
+    def _status(self, stream: ReplicationStream, force: bool = False) -> None:
+        now = time.monotonic()
+        confirmed = self.hub.tracker.confirmed_lsn
+        since = now - self._last_status
+        if force or since >= self.status_interval or (confirmed != self._sent_flush and since >= MIN_STATUS_GAP):
+            stream.send_status(max(self.written_lsn, confirmed), confirmed)
+            self._sent_flush, self._last_status = confirmed, now
+
+    def _until_next_status(self) -> float:
+        since = time.monotonic() - self._last_status
+        if self.hub.tracker.confirmed_lsn != self._sent_flush:
+            return max(0.0, MIN_STATUS_GAP - since)
+        return max(0.05, min(1.0, self.status_interval - since))
+
+    @staticmethod
+    async def _wait(awaitable: object, timeout: float) -> None:
+        try:
+            await asyncio.wait_for(awaitable, max(0.0, timeout))  # type: ignore[arg-type]
+        except asyncio.TimeoutError:
+            pass
+
+    @staticmethod
+    async def _wait_readable(loop: asyncio.AbstractEventLoop, fd: int, timeout: float) -> None:
+        ready = loop.create_future()
+        loop.add_reader(fd, lambda: ready.done() or ready.set_result(None))
+        try:
+            await asyncio.wait_for(ready, timeout)
+        except asyncio.TimeoutError:
+            pass
+        finally:
+            loop.remove_reader(fd)

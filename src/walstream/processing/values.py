@@ -1,0 +1,346 @@
+"""Column values as pgoutput sends them (each type's text output) -> the JSON PostgreSQL's to_jsonb() gives.
+
+The text is what the type's output function writes in the walsender, whose session has TimeZone=UTC,
+DateStyle=ISO and the defaults for extra_float_digits, IntervalStyle and bytea_output. The rules follow
+PostgreSQL's jsonb.c (jsonb_categorize_type, datum_to_jsonb) and JsonEncodeDateTime:
+
+* domains are their base type; true arrays (array subscripting) are JSON arrays of their converted
+  elements, whatever their dimensions and bounds; composite types are objects keyed by attribute name;
+* bool -> true/false;
+* int2/int4/int8/float4/float8/numeric -> JSON numbers, exactly as numeric_out prints the number (floats
+  are re-read as numeric: 1e-07 -> 0.0000001); NaN and +-Infinity -> strings. oid and the reg* types,
+  though in the numeric category, are strings, as are money and the rest;
+* date, timestamp, timestamptz -> ISO 8601 with 'T' and a +hh:mm zone ("infinity" and " BC" kept);
+* json -> the parsed value (duplicate keys: last wins; numbers as numeric prints them); jsonb -> itself;
+* everything else (time, timetz, interval, uuid, bytea, ranges, geometric, enums, ...) -> its text.
+
+A non-built-in base type with a function cast to json is turned by to_jsonb() into that cast's result,
+which cannot be computed from the text: such types come out as their text (logged once).
+
+Values are orjson-ready: str, bool, None, int, orjson.Fragment (exact number and jsonb text), lists, dicts.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from decimal import Decimal
+
+import orjson
+import psycopg2.extensions
+
+from .builtin_types import BUILTIN_TYPES
+from .pgtext import parse_array, parse_record, parse_vector
+
+log = logging.getLogger(__name__)
+
+Converter = Callable[[str], object]
+Lookup = Callable[[list[int]], Mapping[int, "TypeInfo"]]
+
+FIRST_NORMAL_OBJECT_ID = 16384  # user-defined objects (and extensions') get OIDs from here on
+
+
+@dataclass(frozen=True, slots=True)
+class TypeInfo:
+    """What the conversion needs of one pg_type row."""
+
+    oid: int
+    name: str
+    typtype: str  # b base, c composite, d domain, e enum, p pseudo, r range, m multirange
+    category: str = "U"
+    elem: int = 0  # element type of a true array (what to_jsonb makes a JSON array), else 0
+    delim: str = ","  # typdelim: separates this type's values when they are array elements
+    base: int = 0  # domains: typbasetype
+    attributes: tuple[tuple[str, int], ...] = ()  # composites: live attributes (name, type) by attnum
+    vector: bool = False  # int2vector/oidvector text form: "1 2 3"
+    json_cast: bool = False  # has a function cast to json (to_jsonb uses it for non-built-in types)
+
+
+BUILTIN: dict[int, TypeInfo] = {
+    oid: TypeInfo(oid, name, typtype, cat, elem, delim, vector=vector)
+    for oid, name, typtype, cat, elem, delim, _array, vector in BUILTIN_TYPES
+}
+
+
+# --- scalar converters --------------------------------------------------------------------------------
+
+_Fragment = orjson.Fragment
+_ZERO = orjson.Fragment(b"0")
+
+
+def numeric_text(text: str) -> str:
+    """numeric_out(numeric_in(text)) for a finite number: exponents expanded, the scale kept, -0 -> 0."""
+    if "e" in text or "E" in text:
+        text = format(Decimal(text), "f")  # 1.5e+20 -> 150000000000000000000, 1e-07 -> 0.0000001
+    if text[0] == "-" and not text.strip("-0."):
+        text = text[1:]  # numeric has no negative zero
+    return text
+
+
+def convert_int(text: str) -> object:
+    return int(text)
+
+
+def convert_numeric(text: str) -> object:
+    last = text[-1]
+    if last == "N" or last == "y":  # NaN, Infinity, -Infinity: not JSON numbers, to_jsonb makes strings
+        return text
+    return _Fragment(text)
+
+
+def convert_float(text: str) -> object:
+    last = text[-1]
+    if last == "N" or last == "y":
+        return text
+    if "e" in text:
+        return _Fragment(numeric_text(text))
+    if text == "-0":
+        return _ZERO
+    return _Fragment(text)
+
+
+convert_bool: Converter = {"t": True, "f": False}.__getitem__
+
+
+def convert_timestamp(text: str) -> object:
+    """'2024-01-02 03:04:05.5' -> '2024-01-02T03:04:05.5'; 'infinity', ' BC' unchanged."""
+    return text.replace(" ", "T", 1)
+
+
+def convert_timestamptz(text: str) -> object:
+    """'2024-01-02 03:04:05+00' -> '2024-01-02T03:04:05+00:00' (XSD zones always carry minutes)."""
+    if text[10:11] == " " and text[-3:] == "+00":
+        return f"{text[:10]}T{text[11:]}:00"
+    if text[-1:] == "y":  # infinity, -infinity
+        return text
+    bc = text.endswith(" BC")
+    core = (text[:-3] if bc else text).replace(" ", "T", 1)
+    sign = max(core.rfind("+"), core.rfind("-"))
+    if sign > core.find("T") and len(core) - sign == 3:
+        core += ":00"
+    return core + " BC" if bc else core
+
+
+def _number_fragment(token: str) -> object:
+    return _Fragment(numeric_text(token))
+
+
+_json_decoder = json.JSONDecoder(parse_float=_number_fragment, parse_int=_number_fragment)
+
+
+def convert_json(text: str) -> object:
+    """json -> the value to_jsonb() builds from it: objects keep the last of duplicate keys, numbers print
+    as numeric does (1E2 -> 100)."""
+    try:
+        return _json_decoder.decode(text)
+    except (ValueError, RecursionError):  # cannot happen for a stored json value but deep nesting
+        return _Fragment(text)
+
+
+def convert_jsonb(text: str) -> object:
+    return _Fragment(text)  # jsonb_out prints canonical JSON: unique keys, numeric numbers
+
+
+SCALARS: dict[int, Converter] = {
+    16: convert_bool,
+    20: convert_int,
+    21: convert_int,
+    23: convert_int,
+    700: convert_float,
+    701: convert_float,
+    1700: convert_numeric,
+    1082: str,  # date: ISO DateStyle prints it as to_jsonb does (YYYY-MM-DD, " BC", infinity)
+    1114: convert_timestamp,
+    1184: convert_timestamptz,
+    114: convert_json,
+    3802: convert_jsonb,
+}
+
+
+# --- containers ---------------------------------------------------------------------------------------
+
+
+def array_converter(elem: Converter, delim: str = ",") -> Converter:
+    def convert(text: str) -> object:
+        return parse_array(text, delim, elem)
+
+    return convert
+
+
+def vector_converter(elem: Converter) -> Converter:
+    def convert(text: str) -> object:
+        return parse_vector(text, elem)
+
+    return convert
+
+
+def record_converter(attributes: Iterable[tuple[str, Converter]]) -> Converter:
+    attrs = tuple(attributes)
+    width = len(attrs)
+
+    def convert(text: str) -> object:
+        if width == 0:
+            return {}
+        fields = parse_record(text)
+        if len(fields) != width:  # the type changed and no Type message told us yet: keep the text
+            return text
+        return {name: None if f is None else conv(f) for (name, conv), f in zip(attrs, fields, strict=True)}
+
+    return convert
+
+
+# --- the catalog --------------------------------------------------------------------------------------
+
+
+class TypeCatalog:
+    """Converters by type OID: built-in types from a static table, others through `lookup`.
+
+    `lookup(oids)` returns TypeInfo for those OIDs and, to save round trips, may add any types they refer
+    to (domain bases, array elements, attribute types). Without a lookup, or for an OID it does not know,
+    values are kept as their text. Not thread-safe.
+    """
+
+    def __init__(self, lookup: Lookup | None = None) -> None:
+        self._lookup = lookup
+        self._infos: dict[int, TypeInfo | None] = {}  # looked-up types (None: lookup did not know it)
+        self._converters: dict[int, Converter] = {}
+        self._dependents: dict[int, set[int]] = {}  # oid -> types whose converters embed its converter
+        self._warned: set[int] = set()
+
+    def info(self, type_oid: int) -> TypeInfo | None:
+        builtin = BUILTIN.get(type_oid)
+        if builtin is not None:
+            return builtin
+        if type_oid in self._infos:
+            return self._infos[type_oid]
+        if self._lookup is None:
+            return None
+        for oid, info in self._lookup([type_oid]).items():
+            if oid not in BUILTIN:
+                self._infos[oid] = info
+        return self._infos.setdefault(type_oid, None)
+
+    def converter(self, type_oid: int) -> Converter:
+        conv = self._converters.get(type_oid)
+        if conv is None:
+            conv = self._build(type_oid, ())
+        return conv
+
+    def invalidate(self, type_oid: int) -> None:
+        """Forget a type (pgoutput sent a Type message: it may have changed), the user types it is built
+        from, and every type built from any of those."""
+        todo = [type_oid]
+        done: set[int] = set()
+        while todo:
+            oid = todo.pop()
+            if oid in done:
+                continue
+            done.add(oid)
+            self._converters.pop(oid, None)
+            todo.extend(self._dependents.pop(oid, ()))
+            info = self._infos.pop(oid, None)
+            if info is not None:
+                todo.extend(o for o in (info.base, info.elem, *(t for _, t in info.attributes))
+                            if o and o not in BUILTIN)
+
+    def _build(self, oid: int, path: tuple[int, ...]) -> Converter:
+        conv = self._converters.get(oid)
+        if conv is not None:
+            return conv
+        if oid in path:  # PostgreSQL forbids recursive types; never loop on a broken catalog
+            return str
+        conv = self._make(oid, self.info(oid), (*path, oid))
+        self._converters[oid] = conv
+        return conv
+
+    def _child(self, parent: int, child: int, path: tuple[int, ...]) -> Converter:
+        self._dependents.setdefault(child, set()).add(parent)
+        return self._build(child, path)
+
+    def _make(self, oid: int, info: TypeInfo | None, path: tuple[int, ...]) -> Converter:
+        if info is None:
+            return str
+        if info.typtype == "d":
+            return self._child(oid, info.base, path) if info.base else str
+        if info.elem:
+            elem = self._child(oid, info.elem, path)
+            if info.vector:
+                return vector_converter(elem)
+            elem_info = self.info(info.elem)
+            return array_converter(elem, elem_info.delim if elem_info is not None else ",")
+        if info.typtype == "c":
+            return record_converter((name, self._child(oid, t, path)) for name, t in info.attributes)
+        scalar = SCALARS.get(oid)
+        if scalar is not None:
+            return scalar
+        if info.json_cast and oid >= FIRST_NORMAL_OBJECT_ID and oid not in self._warned:
+            self._warned.add(oid)
+            log.warning("type %s (oid %d) has a cast to json that to_jsonb() would use; walstream sends "
+                        "its text instead", info.name, oid)
+        return str
+
+
+# --- the lookup, on a normal (non-replication) connection -------------------------------------------
+
+_LOOKUP_SQL = """
+WITH RECURSIVE wanted(oid) AS (
+    SELECT o FROM pg_catalog.unnest(%(oids)s::pg_catalog.oid[]) AS o
+  UNION
+    SELECT ref.oid
+      FROM wanted w
+      JOIN pg_catalog.pg_type t ON t.oid = w.oid
+      CROSS JOIN LATERAL (
+            SELECT t.typbasetype WHERE t.typtype = 'd'
+        UNION ALL
+            SELECT t.typelem WHERE t.typelem <> 0
+        UNION ALL
+            SELECT a.atttypid FROM pg_catalog.pg_attribute a
+             WHERE t.typtype = 'c' AND a.attrelid = t.typrelid AND a.attnum > 0 AND NOT a.attisdropped
+      ) AS ref(oid)
+)
+SELECT t.oid::int8, t.typname::text, t.typtype::text, t.typcategory::text,
+       CASE WHEN {is_array} THEN t.typelem::int8 ELSE 0 END,
+       t.typdelim::text, t.typbasetype::int8,
+       t.typinput IN ('pg_catalog.int2vectorin'::pg_catalog.regproc,
+                      'pg_catalog.oidvectorin'::pg_catalog.regproc),
+       ARRAY(SELECT a.attname::text FROM pg_catalog.pg_attribute a
+              WHERE t.typtype = 'c' AND a.attrelid = t.typrelid AND a.attnum > 0 AND NOT a.attisdropped
+              ORDER BY a.attnum),
+       ARRAY(SELECT a.atttypid::int8 FROM pg_catalog.pg_attribute a
+              WHERE t.typtype = 'c' AND a.attrelid = t.typrelid AND a.attnum > 0 AND NOT a.attisdropped
+              ORDER BY a.attnum),
+       EXISTS (SELECT FROM pg_catalog.pg_cast c
+                WHERE c.castsource = t.oid AND c.casttarget = 'pg_catalog.json'::pg_catalog.regtype
+                  AND c.castmethod = 'f')
+  FROM wanted w JOIN pg_catalog.pg_type t ON t.oid = w.oid
+"""
+# PostgreSQL 14 made subscripting pluggable; before it an array was any varlena with an element type.
+_IS_ARRAY_14 = "t.typsubscript = 'pg_catalog.array_subscript_handler'::pg_catalog.regproc"
+_IS_ARRAY_OLD = "t.typlen = -1 AND t.typelem <> 0"
+
+
+def catalog_lookup(conn: psycopg2.extensions.connection) -> Lookup:
+    """A TypeCatalog lookup that reads pg_type/pg_attribute/pg_cast over `conn` (a psycopg2 connection,
+    not a replication one). It returns the asked types and everything they are built from. A transaction
+    it had to open is rolled back; one the caller had open is left alone."""
+    ext = psycopg2.extensions
+
+    def lookup(oids: list[int]) -> dict[int, TypeInfo]:
+        idle = conn.get_transaction_status() == ext.TRANSACTION_STATUS_IDLE
+        is_array = _IS_ARRAY_14 if conn.server_version >= 140000 else _IS_ARRAY_OLD
+        try:
+            with conn.cursor() as cur:
+                cur.execute(_LOOKUP_SQL.format(is_array=is_array), {"oids": [int(o) for o in oids]})
+                rows = cur.fetchall()
+        finally:
+            if idle and not conn.autocommit and conn.get_transaction_status() != ext.TRANSACTION_STATUS_IDLE:
+                conn.rollback()
+        infos: dict[int, TypeInfo] = {}
+        for oid, name, typtype, cat, elem, delim, base, vector, names, types, json_cast in rows:
+            attributes = tuple(zip(names, types, strict=True))
+            infos[oid] = TypeInfo(oid, name, typtype, cat, elem, delim, base, attributes, vector, json_cast)
+        return infos
+
+    return lookup

@@ -1,0 +1,219 @@
+"""Test helpers: a real `walstream start` process and a real client of the seed gRPC contract."""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import psycopg2
+
+from walstream._proto import plugin_pb2, plugin_pb2_grpc
+from walstream.pgcluster import free_port
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def walstream_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(ROOT / "src") + os.pathsep + env.get("PYTHONPATH", "")
+    return env
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "walstream", *args], capture_output=True, text=True,
+                          env=env or walstream_env(), timeout=timeout)
+
+
+class WalstreamProcess:
+    """`walstream start` in a subprocess; its log goes to a file the test can read."""
+
+    def __init__(self, dsn: str, publication: str, slot: str, temporary: bool = False,
+                 extra: tuple[str, ...] = (), port: int | None = None, log_dir: Path | None = None) -> None:
+        self.port = port or free_port()
+        self.addr = f"127.0.0.1:{self.port}"
+        self.log_path = (log_dir or Path("/tmp")) / f"walstream-{slot}-{self.port}-{time.time_ns()}.log"
+        self.args = ["--connection", dsn, "--log-level", "debug", "start", "--publication", publication,
+                     "--slot", slot, "--port", str(self.port), "--host", "127.0.0.1",
+                     "--temporary", "true" if temporary else "false", *extra]
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, wait_for: str = "listening on", timeout: float = 30) -> WalstreamProcess:
+        self._log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen([sys.executable, "-m", "walstream", *self.args], stdout=self._log,
+                                     stderr=subprocess.STDOUT, env=walstream_env())
+        self.wait_log(wait_for, timeout)
+        return self
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def wait_log(self, text: str, timeout: float = 30, count: int = 1) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.log().count(text) >= count:
+                return
+            if self.proc is not None and self.proc.poll() is not None:
+                raise AssertionError(f"walstream exited with {self.proc.returncode}:\n{self.log()[-4000:]}")
+            time.sleep(0.05)
+        raise AssertionError(f"timed out waiting for {text!r} in walstream's log:\n{self.log()[-4000:]}")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 15) -> int:
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        try:
+            code = self.proc.wait(timeout)
+        finally:
+            self._log.close()
+        return code
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+    def rss_kb(self) -> int:
+        assert self.proc is not None
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+        return 0
+
+    def __enter__(self) -> WalstreamProcess:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.kill()
+
+
+@dataclass(frozen=True)
+class Event:
+    op: str
+    lsn: int
+    schema: str
+    table: str
+    payload: dict[str, object] | None
+
+    @property
+    def name(self) -> str:
+        return f"{self.schema}.{self.table}"
+
+
+def to_event(msg: plugin_pb2.ServerMessage) -> Event:
+    kind = msg.WhichOneof("msg")
+    ev = getattr(msg, kind)
+    payload = json.loads(ev.json_payload) if kind != "truncate" else None
+    return Event(kind.upper(), ev.pg_lsn, ev.schema, ev.table, payload)
+
+
+class SeedClient:
+    """A client of plugin.PluginService/Session. With auto_ack it acks every event after receiving it."""
+
+    def __init__(self, addr: str, auto_ack: bool = True) -> None:
+        self.channel = grpc.insecure_channel(addr)
+        self.stub = plugin_pb2_grpc.PluginServiceStub(self.channel)
+        self.auto_ack = auto_ack
+        self.events: queue.Queue[Event] = queue.Queue()
+        self.received: list[Event] = []
+        self._acks: queue.Queue[int | None] = queue.Queue()
+        self.error: grpc.RpcError | None = None
+        self.done = threading.Event()
+        self._call = self.stub.Session(self._requests())
+        self._thread = threading.Thread(target=self._read, daemon=True)
+        self._thread.start()
+
+    def _requests(self) -> Iterator[plugin_pb2.ClientMessage]:
+        while True:
+            lsn = self._acks.get()
+            if lsn is None:
+                return
+            yield plugin_pb2.ClientMessage(ack=plugin_pb2.ClientAck(pg_lsn=lsn))
+
+    def _read(self) -> None:
+        try:
+            for msg in self._call:
+                event = to_event(msg)
+                self.received.append(event)
+                self.events.put(event)
+                if self.auto_ack:
+                    self._acks.put(event.lsn)
+        except grpc.RpcError as exc:
+            self.error = exc
+        finally:
+            self.done.set()
+
+    def ack(self, lsn: int) -> None:
+        self._acks.put(lsn)
+
+    def take(self, n: int, timeout: float = 20) -> list[Event]:
+        out = []
+        deadline = time.monotonic() + timeout
+        while len(out) < n:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise AssertionError(f"got {len(out)} of {n} events: {out}")
+            try:
+                out.append(self.events.get(timeout=remaining))
+            except queue.Empty:
+                continue
+        return out
+
+    def expect_nothing(self, wait: float = 1.5) -> None:
+        try:
+            extra = self.events.get(timeout=wait)
+        except queue.Empty:
+            return
+        raise AssertionError(f"unexpected event {extra}")
+
+    def close(self, timeout: float = 10) -> None:
+        """Half-close (no more acks), wait for the server to end the call, then drop the channel."""
+        self._acks.put(None)
+        self.done.wait(timeout)
+        self.channel.close()
+
+    def cancel(self) -> None:
+        self._call.cancel()
+        self.done.wait(5)
+        self.channel.close()
+
+
+def confirmed_flush(dsn: str, slot: str) -> int:
+    with psycopg2.connect(dsn) as conn, conn.cursor() as cur:
+        cur.execute("SELECT confirmed_flush_lsn - '0/0'::pg_lsn FROM pg_replication_slots WHERE slot_name=%s",
+                    (slot,))
+        row = cur.fetchone()
+    conn.close()
+    return int(row[0]) if row and row[0] is not None else 0
+
+
+def wal_lsn(db: psycopg2.extensions.connection) -> int:
+    with db.cursor() as cur:
+        cur.execute("SELECT pg_current_wal_lsn() - '0/0'::pg_lsn")
+        return int(cur.fetchone()[0])  # type: ignore[index]
+
+
+def wait_confirmed(dsn: str, slot: str, at_least: int, timeout: float = 15) -> int:
+    deadline = time.monotonic() + timeout
+    value = 0
+    while time.monotonic() < deadline:
+        value = confirmed_flush(dsn, slot)
+        if value >= at_least:
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"confirmed_flush_lsn {value:X} did not reach {at_least:X}")
+
+
+def execute(db: psycopg2.extensions.connection, *statements: str) -> None:
+    with db.cursor() as cur:
+        for sql in statements:
+            cur.execute(sql)

@@ -1,0 +1,144 @@
+"""The ack contract (walstream.delivery.acks), on its own."""
+
+from __future__ import annotations
+
+import random
+
+from walstream.delivery.acks import AckTracker, ClientLedger
+
+
+def deliver_txn(tracker, clients, xid, commit_lsn, lsns, end_lsn):
+    txn = tracker.begin(xid, commit_lsn)
+    for lsn in lsns:
+        for c in clients:
+            tracker.deliver(c, lsn, txn, f"{xid}@{lsn:X}")
+    tracker.commit(txn, end_lsn)
+    return txn
+
+
+def test_ack_matches_oldest_pending_delivery_with_that_lsn_and_everything_before():
+    t: AckTracker[str] = AckTracker()
+    c = ClientLedger[str]("c")
+    deliver_txn(t, [c], 1, 100, [10, 10, 10], 110)  # COPY: three rows share an LSN
+    assert t.ack(c, 10) == 1
+    assert t.confirmed_lsn == 0
+    assert t.ack(c, 10) == 1
+    assert t.ack(c, 10) == 1
+    assert t.confirmed_lsn == 110
+    assert t.ack(c, 10) == 0  # nothing pending with that LSN any more
+    assert c.rejected == 1
+
+
+def test_non_monotonic_lsns_across_transactions():
+    t: AckTracker[str] = AckTracker()
+    c = ClientLedger[str]("c")
+    deliver_txn(t, [c], 2, 300, [250], 310)  # committed first, started later
+    deliver_txn(t, [c], 1, 400, [50, 60], 410)  # started earlier: smaller change LSNs
+    assert t.ack(c, 50) == 2  # acks 250 too: it was delivered before
+    assert t.confirmed_lsn == 310
+    assert t.ack(c, 60) == 1
+    assert t.confirmed_lsn == 410
+
+
+def test_unknown_and_backward_acks_move_nothing():
+    t: AckTracker[str] = AckTracker()
+    c = ClientLedger[str]("c")
+    deliver_txn(t, [c], 1, 100, [10, 20], 110)
+    assert t.ack(c, 999) == 0
+    assert t.ack(c, 0) == 0
+    assert t.ack(c, 2**64 - 1) == 0
+    assert t.confirmed_lsn == 0
+    assert t.ack(c, 20) == 2
+    assert t.ack(c, 10) == 0  # backwards
+    assert t.confirmed_lsn == 110
+    assert c.rejected == 4
+
+
+def test_transaction_waits_for_every_client_it_went_to():
+    t: AckTracker[str] = AckTracker()
+    a, b = ClientLedger[str]("a"), ClientLedger[str]("b")
+    deliver_txn(t, [a, b], 1, 100, [10], 110)
+    deliver_txn(t, [a, b], 2, 200, [150], 210)
+    t.ack(a, 150)
+    assert t.confirmed_lsn == 0
+    t.ack(b, 10)
+    assert t.confirmed_lsn == 110
+    t.ack(b, 150)
+    assert t.confirmed_lsn == 210
+
+
+def test_open_transaction_holds_the_position_until_its_commit():
+    t: AckTracker[str] = AckTracker()
+    c = ClientLedger[str]("c")
+    txn = t.begin(1, 100)
+    t.deliver(c, 10, txn, "x")
+    t.ack(c, 10)
+    assert t.confirmed_lsn == 0
+    t.commit(txn, 110)
+    assert t.confirmed_lsn == 110
+
+
+def test_leaving_client_stops_holding_others_back():
+    t: AckTracker[str] = AckTracker()
+    a, b = ClientLedger[str]("a"), ClientLedger[str]("b")
+    deliver_txn(t, [a, b], 1, 100, [10], 110)
+    t.ack(a, 10)
+    t.client_left(b, last=False)
+    assert t.confirmed_lsn == 110
+    assert t.outstanding == 0
+
+
+def test_last_client_leaving_keeps_its_unacked_deliveries_for_the_next():
+    t: AckTracker[str] = AckTracker()
+    a = ClientLedger[str]("a")
+    deliver_txn(t, [a], 1, 100, [10, 20, 30], 110)
+    t.ack(a, 10)
+    t.client_left(a, last=True)
+    assert t.has_orphans
+    assert not t.idle_advance(10_000)  # orphans hold the slot
+    b = ClientLedger[str]("b")
+    assert t.adopt_orphans(b) == ["1@14", "1@1E"]
+    assert t.confirmed_lsn == 0
+    t.ack(b, 30)
+    assert t.confirmed_lsn == 110
+
+
+def test_idle_advance_only_when_nothing_is_open_or_pending():
+    t: AckTracker[str] = AckTracker(confirmed_lsn=50)
+    c = ClientLedger[str]("c")
+    assert t.idle_advance(40) is False  # never backwards
+    assert t.idle_advance(60) and t.confirmed_lsn == 60
+    txn = t.begin(1, 100)
+    assert t.idle_advance(90) is False
+    t.commit(txn, 110)  # no deliveries: done at once
+    assert t.confirmed_lsn == 110
+    deliver_txn(t, [c], 2, 200, [150], 210)
+    assert t.idle_advance(500) is False
+    t.ack(c, 150)
+    assert t.idle_advance(500) and t.confirmed_lsn == 500
+
+
+def test_random_histories_never_confirm_an_unacked_transaction():
+    rng = random.Random(7)
+    for _ in range(300):
+        t: AckTracker[int] = AckTracker()
+        clients = [ClientLedger[int](str(i)) for i in range(rng.randint(1, 3))]
+        txns = []
+        lsn = 1000
+        for xid in range(rng.randint(1, 6)):
+            commit = lsn + 100
+            lsns = [rng.randint(10, lsn) for _ in range(rng.randint(0, 4))]
+            txns.append((deliver_txn(t, clients, xid, commit, lsns, commit + 8), lsns))
+            lsn = commit + 8
+        for _ in range(rng.randint(0, 20)):
+            c = rng.choice(clients)
+            pending = [d.lsn for d in c.pending]
+            t.ack(c, rng.choice(pending) if pending and rng.random() < 0.8 else rng.randint(0, 3000))
+        # Confirmed position: the end of the newest transaction with only fully acked ones before it.
+        expected = 0
+        for txn, _ in txns:
+            if txn.outstanding:
+                break
+            expected = txn.end_lsn
+        assert t.confirmed_lsn == expected
+        assert t.outstanding == sum(len(c.pending) for c in clients)
