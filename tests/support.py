@@ -103,6 +103,7 @@ class Event:
     schema: str
     table: str
     payload: dict[str, object] | None
+    raw: str = ""  # json_payload exactly as sent
 
     @property
     def name(self) -> str:
@@ -112,8 +113,8 @@ class Event:
 def to_event(msg: plugin_pb2.ServerMessage) -> Event:
     kind = msg.WhichOneof("msg")
     ev = getattr(msg, kind)
-    payload = json.loads(ev.json_payload) if kind != "truncate" else None
-    return Event(kind.upper(), ev.pg_lsn, ev.schema, ev.table, payload)
+    raw = ev.json_payload if kind != "truncate" else ""
+    return Event(kind.upper(), ev.pg_lsn, ev.schema, ev.table, json.loads(raw) if raw else None, raw)
 
 
 class SeedClient:

@@ -104,6 +104,20 @@ func runSession(client PluginServiceClient, stop <-chan struct{}) error {
 	}
 }
 
+// dialAndRun runs one session on a fresh connection. (A connection that failed to connect backs
+// off on its own, up to minutes, failing calls meanwhile; a new one per attempt keeps the
+// reconnect delay at reconnectDelay.)
+func dialAndRun(addr string, stop <-chan struct{}) error {
+	// grpc.WithInsecure: plaintext, as the server listens without TLS. (grpc-go >= 1.34 also
+	// offers grpc.WithTransportCredentials(insecure.NewCredentials()).)
+	conn, err := grpc.Dial(addr, grpc.WithInsecure())
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	return runSession(NewPluginServiceClient(conn), stop)
+}
+
 func main() {
 	log.SetFlags(0)
 	log.SetPrefix("[go-client] ")
@@ -121,18 +135,9 @@ func main() {
 		close(stop)
 	}()
 
-	// grpc.WithInsecure: plaintext, as the server listens without TLS. (grpc-go >= 1.34 also
-	// offers grpc.WithTransportCredentials(insecure.NewCredentials()).)
-	conn, err := grpc.Dial(addr, grpc.WithInsecure())
-	if err != nil {
-		log.Fatalf("dial %s: %v", addr, err)
-	}
-	defer conn.Close()
-	client := NewPluginServiceClient(conn)
-
 	for {
 		log.Printf("connecting to %s", addr)
-		err := runSession(client, stop)
+		err := dialAndRun(addr, stop)
 		switch {
 		case err == nil:
 		case errors.Is(err, io.EOF):

@@ -22,7 +22,7 @@ const definition = protoLoader.loadSync(path.join(__dirname, '../../proto/plugin
 });
 const { plugin } = grpc.loadPackageDefinition(definition);
 
-const client = new plugin.PluginService(ADDR, grpc.credentials.createInsecure());
+let client = null; // a fresh client (channel) per attempt, see connect()
 let call = null; // the open Session call, if any
 let reconnectTimer = null;
 let stopping = false;
@@ -42,6 +42,9 @@ function describe(msg) {
 function connect() {
   reconnectTimer = null;
   log(`connecting to ${ADDR}`);
+  // A channel that failed to connect backs off on its own (up to minutes) and fails calls fast
+  // meanwhile; a new client per attempt keeps the reconnect delay at RECONNECT_DELAY_MS.
+  client = new plugin.PluginService(ADDR, grpc.credentials.createInsecure());
   const current = client.Session();
   call = current;
 
@@ -54,6 +57,8 @@ function connect() {
   current.on('error', () => {}); // reported through 'status' below
   current.on('status', (status) => {
     call = null;
+    client?.close();
+    client = null;
     if (status.code === grpc.status.OK) log('stream ended by server');
     else log(`stream failed: ${grpc.status[status.code]}: ${status.details}`);
     if (stopping) return shutdown();
@@ -63,7 +68,7 @@ function connect() {
 
 function shutdown() {
   if (reconnectTimer) clearTimeout(reconnectTimer);
-  client.close();
+  client?.close();
   log('bye');
   process.exit(0);
 }

@@ -88,18 +88,17 @@ def main() -> int:
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
 
-    with grpc.insecure_channel(addr) as channel:
-        stub = plugin_pb2_grpc.PluginServiceStub(channel)
-        while not stop.is_set():
-            log(f"connecting to {addr}")
+    while not stop.is_set():
+        log(f"connecting to {addr}")
+        # A fresh channel per attempt: a channel that failed to connect backs off on its own
+        # (up to minutes), which would delay the reconnect well past RECONNECT_DELAY.
+        with grpc.insecure_channel(addr) as channel:
             try:
-                run_session(stub)
+                run_session(plugin_pb2_grpc.PluginServiceStub(channel))
             except grpc.RpcError as err:
-                if stop.is_set() and err.code() == grpc.StatusCode.CANCELLED:
-                    break
                 log(f"stream failed: {err.code().name}: {err.details()}")
-            if stop.wait(RECONNECT_DELAY):
-                break
+        if stop.wait(RECONNECT_DELAY):
+            break
     log("bye")
     return 0
 

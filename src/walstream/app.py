@@ -11,8 +11,11 @@ import asyncio
 import contextlib
 import logging
 import signal
+from collections.abc import Mapping
 
 import grpc
+import psycopg2
+import psycopg2.extensions
 
 from . import dsn as dsnlib
 from ._proto import plugin_pb2_grpc
@@ -20,9 +23,9 @@ from .config import StartConfig
 from .delivery.acks import AckTracker
 from .delivery.hub import Hub
 from .delivery.seed_service import SeedService
-from .errors import ConfigError
+from .errors import ConfigError, SourceError
 from .pipeline import Pipeline
-from .processing.values import TypeCatalog
+from .processing.values import Lookup, TypeCatalog, TypeInfo, catalog_lookup
 from .replication import catalog
 
 log = logging.getLogger(__name__)
@@ -32,36 +35,30 @@ def run_start(config: StartConfig) -> int:
     return asyncio.run(serve(config))
 
 
-def _type_lookup(conn_str: str) -> object:
-    """A catalog lookup for user-defined types that reconnects if its connection was lost."""
-    state: dict[str, object] = {}
+def _type_lookup(conn_str: str) -> Lookup:
+    """User-defined types are looked up over a plain connection, opened on first use and again if lost."""
+    held: list[psycopg2.extensions.connection] = []
 
-    def lookup(oids: list[int]) -> object:
-        for attempt in (1, 2):
-            conn = state.get("conn")
-            try:
-                if conn is None:
-                    conn = state["conn"] = catalog.connect(conn_str)
-                    conn.autocommit = True  # type: ignore[attr-defined]
-                from .processing.values import catalog_lookup
-
-                return catalog_lookup(conn)(oids)  # type: ignore[arg-type]
-            except Exception:
-                state.pop("conn", None)
-                if attempt == 2:
-                    raise
-        raise AssertionError("unreachable")
+    def lookup(oids: list[int]) -> Mapping[int, TypeInfo]:
+        try:
+            if not held:
+                held.append(catalog.connect(conn_str))
+            return catalog_lookup(held[0])(oids)
+        except psycopg2.Error as exc:
+            if held:
+                held.pop().close()
+            raise SourceError(f"cannot look up column types: {catalog.first_line(exc)}") from None
 
     return lookup
 
 
 async def serve(config: StartConfig, ready: asyncio.Event | None = None) -> int:
     hub = Hub(AckTracker(), config.client_queue_size, config.max_unacked)
-    types = TypeCatalog(lookup=_type_lookup(config.connection))  # type: ignore[arg-type]
+    types = TypeCatalog(lookup=_type_lookup(config.connection))
     pipeline = Pipeline(config, dsnlib.replication_dsn(config.connection), hub, types)
 
     server = grpc.aio.server()
-    plugin_pb2_grpc.add_PluginServiceServicer_to_server(SeedService(hub), server)
+    plugin_pb2_grpc.add_PluginServiceServicer_to_server(SeedService(hub), server)  # type: ignore[no-untyped-call]
     address = f"{config.host}:{config.port}"
     try:
         port = server.add_insecure_port(address)

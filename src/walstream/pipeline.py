@@ -178,8 +178,13 @@ class Pipeline:
 
     @staticmethod
     async def _wait_readable(loop: asyncio.AbstractEventLoop, fd: int, timeout: float) -> None:
-        ready = loop.create_future()
-        loop.add_reader(fd, lambda: ready.done() or ready.set_result(None))
+        ready: asyncio.Future[None] = loop.create_future()
+
+        def wake() -> None:
+            if not ready.done():
+                ready.set_result(None)
+
+        loop.add_reader(fd, wake)
         try:
             await asyncio.wait_for(ready, timeout)
         except asyncio.TimeoutError:

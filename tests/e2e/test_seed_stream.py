@@ -9,7 +9,6 @@ from decimal import Decimal
 
 import psycopg2
 import pytest
-
 from support import SeedClient, WalstreamProcess, confirmed_flush, wait_confirmed
 
 SCHEMA = [
@@ -263,3 +262,26 @@ def test_garbage_acks_never_move_the_slot(testdb, tmp_path, ack):
         ws.wait_log("matches nothing it was sent")
         assert confirmed_flush(testdb.dsn, testdb.slot) == before <= event.lsn
         client.close()
+
+
+def test_second_walstream_on_a_permanent_slot_waits_and_takes_over(testdb, tmp_path):
+    testdb.execute("CREATE TABLE t (id int PRIMARY KEY)", "CREATE PUBLICATION pub FOR ALL TABLES")
+    first = WalstreamProcess(testdb.dsn, "pub", testdb.slot, log_dir=tmp_path).start()
+    standby = WalstreamProcess(testdb.dsn, "pub", testdb.slot, log_dir=tmp_path)
+    try:
+        standby.start()
+        pid = testdb.query("SELECT active_pid FROM pg_replication_slots WHERE slot_name=%s", (testdb.slot,))[0][0]
+        standby.wait_log(f"is active for PID {pid}")
+        client = SeedClient(standby.addr)
+        standby.wait_log("connected")
+        testdb.execute("INSERT INTO t VALUES (1)")  # committed while the standby waits
+        first.kill()
+        standby.wait_log("streaming slot", timeout=20)
+        (event,) = client.take(1, timeout=20)
+        assert event.payload == {"id": 1}
+        wait_confirmed(testdb.dsn, testdb.slot, testdb.wal_lsn())
+        client.close()
+        assert standby.stop() == 0
+    finally:
+        first.kill()
+        standby.kill()

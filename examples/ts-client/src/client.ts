@@ -12,7 +12,7 @@ const SHUTDOWN_GRACE_MS = 5000;
 
 type Session = ClientDuplexStream<ClientMessage, ServerMessage>;
 
-const client = new PluginServiceClient(ADDR, credentials.createInsecure());
+let client: PluginServiceClient | null = null; // a fresh client (channel) per attempt, see connect()
 let call: Session | null = null; // the open Session call, if any
 let reconnectTimer: NodeJS.Timeout | null = null;
 let stopping = false;
@@ -42,6 +42,9 @@ function describe(msg: ServerMessage): { lsn: string; line: string } | null {
 function connect(): void {
   reconnectTimer = null;
   log(`connecting to ${ADDR}`);
+  // A channel that failed to connect backs off on its own (up to minutes) and fails calls fast
+  // meanwhile; a new client per attempt keeps the reconnect delay at RECONNECT_DELAY_MS.
+  client = new PluginServiceClient(ADDR, credentials.createInsecure());
   const current: Session = client.session();
   call = current;
 
@@ -55,6 +58,8 @@ function connect(): void {
   current.on("error", () => {}); // reported through 'status' below
   current.on("status", (status: StatusObject) => {
     call = null;
+    client?.close();
+    client = null;
     if (status.code === Status.OK) log("stream ended by server");
     else log(`stream failed: ${Status[status.code]}: ${status.details}`);
     if (stopping) return shutdown();
@@ -64,7 +69,7 @@ function connect(): void {
 
 function shutdown(): void {
   if (reconnectTimer) clearTimeout(reconnectTimer);
-  client.close();
+  client?.close();
   log("bye");
   process.exit(0);
 }

@@ -14,8 +14,8 @@ from collections.abc import AsyncIterator, Sequence
 import grpc
 
 from .._proto import plugin_pb2, plugin_pb2_grpc
-from ..processing.events import ChangeEvent, Op
 from ..lsn import format_lsn
+from ..processing.events import ChangeEvent, Op
 from .hub import Client, Hub
 
 log = logging.getLogger(__name__)
@@ -67,7 +67,9 @@ class SeedService(plugin_pb2_grpc.PluginServiceServicer):
         self.hub = hub
 
     async def Session(  # noqa: N802 (name fixed by the proto)
-        self, request_iterator: AsyncIterator[plugin_pb2.ClientMessage], context: grpc.aio.ServicerContext
+        self,
+        request_iterator: AsyncIterator[plugin_pb2.ClientMessage],
+        context: grpc.aio.ServicerContext[plugin_pb2.ClientMessage, plugin_pb2.ServerMessage],
     ) -> AsyncIterator[plugin_pb2.ServerMessage]:
         client = self.hub.connect(SeedAdapter(), context.peer())
         if client is None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from ..errors import ProtocolError
 from ..lsn import format_lsn
@@ -22,11 +22,11 @@ log = logging.getLogger(__name__)
 
 
 class Sink(Protocol):
-    """The delivery side (walstream.delivery.hub.Hub)."""
+    """The delivery side (walstream.delivery.hub.Hub). `txn` is whatever begin() returned, passed back."""
 
-    def begin(self, xid: int, commit_lsn: int) -> object: ...
-    def publish(self, event: ChangeEvent, txn: object) -> None: ...
-    def commit(self, txn: object, end_lsn: int) -> None: ...
+    def begin(self, xid: int, commit_lsn: int) -> Any: ...
+    def publish(self, event: ChangeEvent, txn: Any) -> None: ...
+    def commit(self, txn: Any, end_lsn: int) -> None: ...
 
 
 class ConverterSource(Protocol):
@@ -37,7 +37,7 @@ class ConverterSource(Protocol):
 @dataclass
 class _OpenTxn:
     info: TxnInfo
-    record: object
+    record: Any
     ordinal: int = 0  # changes passed on so far
 
 

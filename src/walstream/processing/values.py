@@ -17,7 +17,9 @@ PostgreSQL's jsonb.c (jsonb_categorize_type, datum_to_jsonb) and JsonEncodeDateT
 A non-built-in base type with a function cast to json is turned by to_jsonb() into that cast's result,
 which cannot be computed from the text: such types come out as their text (logged once).
 
-Values are orjson-ready: str, bool, None, int, orjson.Fragment (exact number and jsonb text), lists, dicts.
+Values are orjson-ready: str, bool, None, orjson.Fragment (numbers and jsonb, as exact JSON text), lists
+and dicts. Text that does not parse as the catalog says (which pgoutput should never send) is kept as a
+string rather than stopping the stream.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ import orjson
 import psycopg2.extensions
 
 from .builtin_types import BUILTIN_TYPES
-from .pgtext import parse_array, parse_record, parse_vector
+from .pgtext import PgTextError, parse_array, parse_record, parse_vector
 
 log = logging.getLogger(__name__)
 
@@ -68,31 +70,36 @@ BUILTIN: dict[int, TypeInfo] = {
 
 _Fragment = orjson.Fragment
 _ZERO = orjson.Fragment(b"0")
+_MAX_WEIGHT = 131071  # numeric holds up to 131072 digits before the point
+_MAX_SCALE = 16383  # and 16383 after it
 
 
 def numeric_text(text: str) -> str:
     """numeric_out(numeric_in(text)) for a finite number: exponents expanded, the scale kept, -0 -> 0."""
     if "e" in text or "E" in text:
-        text = format(Decimal(text), "f")  # 1.5e+20 -> 150000000000000000000, 1e-07 -> 0.0000001
+        number = Decimal(text)
+        exponent = number.as_tuple().exponent
+        if not isinstance(exponent, int) or not -_MAX_SCALE <= exponent <= _MAX_WEIGHT:
+            return text  # beyond numeric's range (to_jsonb fails on it): do not expand a million digits
+        text = format(number, "f")  # 1.5e+20 -> 150000000000000000000, 1e-07 -> 0.0000001
     if text[0] == "-" and not text.strip("-0."):
         text = text[1:]  # numeric has no negative zero
     return text
 
 
-def convert_int(text: str) -> object:
-    return int(text)
+# int2/int4/int8 text is already the JSON number; a Fragment of it is cheaper than int() (and orjson then
+# copies it instead of formatting an int).
+convert_int: Converter = orjson.Fragment
 
 
 def convert_numeric(text: str) -> object:
-    last = text[-1]
-    if last == "N" or last == "y":  # NaN, Infinity, -Infinity: not JSON numbers, to_jsonb makes strings
+    if text[-1] in "Ny":  # NaN, Infinity, -Infinity: not JSON numbers, to_jsonb makes strings
         return text
     return _Fragment(text)
 
 
 def convert_float(text: str) -> object:
-    last = text[-1]
-    if last == "N" or last == "y":
+    if text[-1] in "Ny":
         return text
     if "e" in text:
         return _Fragment(numeric_text(text))
@@ -111,8 +118,8 @@ def convert_timestamp(text: str) -> object:
 
 def convert_timestamptz(text: str) -> object:
     """'2024-01-02 03:04:05+00' -> '2024-01-02T03:04:05+00:00' (XSD zones always carry minutes)."""
-    if text[10:11] == " " and text[-3:] == "+00":
-        return f"{text[:10]}T{text[11:]}:00"
+    if text.endswith("+00") and text[10] == " ":  # the common case, in a UTC walsender
+        return text.replace(" ", "T", 1) + ":00"
     if text[-1:] == "y":  # infinity, -infinity
         return text
     bc = text.endswith(" BC")
@@ -134,9 +141,12 @@ def convert_json(text: str) -> object:
     """json -> the value to_jsonb() builds from it: objects keep the last of duplicate keys, numbers print
     as numeric does (1E2 -> 100)."""
     try:
-        return _json_decoder.decode(text)
-    except (ValueError, RecursionError):  # cannot happen for a stored json value but deep nesting
-        return _Fragment(text)
+        value = _json_decoder.decode(text)
+        if "\\u" in text:  # json accepts a lone surrogate escape, which orjson cannot encode as a string
+            orjson.dumps(value)
+        return value
+    except (ValueError, TypeError, RecursionError):  # a lone surrogate, or nesting deeper than Python's
+        return _Fragment(text)  # stack: to_jsonb() fails on the first, the text is still valid JSON
 
 
 def convert_jsonb(text: str) -> object:
@@ -162,9 +172,21 @@ SCALARS: dict[int, Converter] = {
 # --- containers ---------------------------------------------------------------------------------------
 
 
+def _malformed(kind: str, text: str, exc: Exception) -> str:
+    log.warning("%s value does not parse (%s); sending its text: %.80r", kind, exc, text)
+    return text
+
+
 def array_converter(elem: Converter, delim: str = ",") -> Converter:
     def convert(text: str) -> object:
-        return parse_array(text, delim, elem)
+        # Inline fast path: one dimension, default bounds, nothing quoted or escaped, no NULL.
+        if text[:1] == "{" and "\"" not in text and "\\" not in text and "NULL" not in text \
+                and text.count("{") == 1:
+            return list(map(elem, text[1:-1].split(delim))) if len(text) > 2 else []
+        try:
+            return parse_array(text, delim, elem)
+        except PgTextError as exc:
+            return _malformed("array", text, exc)
 
     return convert
 
@@ -183,9 +205,12 @@ def record_converter(attributes: Iterable[tuple[str, Converter]]) -> Converter:
     def convert(text: str) -> object:
         if width == 0:
             return {}
-        fields = parse_record(text)
+        try:
+            fields = parse_record(text)
+        except PgTextError as exc:
+            return _malformed("record", text, exc)
         if len(fields) != width:  # the type changed and no Type message told us yet: keep the text
-            return text
+            return _malformed("record", text, ValueError(f"{len(fields)} fields for {width} attributes"))
         return {name: None if f is None else conv(f) for (name, conv), f in zip(attrs, fields, strict=True)}
 
     return convert
@@ -199,7 +224,8 @@ class TypeCatalog:
 
     `lookup(oids)` returns TypeInfo for those OIDs and, to save round trips, may add any types they refer
     to (domain bases, array elements, attribute types). Without a lookup, or for an OID it does not know,
-    values are kept as their text. Not thread-safe.
+    values are kept as their text; an exception from the lookup propagates (and nothing is cached for
+    it). Not thread-safe.
     """
 
     def __init__(self, lookup: Lookup | None = None) -> None:
@@ -300,20 +326,19 @@ WITH RECURSIVE wanted(oid) AS (
              WHERE t.typtype = 'c' AND a.attrelid = t.typrelid AND a.attnum > 0 AND NOT a.attisdropped
       ) AS ref(oid)
 )
-SELECT t.oid::int8, t.typname::text, t.typtype::text, t.typcategory::text,
+SELECT pg_catalog.json_build_array(
+       t.oid::int8, t.typname, t.typtype, t.typcategory,
        CASE WHEN {is_array} THEN t.typelem::int8 ELSE 0 END,
-       t.typdelim::text, t.typbasetype::int8,
+       t.typdelim, t.typbasetype::int8,
        t.typinput IN ('pg_catalog.int2vectorin'::pg_catalog.regproc,
                       'pg_catalog.oidvectorin'::pg_catalog.regproc),
-       ARRAY(SELECT a.attname::text FROM pg_catalog.pg_attribute a
-              WHERE t.typtype = 'c' AND a.attrelid = t.typrelid AND a.attnum > 0 AND NOT a.attisdropped
-              ORDER BY a.attnum),
-       ARRAY(SELECT a.atttypid::int8 FROM pg_catalog.pg_attribute a
+       ARRAY(SELECT pg_catalog.json_build_array(a.attname, a.atttypid::int8)
+               FROM pg_catalog.pg_attribute a
               WHERE t.typtype = 'c' AND a.attrelid = t.typrelid AND a.attnum > 0 AND NOT a.attisdropped
               ORDER BY a.attnum),
        EXISTS (SELECT FROM pg_catalog.pg_cast c
                 WHERE c.castsource = t.oid AND c.casttarget = 'pg_catalog.json'::pg_catalog.regtype
-                  AND c.castmethod = 'f')
+                  AND c.castmethod = 'f'))::text
   FROM wanted w JOIN pg_catalog.pg_type t ON t.oid = w.oid
 """
 # PostgreSQL 14 made subscripting pluggable; before it an array was any varlena with an element type.
@@ -338,9 +363,11 @@ def catalog_lookup(conn: psycopg2.extensions.connection) -> Lookup:
             if idle and not conn.autocommit and conn.get_transaction_status() != ext.TRANSACTION_STATUS_IDLE:
                 conn.rollback()
         infos: dict[int, TypeInfo] = {}
-        for oid, name, typtype, cat, elem, delim, base, vector, names, types, json_cast in rows:
-            attributes = tuple(zip(names, types, strict=True))
-            infos[oid] = TypeInfo(oid, name, typtype, cat, elem, delim, base, attributes, vector, json_cast)
+        for (row,) in rows:  # one JSON text per type: immune to typecasters registered on conn
+            oid, name, typtype, cat, elem, delim, base, vector, attrs, json_cast = orjson.loads(row)
+            attributes = tuple((str(n), int(t)) for n, t in attrs)
+            infos[oid] = TypeInfo(int(oid), str(name), str(typtype), str(cat), int(elem), str(delim), int(base),
+                                  attributes, bool(vector), bool(json_cast))
         return infos
 
     return lookup

@@ -171,24 +171,24 @@ def _tuple(buf: bytes, pos: int) -> tuple[TupleData, int]:
     (natts,) = _U16.unpack_from(buf, pos)
     pos += 2
     cells: list[Cell] = []
-    append = cells.append
-    unpack_length = _I32.unpack_from
+    append, unpack_length, new_tuple, cell = cells.append, _I32.unpack_from, _new_tuple, Cell  # hot loop: locals
+    t, b, null, unchanged = _T, _B, _NULL_CELL, _UNCHANGED_CELL
     try:
         for _ in range(natts):
             kind = buf[pos]
-            if kind == _T or kind == _B:
+            if kind == t or kind == b:
                 (length,) = unpack_length(buf, pos + 1)
                 start = pos + 5
                 end = start + length
                 if length < 0 or end > n:
                     raise _bad_length(buf, pos + 1, length, f"column {len(cells) + 1}")
-                append(_new_tuple(Cell, (COLUMN_TEXT if kind == _T else COLUMN_BINARY, buf[start:end])))
+                append(new_tuple(cell, (COLUMN_TEXT if kind == t else COLUMN_BINARY, buf[start:end])))
                 pos = end
             elif kind == _N:
-                append(_NULL_CELL)
+                append(null)
                 pos += 1
             elif kind == _U:
-                append(_UNCHANGED_CELL)
+                append(unchanged)
                 pos += 1
             else:
                 raise _error(buf[0], pos, "column kind 'n', 'u', 't' or 'b'", _show(kind))

@@ -7,7 +7,7 @@ microseconds since 2000-01-01 00:00:00 UTC (PostgreSQL's epoch), exactly as sent
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import NamedTuple, Union
+from typing import NamedTuple
 
 # Column kinds inside a TupleData (proto.c: LOGICALREP_COLUMN_*).
 COLUMN_NULL = "n"
@@ -202,8 +202,8 @@ class StreamPrepare:
     gid: str
 
 
-PgoutputMessage = Union[
-    Begin, Commit, Origin, Relation, Type, Insert, Update, Delete, Truncate, Message,
-    StreamStart, StreamStop, StreamCommit, StreamAbort,
-    BeginPrepare, Prepare, CommitPrepared, RollbackPrepared, StreamPrepare,
-]
+PgoutputMessage = (
+    Begin | Commit | Origin | Relation | Type | Insert | Update | Delete | Truncate | Message
+    | StreamStart | StreamStop | StreamCommit | StreamAbort
+    | BeginPrepare | Prepare | CommitPrepared | RollbackPrepared | StreamPrepare
+)

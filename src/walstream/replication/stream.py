@@ -18,6 +18,7 @@ import psycopg2.extras
 
 from ..errors import ErrorKind, SlotInUseError, SourceError
 from ..lsn import format_lsn, parse_lsn
+from .catalog import first_line
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +68,7 @@ class ReplicationStream:
         try:
             conn = psycopg2.connect(self.dsn, connection_factory=psycopg2.extras.LogicalReplicationConnection)
         except psycopg2.OperationalError as exc:
-            raise SourceError(f"cannot open replication connection: {_first_line(exc)}") from None
+            raise SourceError(f"cannot connect to PostgreSQL: {first_line(exc)}") from None
         self._conn = conn
         try:
             cur = conn.cursor()
@@ -129,7 +130,8 @@ class ReplicationStream:
     def send_status(self, write_lsn: int, flush_lsn: int) -> None:
         assert self._cur is not None
         try:
-            self._cur.send_feedback(write_lsn=write_lsn, flush_lsn=flush_lsn, force=True)
+            self._cur.send_feedback(  # type: ignore[no-untyped-call]
+                write_lsn=write_lsn, flush_lsn=flush_lsn, force=True)
         except psycopg2.Error as exc:
             raise _classify(exc, self.slot) from None
         log.debug("status update: write %s flush %s", format_lsn(write_lsn), format_lsn(flush_lsn))
@@ -143,14 +145,9 @@ class ReplicationStream:
                 pass
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip() or type(exc).__name__
-    return text.splitlines()[0]
-
-
 def _classify(exc: psycopg2.Error, slot: str) -> Exception:
     """Map a psycopg2 error to walstream's error kinds (retryable or not)."""
-    message = _first_line(exc)
+    message = first_line(exc)
     if isinstance(exc, psycopg2.errors.ObjectInUse):
         match = _PID_RE.search(message)
         return SlotInUseError(slot, int(match.group(1)) if match else None)
