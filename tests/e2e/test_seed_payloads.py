@@ -44,7 +44,7 @@ def test_payload_equals_to_jsonb_for_every_column_type(testdb, tmp_path):
         "CREATE DOMAIN posint AS int CHECK (VALUE > 0)",
         "CREATE TYPE pair AS (n int, s text)",
         "CREATE TABLE wide (id int PRIMARY KEY, "
-        + ", ".join(f"{c} {t}" for c, t in zip(cols, COLUMNS)) + ")",
+        + ", ".join(f"{c} {t}" for c, t in zip(cols, COLUMNS, strict=True)) + ")",
         "ALTER TABLE wide REPLICA IDENTITY FULL",
         "CREATE PUBLICATION pub FOR ALL TABLES",
     )
