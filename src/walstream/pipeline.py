@@ -66,6 +66,11 @@ class Pipeline:
                     await self._sleep(delay)
                     continue
                 self._on_open(info.created_slot, info.encoding, info.proto_version, info.server_version)
+                # psycopg2 moves the flush position itself on a keepalive read right after a message whose
+                # start LSN is 0 (Relation, Type): PostgreSQL sends such keepalives mid-transaction only
+                # when it has had no status update for half its wal_sender_timeout. Report well before.
+                if info.sender_timeout > 0:
+                    self.status_interval = min(self.config.status_interval, max(1.0, info.sender_timeout / 4))
                 failures = 0
                 try:
                     await self._pump(stream)

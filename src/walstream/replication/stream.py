@@ -36,6 +36,18 @@ def protocol_version(server_version: int) -> int:
     return 1
 
 
+_UNITS = {"us": 1e-6, "ms": 1e-3, "s": 1.0, "min": 60.0, "h": 3600.0, "d": 86400.0}
+_DURATION_RE = re.compile(r"^\s*(-?\d+(?:\.\d+)?)\s*([a-z]*)\s*$")
+
+
+def parse_duration(text: str) -> float:
+    """A PostgreSQL time setting as SHOW prints it ('1min', '500ms', '0') in seconds."""
+    match = _DURATION_RE.match(text)
+    if not match or match.group(2) not in {"", *_UNITS}:
+        raise SourceError(f"unexpected duration {text!r} from the server", ErrorKind.PROTOCOL)
+    return float(match.group(1)) * _UNITS.get(match.group(2), 1e-3)  # a bare number is milliseconds
+
+
 def quote_publication(name: str) -> str:
     # pgoutput splits publication_names as an identifier list: quote so any name is taken literally.
     return '"' + name.replace('"', '""') + '"'
@@ -48,6 +60,7 @@ class StreamInfo:
     encoding: str  # Python codec of the server encoding: pgoutput sends text in it
     created_slot: bool
     start_lsn: int  # consistent point of a new slot, else 0
+    sender_timeout: float  # the server's wal_sender_timeout in seconds (0: disabled)
 
 
 class ReplicationStream:
@@ -74,6 +87,9 @@ class ReplicationStream:
             cur = conn.cursor()
             created, start_lsn = self._ensure_slot(cur)
             version = conn.server_version
+            cur.execute("SHOW wal_sender_timeout")
+            row = cur.fetchone()
+            sender_timeout = parse_duration(str(row[0])) if row else 60.0
             proto = protocol_version(version)
             options = {"proto_version": str(proto), "publication_names": quote_publication(self.publication)}
             if version >= 140000:
@@ -87,7 +103,7 @@ class ReplicationStream:
             raise
         self._cur = cur
         encoding = psycopg2.extensions.encodings.get(conn.encoding, "utf-8")
-        return StreamInfo(version, proto, encoding, created, start_lsn)
+        return StreamInfo(version, proto, encoding, created, start_lsn, sender_timeout)
 
     def _ensure_slot(self, cur: psycopg2.extras.ReplicationCursor) -> tuple[bool, int]:
         try:
