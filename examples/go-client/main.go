@@ -130,8 +130,8 @@ func main() {
 	signals := make(chan os.Signal, 1)
 	signal.Notify(signals, syscall.SIGINT, syscall.SIGTERM)
 	go func() {
-		sig := <-signals
-		log.Printf("got %v, flushing acks and exiting", sig)
+		name := map[os.Signal]string{syscall.SIGINT: "SIGINT", syscall.SIGTERM: "SIGTERM"}[<-signals]
+		log.Printf("got %s, flushing acks and exiting", name)
 		close(stop)
 	}()
 

@@ -31,9 +31,11 @@ function log(msg) {
   process.stderr.write(`[js-client] ${msg}\n`);
 }
 
+// The event's pg_lsn and the line to print for it; null for a message kind this client doesn't know.
 function describe(msg) {
   const kind = msg.msg; // 'insert' | 'update' | 'delete' | 'truncate'
-  const ev = msg[kind];
+  const ev = kind && msg[kind];
+  if (!ev) return null;
   let line = `${kind.toUpperCase()} ${ev.schema}.${ev.table}`;
   if (kind !== 'truncate') line += `: ${ev.json_payload}`;
   return { lsn: ev.pg_lsn, line };
@@ -50,9 +52,10 @@ function connect() {
 
   current.on('data', (msg) => {
     if (stopping) return; // not handled, not acked: the server sends it again next time
-    const { lsn, line } = describe(msg);
-    process.stdout.write(line + '\n');
-    current.write({ ack: { pg_lsn: lsn } });
+    const event = describe(msg);
+    if (!event) return;
+    process.stdout.write(event.line + '\n');
+    current.write({ ack: { pg_lsn: event.lsn } });
   });
   current.on('error', () => {}); // reported through 'status' below
   current.on('status', (status) => {

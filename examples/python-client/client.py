@@ -17,7 +17,6 @@ import sys
 import threading
 
 import grpc
-
 import plugin_pb2
 import plugin_pb2_grpc
 
@@ -31,9 +30,11 @@ def log(msg: str) -> None:
     print(f"[python-client] {msg}", file=sys.stderr, flush=True)
 
 
-def describe(msg: plugin_pb2.ServerMessage) -> tuple[int, str]:
-    """Return (pg_lsn, printable line) for one server message."""
+def describe(msg: plugin_pb2.ServerMessage) -> tuple[int, str] | None:
+    """The event's pg_lsn and the line to print for it; None for a message kind this client doesn't know."""
     kind = msg.WhichOneof("msg")
+    if kind is None:
+        return None
     ev = getattr(msg, kind)
     line = f"{kind.upper()} {ev.schema}.{ev.table}"
     if kind != "truncate":
@@ -42,37 +43,43 @@ def describe(msg: plugin_pb2.ServerMessage) -> tuple[int, str]:
 
 
 def run_session(stub: plugin_pb2_grpc.PluginServiceStub) -> None:
+    """One Session call: print and ack each event until the call ends or a stop is requested."""
     acks: queue.Queue[int] = queue.Queue()
+    ended = threading.Event()  # the call is over
 
     def requests():
-        # Yields queued acks; once stop is set and every queued ack is sent, returning half-closes the stream.
+        # The client -> server side of the stream: the queued acks. Returning half-closes it, which
+        # happens only once a stop is requested and every queued ack has been sent.
         while True:
             try:
                 lsn = acks.get(timeout=0.1)
             except queue.Empty:
-                if stop.is_set():
+                if stop.is_set() or ended.is_set():
                     return
                 continue
             yield plugin_pb2.ClientMessage(ack=plugin_pb2.ClientAck(pg_lsn=lsn))
 
     call = stub.Session(requests())
+    call.add_done_callback(lambda _call: ended.set())
 
     def watchdog():
-        # If the server does not end the call soon after we half-close, cancel it.
-        stop.wait()
-        finished = threading.Event()
-        call.add_done_callback(lambda _call: finished.set())
-        if not finished.wait(SHUTDOWN_GRACE):
-            log("server did not finish the call in time; cancelling")
-            call.cancel()
+        # After a stop, give the server SHUTDOWN_GRACE to finish the call, then cancel it.
+        while not ended.is_set():
+            if stop.wait(0.1):
+                if not ended.wait(SHUTDOWN_GRACE):
+                    log("server did not finish the call in time; cancelling")
+                    call.cancel()
+                return
 
     threading.Thread(target=watchdog, daemon=True).start()
 
-    log("session open")
     for msg in call:
         if stop.is_set():
             continue  # not handled, not acked: the server will send it again next time
-        lsn, line = describe(msg)
+        event = describe(msg)
+        if event is None:
+            continue
+        lsn, line = event
         print(line, flush=True)
         acks.put(lsn)
     log("stream ended by server")

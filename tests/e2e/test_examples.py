@@ -62,22 +62,26 @@ def run(cmd: list[str], cwd: Path, env: dict[str, str] | None = None, timeout: f
 # ---- toolchains and builds ---------------------------------------------------------------
 
 
-@pytest.fixture(scope="session")
-def toolchains() -> dict[str, str]:
-    """Runs the install script once; maps each language to "" (ready) or what is missing."""
+def install_toolchain(lang: str) -> str:
+    """Runs the install script for one language: "" when ready, else what is missing."""
     env = dict(os.environ, PYTHON=sys.executable)
     try:
-        proc = subprocess.run(["bash", str(INSTALL_SCRIPT), *LANGUAGES], capture_output=True, text=True,
-                              env=env, timeout=BUILD_TIMEOUT)
+        proc = subprocess.run(["bash", str(INSTALL_SCRIPT), lang], capture_output=True, text=True, env=env,
+                              timeout=BUILD_TIMEOUT)
     except subprocess.TimeoutExpired:
-        return {lang: f"{INSTALL_SCRIPT.name} timed out after {BUILD_TIMEOUT} s" for lang in LANGUAGES}
-    status = {lang: f"{INSTALL_SCRIPT.name} did not report on {lang}:\n{proc.stderr[-2000:]}" for lang in LANGUAGES}
+        return f"{INSTALL_SCRIPT.name} {lang} timed out after {BUILD_TIMEOUT} s"
     for line in proc.stdout.splitlines():
-        if m := re.match(r"READY (\w+)$", line):
-            status[m[1]] = ""
-        elif m := re.match(r"MISSING (\w+): (.*)$", line):
-            status[m[1]] = f"{m[1]} toolchain missing: {m[2]}"
-    return status
+        if line == f"READY {lang}":
+            return ""
+        if line.startswith(f"MISSING {lang}: "):
+            return f"{lang} toolchain missing: {line.split(': ', 1)[1]}"
+    return f"{INSTALL_SCRIPT.name} {lang} exited {proc.returncode} without a verdict:\n{proc.stderr[-2000:]}"
+
+
+@pytest.fixture(scope="session")
+def toolchains() -> dict[str, str]:
+    """Per language, what install_toolchain() said (each language is installed once per session)."""
+    return {}
 
 
 def cargo() -> str | None:
@@ -138,6 +142,8 @@ def built() -> dict[str, Example]:
 @pytest.fixture
 def example(request: pytest.FixtureRequest, toolchains: dict[str, str], built: dict[str, Example]) -> Example:
     lang = request.param
+    if lang not in toolchains:
+        toolchains[lang] = install_toolchain(lang)
     if toolchains[lang]:
         unavailable(toolchains[lang])
     if importlib.util.find_spec("walstream.app") is None:
@@ -183,7 +189,8 @@ class Running:
                 out.append(self._queue.get(timeout=max(0.0, deadline - time.monotonic())))
             except queue.Empty:
                 raise AssertionError(f"{self.ex.lang} example printed {len(out)} of {n} lines: {out}\n"
-                                     f"exit code: {self.proc.poll()}\nits stderr:\n{self.stderr()[-3000:]}")
+                                     f"exit code: {self.proc.poll()}\nits stderr:\n{self.stderr()[-3000:]}"
+                                     ) from None
         self.lines += out
         return out
 
@@ -272,11 +279,11 @@ def test_example_prints_acks_reconnects_and_exits_cleanly(example: Example, test
         # walstream restarts: the example reconnects (~2 s later) and gets what changed meanwhile.
         assert ws.stop(signal.SIGTERM) == 0
         testdb.execute("INSERT INTO items VALUES (3, 'plum', 7)")
+        end = testdb.wal_lsn()  # right after the commit (WAL written later, e.g. running-xacts, is never acked)
         ws = WalstreamProcess(testdb.dsn, "pub", testdb.slot, temporary=False, log_dir=tmp_path,
                               port=ws.port).start()
         assert [parse(line) for line in client.take(1, timeout=30)] == [
             ("INSERT", "public.items", {"id": 3, "name": "plum", "qty": 7})]
-        end = testdb.wal_lsn()
         # Ctrl-C right after the last event: the example half-closes after its last ack and waits
         # for the server to finish the call, so that ack still reaches the slot.
         assert client.stop(signal.SIGINT) == 0, client.stderr()
@@ -291,9 +298,16 @@ def test_example_prints_acks_reconnects_and_exits_cleanly(example: Example, test
             ("INSERT", "public.items", {"id": 4, "name": "fig", "qty": 1})]
         assert again.stop(signal.SIGTERM) == 0, again.stderr()
         wait_confirmed(testdb.dsn, testdb.slot, end, timeout=15)
+
+        # Stopped while connected but before any event (the server may not even have sent its
+        # response headers yet): it still exits at once, cleanly, and prints nothing.
+        idle = spawn(example, ws.addr)
+        ws.wait_log(" connected", count=3, timeout=30)  # the reconnect, `again`, `idle`
+        assert idle.stop(signal.SIGINT) == 0, idle.stderr()
+        idle.expect_nothing(0.2)
         assert confirmed_flush(testdb.dsn, testdb.slot) >= end
 
-        for r in (client, again):
+        for r in (client, again, idle):
             for bad in ("Traceback", "panicked", "Unhandled", "goroutine "):
                 assert bad not in r.stderr(), f"{example.lang} example's stderr:\n{r.stderr()}"
         assert ws.stop(signal.SIGTERM) == 0

@@ -58,9 +58,18 @@ async fn stopped(stop: &mut watch::Receiver<bool>) {
 fn describe(msg: &ServerMessage) -> Option<(u64, String)> {
     use server_message::Msg;
     Some(match msg.msg.as_ref()? {
-        Msg::Insert(e) => (e.pg_lsn, format!("INSERT {}.{}: {}", e.schema, e.table, e.json_payload)),
-        Msg::Update(e) => (e.pg_lsn, format!("UPDATE {}.{}: {}", e.schema, e.table, e.json_payload)),
-        Msg::Delete(e) => (e.pg_lsn, format!("DELETE {}.{}: {}", e.schema, e.table, e.json_payload)),
+        Msg::Insert(e) => (
+            e.pg_lsn,
+            format!("INSERT {}.{}: {}", e.schema, e.table, e.json_payload),
+        ),
+        Msg::Update(e) => (
+            e.pg_lsn,
+            format!("UPDATE {}.{}: {}", e.schema, e.table, e.json_payload),
+        ),
+        Msg::Delete(e) => (
+            e.pg_lsn,
+            format!("DELETE {}.{}: {}", e.schema, e.table, e.json_payload),
+        ),
         Msg::Truncate(e) => (e.pg_lsn, format!("TRUNCATE {}.{}", e.schema, e.table)),
     })
 }
@@ -100,13 +109,21 @@ fn grpc_status(headers: &HeaderMap) -> Option<Result<(), BoxError>> {
     if status == "0" {
         return Some(Ok(()));
     }
-    let message = headers.get("grpc-message").and_then(|v| v.to_str().ok()).unwrap_or("");
+    let message = headers
+        .get("grpc-message")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
     Some(Err(format!("grpc-status {status}: {message}").into()))
 }
 
-/// Opens an HTTP/2 connection to `addr` and starts the Session call.
-async fn open_session(addr: &str) -> Result<(SendStream<Bytes>, RecvStream), BoxError> {
-    let tcp = timeout(CONNECT_TIMEOUT, TcpStream::connect(addr)).await.map_err(|_| "connect timed out")??;
+/// The response to the Session request: its headers, then the server's messages and trailers.
+type ResponseFuture = h2::client::ResponseFuture;
+
+/// Opens an HTTP/2 connection to `addr` and sends the Session request's headers.
+async fn start_session(addr: &str) -> Result<(SendStream<Bytes>, ResponseFuture), BoxError> {
+    let tcp = timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
+        .await
+        .map_err(|_| "connect timed out")??;
     tcp.set_nodelay(true)?;
     let (client, connection) = h2::client::handshake(tcp).await?;
     // The connection future does the actual I/O; it ends when every handle to it is dropped.
@@ -123,33 +140,52 @@ async fn open_session(addr: &str) -> Result<(SendStream<Bytes>, RecvStream), Box
         .header("te", "trailers")
         .body(())?;
     let (response, send) = client.send_request(request, false)?;
-    let response = response.await?;
+    Ok((send, response))
+}
+
+/// The response body, once the headers say the call is under way; None if the call already ended.
+fn check_response(response: http::Response<RecvStream>) -> Result<Option<RecvStream>, BoxError> {
     if response.status() != http::StatusCode::OK {
         return Err(format!("HTTP status {}", response.status()).into());
     }
-    // A "trailers-only" response carries grpc-status in the headers: the call failed at once.
-    if let Some(Err(e)) = grpc_status(response.headers()) {
-        return Err(e);
+    // A "trailers-only" response carries grpc-status in the headers: the call ended at once.
+    match grpc_status(response.headers()) {
+        Some(result) => result.map(|()| None),
+        None => Ok(Some(response.into_body())),
     }
-    Ok((send, response.into_body()))
+}
+
+/// The next DATA chunk of the response body; never resolves while there is no body yet.
+async fn next_data(body: &mut Option<RecvStream>) -> Option<Result<Bytes, h2::Error>> {
+    match body {
+        Some(body) => body.data().await,
+        None => std::future::pending().await,
+    }
 }
 
 /// Runs one Session call until the server ends it, it fails, or a stop is requested.
 async fn run_session(addr: &str, stop: &mut watch::Receiver<bool>) -> Result<(), BoxError> {
-    let (mut send, mut body) = open_session(addr).await?;
-    log!("session open");
+    let (mut send, mut response) = start_session(addr).await?;
+    // The server may send its response headers only with its first message, so the body comes
+    // later; meanwhile a stop must still work.
+    let mut body: Option<RecvStream> = None;
     let mut buf = BytesMut::new();
     let mut half_closed = false;
-    let grace = sleep(Duration::from_secs(86400));
+    let grace = sleep(Duration::from_secs(86400)); // armed when we half-close
     tokio::pin!(grace);
 
     loop {
         tokio::select! {
-            chunk = body.data() => {
+            r = &mut response, if body.is_none() => match check_response(r?)? {
+                Some(b) => body = Some(b),
+                None => return Ok(()), // trailers-only: the server ended the call with OK
+            },
+            chunk = next_data(&mut body) => {
                 let data = match chunk {
-                    None => break, // end of the response body: trailers follow
+                    None => break, // end of the response body: the trailers follow
                     Some(chunk) => chunk?,
                 };
+                let body = body.as_mut().expect("data comes from the body");
                 // Give the bytes back to the server's send window.
                 let _ = body.flow_control().release_capacity(data.len());
                 buf.extend_from_slice(&data);
@@ -178,6 +214,7 @@ async fn run_session(addr: &str, stop: &mut watch::Receiver<bool>) -> Result<(),
             }
         }
     }
+    let mut body = body.expect("the loop ends only at the end of the body");
     let trailers = tokio::select! {
         t = body.trailers() => t?,
         _ = &mut grace, if half_closed => return Ok(()),
