@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup test lint proto check-proto clean
+.PHONY: setup test lint proto check-proto clean demo
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +21,11 @@ lint: setup
 	$(PY) -m ruff check src tests scripts
 	$(PY) -m mypy
 	$(PY) scripts/gen_proto.py --check
+
+# A live demo: throwaway PostgreSQL, a writer, walstream and a client printing the stream (Ctrl-C stops it).
+# DEMO_ARGS passes options, e.g. make demo DEMO_ARGS='--port 50052 --duration 30'.
+demo: setup
+	$(PY) -m walstream demo $(DEMO_ARGS)
 
 proto: setup
 	$(PY) scripts/gen_proto.py

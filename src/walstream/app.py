@@ -18,14 +18,17 @@ import psycopg2
 import psycopg2.extensions
 
 from . import dsn as dsnlib
-from ._proto import plugin_pb2_grpc
+from ._proto import plugin_pb2_grpc, walstream_v1_pb2_grpc
 from .config import StartConfig
 from .delivery.acks import AckTracker
 from .delivery.hub import Hub
 from .delivery.seed_service import SeedService
+from .delivery.v1_adapter import Encoder
+from .delivery.v1_service import ServerStatus, WalstreamServicer
 from .errors import ConfigError, SourceError
 from .pipeline import Pipeline
-from .processing.values import Lookup, TypeCatalog, TypeInfo, catalog_lookup
+from .processing.typed import TypedCatalog
+from .processing.values import TypeCatalog, TypeInfo, catalog_lookup
 from .replication import catalog
 
 log = logging.getLogger(__name__)
@@ -35,30 +38,55 @@ def run_start(config: StartConfig) -> int:
     return asyncio.run(serve(config))
 
 
-def _type_lookup(conn_str: str) -> Lookup:
-    """User-defined types are looked up over a plain connection, opened on first use and again if lost."""
-    held: list[psycopg2.extensions.connection] = []
+class _CatalogConnection:
+    """A plain connection for type look-ups, opened on first use and again if lost."""
 
-    def lookup(oids: list[int]) -> Mapping[int, TypeInfo]:
+    def __init__(self, conn_str: str) -> None:
+        self.conn_str = conn_str
+        self.held: list[psycopg2.extensions.connection] = []
+
+    def lookup(self, oids: list[int]) -> Mapping[int, TypeInfo]:
+        """User-defined types (a TypeCatalog Lookup)."""
         try:
-            if not held:
-                held.append(catalog.connect(conn_str))
-            return catalog_lookup(held[0])(oids)
+            return catalog_lookup(self._conn())(oids)
         except psycopg2.Error as exc:
-            if held:
-                held.pop().close()
+            self._drop()
             raise SourceError(f"cannot look up column types: {catalog.first_line(exc)}") from None
 
-    return lookup
+    def schema_of(self, type_oid: int) -> str | None:
+        """The schema of a type, for walstream.v1 type names; None if it cannot be read."""
+        try:
+            with self._conn().cursor() as cur:
+                cur.execute("SELECT n.nspname::text FROM pg_catalog.pg_type t JOIN pg_catalog.pg_namespace n "
+                            "ON n.oid = t.typnamespace WHERE t.oid = %s", (type_oid,))
+                row = cur.fetchone()
+            return str(row[0]) if row else None
+        except (psycopg2.Error, SourceError) as exc:
+            self._drop()
+            log.warning("cannot look up the schema of type %d: %s", type_oid, catalog.first_line(exc))
+            return None
+
+    def _conn(self) -> psycopg2.extensions.connection:
+        if not self.held:
+            self.held.append(catalog.connect(self.conn_str))
+        return self.held[0]
+
+    def _drop(self) -> None:
+        if self.held:
+            self.held.pop().close()
 
 
 async def serve(config: StartConfig, ready: asyncio.Event | None = None) -> int:
     hub = Hub(AckTracker(), config.client_queue_size, config.max_unacked)
-    types = TypeCatalog(lookup=_type_lookup(config.connection))
+    catalog_conn = _CatalogConnection(config.connection)
+    types = TypeCatalog(lookup=catalog_conn.lookup)
     pipeline = Pipeline(config, dsnlib.replication_dsn(config.connection), hub, types)
 
     server = grpc.aio.server()
     plugin_pb2_grpc.add_PluginServiceServicer_to_server(SeedService(hub), server)  # type: ignore[no-untyped-call]
+    status = ServerStatus(hub, pipeline, config.slot, config.temporary, config.connection)
+    v1 = WalstreamServicer(hub, Encoder(TypedCatalog(types, catalog_conn.schema_of)), status)
+    walstream_v1_pb2_grpc.add_WalstreamServicer_to_server(v1, server)  # type: ignore[no-untyped-call]
     address = f"{config.host}:{config.port}"
     try:
         port = server.add_insecure_port(address)
@@ -99,5 +127,6 @@ async def serve(config: StartConfig, ready: asyncio.Event | None = None) -> int:
         await runner
     hub.close()
     await server.stop(1.0)
+    status.close()
     log.info("stopped")
     return 0

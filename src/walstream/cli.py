@@ -1,4 +1,4 @@
-"""The `walstream` command: start the server, list and delete replication slots.
+"""The `walstream` command: start the server, list and delete replication slots, tail a running walstream.
 
     walstream [--connection CONN] [--log-level LEVEL] [--log-format text|json] [--version] <command>
 
@@ -169,7 +169,89 @@ def build_parser() -> argparse.ArgumentParser:
     )
     delete.add_argument("--slot", metavar="SLOT", required=True, help="replication slot name")
     delete.set_defaults(handler=cmd_delete)
+
+    demo = _parser(
+        commands,
+        "demo",
+        help="show walstream live: a throwaway PostgreSQL, a writer, the server and a client",
+        description="Start a throwaway PostgreSQL (wal_level=logical, in a temp dir), a small shop schema and a "
+        "writer that keeps changing it, the walstream server on 127.0.0.1:PORT and a gRPC client that prints "
+        "every change. Needs no --connection. Ctrl-C (or SIGTERM) stops it, exits 0 and removes everything.",
+    )
+    demo.add_argument("-p", "--port", type=_demo_port, default=50051, help="gRPC port [default: 50051]")
+    demo.add_argument("--duration", type=_duration, metavar="SECONDS",
+                      help="stop after this many seconds of streaming [default: until Ctrl-C]")
+    demo.set_defaults(handler=cmd_demo)
+
+    tail = _parser(
+        commands,
+        "tail",
+        help="print the changes a running walstream streams (JSON lines or a readable form)",
+        description="Subscribe to a running walstream (API walstream.v1) and print every change: one JSON object "
+        "per line (--format json) or a readable line, coloured on a terminal (--format pretty). The default is "
+        "pretty on a terminal, json otherwise. Each batch is acknowledged once printed, unless --no-ack. "
+        "Ctrl-C or SIGTERM exits 0. Needs no --connection.",
+    )
+    tail.add_argument("--server", metavar="HOST:PORT", help="walstream's gRPC address "
+                      "[env: WALSTREAM_ADDR; default: 127.0.0.1:50051]")
+    tail.add_argument("--table", action="append", default=[], metavar="PATTERN",
+                      help="only these tables: schema.table or table (schema public), * and ? as wildcards; "
+                      "repeatable")
+    tail.add_argument("--exclude-table", action="append", default=[], metavar="PATTERN",
+                      help="never these tables (same patterns); repeatable")
+    tail.add_argument("--op", action="append", default=[], type=_tail_ops, metavar="OP",
+                      help="only these operations: insert, update, delete, truncate; repeatable or "
+                      "comma-separated [default: all]")
+    tail.add_argument("--format", choices=("json", "pretty"), type=str.lower,
+                      help="json: one JSON object per line; pretty: for people [default: pretty on a terminal, "
+                      "else json]")
+    tail.add_argument("--no-ack", action="store_true", help="do not acknowledge: the slot does not move")
+    tail.add_argument("--transactions", action="store_true", help="also print BEGIN and COMMIT")
+    tail.add_argument("--messages", action="store_true",
+                      help="also print logical decoding messages (pg_logical_emit_message)")
+    tail.set_defaults(handler=cmd_tail)
     return parser
+
+
+def _demo_port(text: str) -> int:
+    port = parse_port(text)
+    if not 1 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"invalid port {text!r}: use a number 1-65535")
+    return port
+
+
+def _duration(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"invalid duration {text!r}: use a number of seconds above 0")
+    return value
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo  # imported late, like the engine
+
+    return run_demo(port=args.port, duration=args.duration)
+
+
+def _tail_ops(text: str) -> list[str]:
+    ops = [op.strip().lower() for op in text.split(",") if op.strip()]
+    for op in ops or [text]:
+        if op not in ("insert", "update", "delete", "truncate"):
+            raise argparse.ArgumentTypeError(f"invalid operation {op!r}: use insert, update, delete or truncate")
+    return ops
+
+
+def cmd_tail(args: argparse.Namespace) -> int:
+    from .tail import DEFAULT_SERVER, SERVER_ENV, run_tail  # imported late: the client needs gRPC
+
+    server = args.server or os.environ.get(SERVER_ENV, "").strip() or DEFAULT_SERVER
+    fmt = args.format or ("pretty" if sys.stdout.isatty() else "json")
+    return run_tail(server, tables=args.table, exclude_tables=args.exclude_table,
+                    operations=[op for ops in args.op for op in ops], fmt=fmt, ack=not args.no_ack,
+                    transactions=args.transactions, messages=args.messages)
 
 
 def _connection(args: argparse.Namespace) -> str:

@@ -16,7 +16,9 @@ APPLICATION_NAME = "walstream"
 
 # Session settings the replication stream relies on: values in text form are decoded and compared
 # exactly, so they must not depend on the server's or the role's defaults.
-REPLICATION_OPTIONS = "-c TimeZone=UTC -c DateStyle=ISO -c IntervalStyle=postgres -c extra_float_digits=1"
+REPLICATION_OPTIONS = (
+    "-c TimeZone=UTC -c DateStyle=ISO -c IntervalStyle=postgres -c extra_float_digits=1 -c bytea_output=hex"
+)
 
 _MASK = "********"
 # password=secret, password = 'se cret', password='it\'s' (libpq allows backslash escapes in both forms).

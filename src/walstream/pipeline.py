@@ -38,6 +38,8 @@ class Pipeline:
         self.first_attempt = asyncio.Event()  # the slot exists (or is held elsewhere) or start failed
         self.streaming = False
         self.written_lsn = 0
+        self.server_version = 0  # PostgreSQL's server_version_num and the pgoutput protocol, once streaming
+        self.pgoutput_version = 0
         self.status_interval = config.status_interval
         self._sent_flush = -1
         self._last_status = 0.0
@@ -98,6 +100,7 @@ class Pipeline:
             else:
                 self.assembler.connection_restarted()
         self._opened_once = True
+        self.server_version, self.pgoutput_version = server_version, proto
         self._sent_flush = -1
         self.streaming = True
         self.first_attempt.set()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from decimal import Decimal
 
-from support import SeedClient, WalstreamProcess
+from support import SeedClient, WalstreamProcess, has_xml_support
 
 # column type -> values to insert (SQL literals); every row also gets an all-NULL companion.
 COLUMNS: dict[str, list[str]] = {
@@ -38,13 +38,14 @@ def exact(text: str) -> object:
 
 
 def test_payload_equals_to_jsonb_for_every_column_type(testdb, tmp_path):
-    cols = [f"c{i}" for i in range(len(COLUMNS))]
+    columns = {t: v for t, v in COLUMNS.items() if t != "xml" or has_xml_support(testdb.conn)}
+    cols = [f"c{i}" for i in range(len(columns))]
     testdb.execute(
         "CREATE TYPE mood AS ENUM ('happy', 'sad')",
         "CREATE DOMAIN posint AS int CHECK (VALUE > 0)",
         "CREATE TYPE pair AS (n int, s text)",
         "CREATE TABLE wide (id int PRIMARY KEY, "
-        + ", ".join(f"{c} {t}" for c, t in zip(cols, COLUMNS, strict=True)) + ")",
+        + ", ".join(f"{c} {t}" for c, t in zip(cols, columns, strict=True)) + ")",
         "ALTER TABLE wide REPLICA IDENTITY FULL",
         "CREATE PUBLICATION pub FOR ALL TABLES",
     )
@@ -52,7 +53,7 @@ def test_payload_equals_to_jsonb_for_every_column_type(testdb, tmp_path):
         client = SeedClient(ws.addr)
         ws.wait_log("connected")
         for row in range(2):
-            values = ", ".join(vals[row] for vals in COLUMNS.values())
+            values = ", ".join(vals[row] for vals in columns.values())
             testdb.execute(f"INSERT INTO wide VALUES ({row + 1}, {values})")
         testdb.execute("INSERT INTO wide (id) VALUES (3)")  # every column NULL
         expected = {r[0]: r[1] for r in testdb.query("SELECT id, to_jsonb(w)::text FROM wide w")}

@@ -84,7 +84,7 @@ def test_replication_dsn_adds_settings() -> None:
     assert params == {"host": "h", "user": "u", "dbname": "d", "replication": "database",
                       "application_name": "walstream", "options": REPLICATION_OPTIONS}
     assert REPLICATION_OPTIONS == ("-c TimeZone=UTC -c DateStyle=ISO -c IntervalStyle=postgres "
-                                   "-c extra_float_digits=1")
+                                   "-c extra_float_digits=1 -c bytea_output=hex")
 
 
 def test_replication_dsn_merges_user_options_and_keeps_app_name() -> None:

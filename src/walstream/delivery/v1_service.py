@@ -1,0 +1,306 @@
+"""walstream.v1.Walstream: batched, typed, transactional streaming (Subscribe) and Status.
+
+A thin layer over the hub: each subscriber gets a V1Adapter (walstream.delivery.v1_adapter) that picks and
+encodes its events; this module turns the subscriber's queue into Batches and its acks into hub acks (the
+contract of walstream.delivery.acks, shared with the seed API).
+
+Batching: a batch is sent when it holds max_events events or max_bytes bytes, or when nothing more is
+queued: at once when the replication stream has run dry (max_delay_ms 0: the reader added nothing in two
+turns of the event loop), else after waiting up to max_delay_ms for more. Relation metadata goes in the
+first batch that needs it, and again after the relation changed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Callable
+from typing import Protocol
+
+import grpc
+import psycopg2
+
+from .. import __version__
+from .._proto import walstream_v1_pb2 as pb
+from .._proto import walstream_v1_pb2_grpc
+from ..errors import WalstreamError
+from ..lsn import format_lsn
+from ..processing.events import RelationInfo
+from ..replication import catalog
+from .hub import Client, Hub
+from .v1_adapter import Encoder, InvalidSubscription, Subscription, V1Adapter, V1Item, same_relation
+
+log = logging.getLogger(__name__)
+
+Context = grpc.aio.ServicerContext[pb.SubscribeRequest, pb.SubscribeResponse]
+IDLE_TURNS = 2  # turns of the event loop without new events after which the replication stream is dry
+
+
+class _Batcher:
+    """One subscriber's queue -> batches within its limits, with the relations it has not been sent."""
+
+    def __init__(self, hub: Hub, client: Client, encoder: Encoder, sub: Subscription) -> None:
+        self.hub, self.client, self.encoder, self.sub = hub, client, encoder, sub
+        self.carry: deque[object] = deque()  # taken from the queue, not sent yet
+        self.sent: dict[int, RelationInfo] = {}  # relation_id -> the version this subscriber has
+        self.closed = False  # the hub closed this client
+        self.foreign = 0
+
+    async def next(self, acks: asyncio.Future[None]) -> pb.Batch | None:
+        """The next batch; None once the call should end (half-closed by the client, or closed by the hub
+        with nothing left to send)."""
+        sub = self.sub
+        batch: list[V1Item] = []
+        rels: dict[int, RelationInfo] = {}
+        full = self._fill(batch, rels)
+        while not batch:
+            if self.closed or acks.done():
+                return None
+            self.carry.extend(await self._take(sub.max_events, acks, None))
+            full = self._fill(batch, rels)
+        if sub.max_delay_ms == 0:
+            # Flush as soon as the reader stops adding: it gets two turns of the event loop (one for a
+            # replication socket that just became readable to wake it) to add more.
+            idle = 0
+            while not full and not self.closed and idle < IDLE_TURNS:
+                await asyncio.sleep(0)
+                if self.client.queue:
+                    full, idle = self._fill(batch, rels), 0
+                else:
+                    idle += 1
+        else:
+            deadline = time.monotonic() + sub.max_delay_ms / 1000
+            while not full and not self.closed and not acks.done():
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                got = await self._take(sub.max_events - len(batch), acks, remaining)
+                self.carry.extend(got)
+                full = self._fill(batch, rels)
+        if len(batch) > 1 and batch[-1].event.op == pb.BEGIN:
+            self.carry.appendleft(batch.pop())  # a BEGIN goes with its transaction's first event
+        self.sent.update(rels)
+        encoder = self.encoder
+        return pb.Batch(relations=[encoder.relation(r) for r in rels.values()], events=[i.event for i in batch])
+
+    def _fill(self, batch: list[V1Item], rels: dict[int, RelationInfo]) -> bool:
+        """Move what is already queued into the batch, without waiting; True when the batch is full."""
+        sub, carry, queue, sent = self.sub, self.carry, self.client.queue, self.sent
+        size = sum(i.size for i in batch)
+        took = False
+        while len(batch) < sub.max_events:
+            if carry:
+                item = carry.popleft()
+            elif queue:
+                item = queue.popleft()
+                took = True
+            else:
+                break
+            if not isinstance(item, V1Item):
+                # Left unacknowledged by a client of another API (the hub hands them to the next client):
+                # no form here; they are acknowledged with this subscriber's next ack.
+                self.foreign += 1
+                if self.foreign == 1:
+                    log.warning("client %s: skipping messages of another API left unacknowledged by the "
+                                "previous client", self.client.name)
+                continue
+            cost = item.size
+            new: list[RelationInfo] = []
+            for rel in item.relations:
+                have = rels.get(rel.relation_id) or sent.get(rel.relation_id)
+                if have is rel:
+                    continue
+                if have is not None and same_relation(have, rel):
+                    sent[rel.relation_id] = rel
+                    continue
+                if rel.relation_id in rels:  # a new version of a relation already in this batch: next batch
+                    carry.appendleft(item)
+                    return True
+                new.append(rel)
+                cost += self.encoder.relation(rel).ByteSize() + 4
+            if batch and size + cost > sub.max_bytes:
+                carry.appendleft(item)
+                return True
+            batch.append(item)
+            size += cost
+            for rel in new:
+                rels[rel.relation_id] = rel
+        if took:
+            self.hub.capacity.set()  # the queue has room again: the reader may be waiting for it
+        return len(batch) >= sub.max_events
+
+    async def _take(self, limit: int, acks: asyncio.Future[None], timeout: float | None) -> list[object]:
+        """Queued messages, waiting up to timeout (None: no limit) for the first; [] if none came."""
+        task = asyncio.ensure_future(self.client.next_batch(limit))
+        waiting: set[asyncio.Future[object]] = {task, acks}  # type: ignore[arg-type]
+        await asyncio.wait(waiting, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        if not task.done():
+            task.cancel()  # safe: next_batch takes messages only after its wait is over
+            return []
+        got = task.result()
+        if got is None:
+            self.closed = True
+            return []
+        return got
+
+
+class StatusSource(Protocol):
+    async def __call__(self) -> pb.StatusResponse: ...
+
+
+class WalstreamServicer(walstream_v1_pb2_grpc.WalstreamServicer):
+    def __init__(self, hub: Hub, encoder: Encoder, status: StatusSource) -> None:
+        self.hub = hub
+        self.encoder = encoder
+        self.status = status
+
+    async def Subscribe(  # noqa: N802 (name fixed by the proto)
+        self, request_iterator: AsyncIterator[pb.SubscribeRequest], context: Context,
+    ) -> AsyncIterator[pb.SubscribeResponse]:
+        requests = request_iterator.__aiter__()
+        try:
+            first: pb.SubscribeRequest | None = await requests.__anext__()
+        except StopAsyncIteration:
+            first = None
+        kind = first.WhichOneof("msg") if first is not None else None
+        if first is None or kind != "subscription":
+            got = "the call ended first" if first is None else f"got {kind or 'an empty message'}"
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                                f"subscription: the first message must carry a Subscription ({got})")
+            return
+        try:
+            sub = Subscription.parse(first.subscription)
+        except InvalidSubscription as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+            return
+        peer = context.peer() + (f" ({sub.client_name})" if sub.client_name else "")
+        client = self.hub.connect(V1Adapter(self.encoder, sub), peer)
+        if client is None:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "walstream is shutting down")
+            return
+        acks = asyncio.ensure_future(self._read_acks(requests, client))
+        batcher = _Batcher(self.hub, client, self.encoder, sub)
+        try:
+            while True:
+                batch = await batcher.next(acks)
+                if batch is None:
+                    if acks.done():
+                        acks.result()  # the client half-closed its side: it is finished; end normally
+                        return
+                    await context.abort(grpc.StatusCode.UNAVAILABLE, "walstream is shutting down")
+                    return
+                yield pb.SubscribeResponse(batch=batch)
+        finally:
+            acks.cancel()
+            self.hub.disconnect(client)
+
+    async def _read_acks(self, requests: AsyncIterator[pb.SubscribeRequest], client: Client) -> None:
+        async for request in requests:
+            if request.WhichOneof("msg") != "ack":
+                client.ledger.rejected += 1
+                self.hub.acks_rejected += 1
+                log.warning("client %s sent %s after its subscription; ignored (only acks are accepted)",
+                            client.name, "another subscription" if request.HasField("subscription")
+                            else "an empty message")
+                continue
+            lsn = request.ack.lsn
+            if not self.hub.ack(client, lsn):
+                log.warning("client %s acked %s, which matches nothing it was sent and not yet acked; "
+                            "ignored (the slot does not move)", client.name, format_lsn(lsn))
+
+    async def Status(  # noqa: N802 (name fixed by the proto)
+        self, request: pb.StatusRequest, context: grpc.aio.ServicerContext[pb.StatusRequest, pb.StatusResponse],
+    ) -> pb.StatusResponse:
+        return await self.status()
+
+
+# --- Status -------------------------------------------------------------------------------------------
+
+
+class PipelineView(Protocol):
+    streaming: bool
+    written_lsn: int
+    server_version: int
+    pgoutput_version: int
+
+
+def format_server_version(version: int) -> str:
+    """150006 -> '15.6'; 90624 -> '9.6.24'; 0 (not connected yet) -> ''."""
+    if not version:
+        return ""
+    if version >= 100000:
+        return f"{version // 10000}.{version % 10000}"
+    return f"{version // 10000}.{version // 100 % 100}.{version % 100}"
+
+
+# The server's WAL position, and the slot's confirmed position as PostgreSQL has it (walstream's own starts
+# at 0 until clients acknowledge something, or the slot idles forward).
+_WAL_SQL = """
+SELECT (CASE WHEN pg_catalog.pg_is_in_recovery() THEN pg_catalog.pg_last_wal_replay_lsn()
+             ELSE pg_catalog.pg_current_wal_lsn() END - '0/0'::pg_catalog.pg_lsn)::text,
+       (SELECT (confirmed_flush_lsn - '0/0'::pg_catalog.pg_lsn)::text
+          FROM pg_catalog.pg_replication_slots WHERE slot_name = %s)
+"""
+
+
+class ServerStatus:
+    """The Status answer: positions from the hub and the pipeline; the server's WAL position over a plain
+    connection of its own (opened on first use and again after it was lost), queried off the event loop."""
+
+    def __init__(self, hub: Hub, pipeline: PipelineView, slot: str, temporary: bool, conn_str: str,
+                 connect: Callable[[str], psycopg2.extensions.connection] = catalog.connect) -> None:
+        self.hub, self.pipeline, self.slot, self.temporary = hub, pipeline, slot, temporary
+        self._conn_str = conn_str
+        self._connect = connect
+        self._conn: psycopg2.extensions.connection | None = None
+        self._lock = threading.Lock()
+
+    def positions(self) -> tuple[int, int] | None:
+        """(the server's WAL position, the slot's confirmed_flush_lsn), or None when PostgreSQL cannot be
+        reached."""
+        with self._lock:
+            for attempt in (1, 2):  # a connection found broken is replaced once
+                try:
+                    if self._conn is None:
+                        self._conn = self._connect(self._conn_str)
+                    with self._conn.cursor() as cur:
+                        cur.execute(_WAL_SQL, (self.slot,))
+                        row = cur.fetchone()
+                    if row is None or row[0] is None:
+                        return None
+                    return int(row[0]), int(row[1] or 0)
+                except (psycopg2.Error, WalstreamError) as exc:
+                    if self._conn is not None:
+                        self._conn.close()
+                        self._conn = None
+                    if attempt == 2 or isinstance(exc, WalstreamError):
+                        log.debug("Status: cannot read the server's WAL position: %s", catalog.first_line(exc))
+                        return None
+        return None
+
+    async def __call__(self) -> pb.StatusResponse:
+        positions = await asyncio.to_thread(self.positions)
+        pipeline, confirmed = self.pipeline, self.hub.tracker.confirmed_lsn
+        if positions is not None:
+            confirmed = max(confirmed, positions[1])
+        return pb.StatusResponse(
+            slot=self.slot,
+            temporary=self.temporary,
+            confirmed_lsn=confirmed,
+            written_lsn=max(pipeline.written_lsn, confirmed),
+            lag_bytes=max(0, positions[0] - confirmed) if positions is not None else 0,
+            connected_clients=len(self.hub.clients),
+            server_version=format_server_version(pipeline.server_version),
+            walstream_version=__version__,
+            streaming=pipeline.streaming and positions is not None,
+            pgoutput_version=pipeline.pgoutput_version,
+        )
+
+    def close(self) -> None:
+        with self._lock:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
