@@ -24,6 +24,7 @@ import json
 import os
 import queue
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -267,7 +268,6 @@ def run_latency(cfg: dict[str, Any]) -> None:
     count, api = cfg["count"], cfg["api"]
     channel = grpc.insecure_channel(cfg["addr"], options=CHANNEL_OPTIONS)
     lat: list[int] = []
-    deadline = time.monotonic() + cfg.get("timeout", 120)
     if api == "batched":
         acks = _Acks(_subscription(cfg))
         responses = _v1_call(channel)(iter(acks))
@@ -288,7 +288,7 @@ def run_latency(cfg: dict[str, Any]) -> None:
                         lat.append(now - t)
             if batch.events:
                 acks.put(v1_pb.SubscribeRequest(ack=v1_pb.Ack(lsn=last)))
-            if len(lat) >= count or time.monotonic() > deadline:
+            if len(lat) >= count:
                 break
     else:
         acks = _Acks(None)
@@ -301,7 +301,7 @@ def run_latency(cfg: dict[str, Any]) -> None:
             if t:
                 lat.append(now - t)
             acks.put(seed_pb.ClientMessage(ack=seed_pb.ClientAck(pg_lsn=ev.pg_lsn)))
-            if len(lat) >= count or time.monotonic() > deadline:
+            if len(lat) >= count:
                 break
     acks.put(None)
     responses.cancel()
@@ -328,30 +328,34 @@ def run_slow(cfg: dict[str, Any]) -> None:
     if api == "batched":
         acks = _Acks(_subscription(cfg))
         responses = _v1_call(channel)(iter(acks))
-        for response in responses:
-            evs = response.batch.events
-            rows += len(evs)
-            delay = start + rows / rate - time.perf_counter()
-            if delay > 0:
-                time.sleep(delay)
-            if evs:
-                acks.put(v1_pb.SubscribeRequest(ack=v1_pb.Ack(lsn=evs[-1].lsn)))
-            if time.perf_counter() - start > seconds:
-                break
     else:
         acks = _Acks(None)
         responses = _seed_call(channel)(iter(acks))
-        for msg in responses:
-            rows += 1
-            if rows % 100 == 0:
+    timer = threading.Timer(seconds, responses.cancel)  # also when the backlog runs out first
+    timer.start()
+    try:
+        if api == "batched":
+            for response in responses:
+                evs = response.batch.events
+                rows += len(evs)
                 delay = start + rows / rate - time.perf_counter()
                 if delay > 0:
                     time.sleep(delay)
-                acks.put(seed_pb.ClientMessage(ack=seed_pb.ClientAck(pg_lsn=msg.insert.pg_lsn)))
-                if time.perf_counter() - start > seconds:
-                    break
+                if evs:
+                    acks.put(v1_pb.SubscribeRequest(ack=v1_pb.Ack(lsn=evs[-1].lsn)))
+        else:
+            for msg in responses:
+                rows += 1
+                if rows % 100 == 0:
+                    delay = start + rows / rate - time.perf_counter()
+                    if delay > 0:
+                        time.sleep(delay)
+                    acks.put(seed_pb.ClientMessage(ack=seed_pb.ClientAck(pg_lsn=msg.insert.pg_lsn)))
+    except grpc.RpcError as exc:
+        if exc.code() != grpc.StatusCode.CANCELLED:  # type: ignore[attr-defined]
+            raise
+    timer.cancel()
     acks.put(None)
-    responses.cancel()
     channel.close()
     _finish({"rows": rows, "seconds": time.perf_counter() - start})
 

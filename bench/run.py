@@ -283,6 +283,17 @@ class Bench:
             raise RuntimeError(f"{what}: no answer from the client within {timeout:.0f} s")
         return box[0]
 
+    def profiler(self, pid: int, name: str) -> subprocess.Popen[bytes] | None:
+        """py-spy sampling walstream for the drain (--profile DIR): collapsed stacks, one file per drain."""
+        if not self.args.profile:
+            return None
+        self.args.profile.mkdir(parents=True, exist_ok=True)
+        out = self.args.profile / f"{name}.txt"
+        spy = Path(sys.executable).parent / "py-spy"
+        return subprocess.Popen([str(spy if spy.exists() else "py-spy"), "record", "--pid", str(pid), "--rate", "200",
+                                 "--nonblocking", "--format", "raw", "--output", str(out)],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
     def drain_walstream(self, slot: str, rows: int, api: str) -> dict[str, Any]:
         cfg: dict[str, Any] = {"rows": rows, "ack_every": self.args.seed_ack_every}
         with self.walstream(slot) as (ws, addr):
@@ -290,11 +301,15 @@ class Bench:
             self.expect(client, "client start", 60)
             sender = self.slot_pid(slot)
             assert client.stdin is not None
+            spy = self.profiler(ws.pid, slot)
             client.stdin.write(json.dumps({"walstream": ws.pid, "walsender": sender}) + "\n")
             client.stdin.flush()
             out = json.loads(self.expect(client, f"{api} drain", self.args.timeout))
             client.wait(30)
             hwm = proc_status_kb(ws.pid, "VmHWM")
+            if spy is not None:
+                spy.send_signal(signal.SIGINT)  # py-spy writes its profile on SIGINT
+                spy.wait(60)
         if out["rows"] < rows:
             raise RuntimeError(f"{api}: got {out['rows']} of {rows} rows")
         cpu0, cpu1 = out["cpu0"], out["cpu1"]
@@ -423,7 +438,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     started = datetime.datetime.now(datetime.timezone.utc)
     result: dict[str, Any] = {
         "started": started.isoformat(timespec="seconds"), "machine": machine(), "postgresql": bench.pg_version,
-        "args": {k: v for k, v in vars(args).items() if k not in ("json", "docs")},
+        "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items() if k not in ("json", "docs")},
         "settings": {"write_phase": WRITE_SETTINGS, "cluster": CLUSTER_SETTINGS,
                      "pgoutput": {"proto_version": PROTO_VERSION, "messages": True},
                      "note": "fsync and synchronous_commit are off while a workload is written and on (the "
@@ -573,14 +588,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--skip", nargs="*", default=[], help="methods to leave out, e.g. seed grpc-ceiling")
     p.add_argument("--skip-latency", action="store_true")
     p.add_argument("--skip-memory", action="store_true")
-    p.add_argument("--seed-ack-every", type=int, default=1,
-                   help="the seed client acks every Nth event (and the last); default 1: every event")
+    p.add_argument("--seed-ack-every", type=int, default=100,
+                   help="the seed client acks every Nth event and the last (an ack covers everything sent before "
+                        "it); default 100")
     p.add_argument("--ceiling-rows", type=int, default=300_000, help="messages in a grpc-ceiling run")
     p.add_argument("--latency-rate", type=int, default=1000, help="transactions per second (default 1000)")
     p.add_argument("--latency-seconds", type=float, default=10.0)
     p.add_argument("--slow-rate", type=int, default=2000, help="rows per second the slow client handles")
     p.add_argument("--memory-seconds", type=float, default=30.0)
     p.add_argument("--timeout", type=float, default=900.0, help="seconds one drain may take")
+    p.add_argument("--profile", type=Path, help="sample walstream with py-spy during each drain into this "
+                   "directory (collapsed stacks; bench/profile_summary.py summarizes them); slows it a little")
     p.add_argument("--bindir", help="PostgreSQL server programs (default: PostgreSQL 15's)")
     p.add_argument("--json", type=Path, default=ROOT / "bench" / "results" / "latest.json")
     p.add_argument("--docs", type=Path, default=ROOT / "docs" / "benchmarks.md",
@@ -597,6 +615,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    # SIGTERM (e.g. a timeout killing the run) unwinds like Ctrl-C: walstream stopped, cluster removed.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     result = run(args)
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(result, indent=1) + "\n")

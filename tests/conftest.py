@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -130,8 +131,13 @@ def testdb(pg: Cluster, unique_name: str) -> Iterator[TestDB]:
         admin.autocommit = True
         with admin.cursor() as cur:
             # Slots of this database (a test may leave a permanent one behind) block DROP DATABASE.
-            cur.execute("SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots "
-                        "WHERE database = %s AND active_pid IS NOT NULL", (name,))
+            deadline = time.monotonic() + 15
+            while True:
+                cur.execute("SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots "
+                            "WHERE database = %s AND active_pid IS NOT NULL", (name,))
+                if not cur.fetchall() or time.monotonic() > deadline:
+                    break
+                time.sleep(0.1)  # a terminated walsender releases its slot a moment later
             cur.execute("SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots "
                         "WHERE database = %s AND NOT active", (name,))
             cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

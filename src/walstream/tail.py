@@ -101,7 +101,21 @@ def _message_text(content: bytes) -> str:
 
 
 def json_line(change: Change) -> bytes:
-    return orjson.dumps(change_object(change)) + b"\n"
+    obj = change_object(change)
+    try:
+        return orjson.dumps(obj) + b"\n"
+    except orjson.JSONEncodeError:  # a lone surrogate (json accepts "\ud800"): write it as an escape
+        return orjson.dumps(_no_surrogates(obj)) + b"\n"
+
+
+def _no_surrogates(value: Any) -> Any:
+    if isinstance(value, str):
+        return value.encode("utf-8", "backslashreplace").decode()
+    if isinstance(value, dict):
+        return {_no_surrogates(k): _no_surrogates(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_no_surrogates(v) for v in value]
+    return value
 
 
 # ---- pretty -----------------------------------------------------------------------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import math
 import queue
 import threading
@@ -16,6 +17,10 @@ from support import SeedClient, WalstreamProcess, confirmed_flush, wait_confirme
 
 from walstream._proto import walstream_v1_pb2 as pb
 from walstream._proto import walstream_v1_pb2_grpc
+from walstream.delivery.acks import AckTracker
+from walstream.delivery.hub import Hub
+from walstream.delivery.v1_service import ServerStatus
+from walstream.errors import SourceError
 
 INT64_MAX, INT64_MIN = 2**63 - 1, -(2**63)
 INT32_MAX, INT32_MIN = 2**31 - 1, -(2**31)
@@ -389,7 +394,7 @@ def test_filters_and_the_slot(testdb, start_ws):
     ws = start_ws()
     a = V1Client(ws.addr, include_tables=["order*", "audit.*"], exclude_tables=["audit.secret"],
                  transaction_boundaries=True)
-    b = V1Client(ws.addr, include_tables=["public.us?rs"], operations=[pb.INSERT, pb.DELETE])
+    b = V1Client(ws.addr, include_tables=["public.us?rs"], operations=[pb.INSERT, pb.DELETE], auto_ack=False)
     c = V1Client(ws.addr, include_tables=["nomatch"], transaction_boundaries=True, logical_messages=False)
     ws.wait_log("connected", count=3)
     testdb.execute("INSERT INTO orders VALUES (1)", "INSERT INTO order_items VALUES (1)",
@@ -410,9 +415,14 @@ def test_filters_and_the_slot(testdb, start_ws):
         ("INSERT", "public.users", 1), ("DELETE", "public.users", 1)]
     for client in (a, b, c):
         client.expect_nothing(0.5)
-    # c got nothing and acked nothing, yet holds nothing back; the last transaction went to nobody.
-    testdb.execute("INSERT INTO audit.secret VALUES (2)")
-    wait_confirmed(testdb.dsn, testdb.slot, testdb.wal_lsn())
+    # b has acked nothing: the slot stays before its first event's transaction.
+    assert confirmed_flush(testdb.dsn, testdb.slot) <= got_b[0].event.commit_lsn
+    # When b acks what it got, the slot moves past everything, also the transactions b's filters left out
+    # after its last event (c got nothing and acked nothing, and holds nothing back either).
+    testdb.execute("INSERT INTO audit.secret VALUES (2)")  # a transaction no client wants
+    end = testdb.wal_lsn()
+    b.ack(got_b[1].event.lsn)
+    wait_confirmed(testdb.dsn, testdb.slot, end)
     c.expect_nothing(0.2)
     for client in (a, b, c):
         client.close()
@@ -536,3 +546,54 @@ def test_invalid_subscriptions_status_and_the_seed_api_alongside(testdb, start_w
     assert ws.stop() == 0
     assert holder.wait_error().code() == grpc.StatusCode.UNAVAILABLE
     holder.channel.close()
+
+
+def test_status_when_postgresql_cannot_be_reached() -> None:
+    """Status still answers: lag 0 and streaming false, from what walstream itself knows."""
+
+    class Pipeline:
+        streaming, written_lsn, server_version, pgoutput_version = True, 0x3000, 150006, 3
+
+    def unreachable(conn_str: str) -> psycopg2.extensions.connection:
+        raise SourceError("cannot connect to PostgreSQL: connection refused")
+
+    async def ask() -> pb.StatusResponse:
+        hub = Hub(AckTracker(confirmed_lsn=0x2000), 10, 10)
+        return await ServerStatus(hub, Pipeline(), "s", True, "host=nowhere", connect=unreachable)()
+
+    st = asyncio.run(ask())
+    assert (st.slot, st.temporary, st.confirmed_lsn, st.written_lsn, st.lag_bytes, st.connected_clients) == (
+        "s", True, 0x2000, 0x3000, 0, 0)
+    assert (st.streaming, st.server_version, st.pgoutput_version) == (False, "15.6", 3)
+
+
+def test_unacked_events_are_handed_across_apis(testdb, start_ws):
+    """The last client leaving with unacknowledged events hands them to the next, in that client's API."""
+    testdb.execute("CREATE TABLE t (id int PRIMARY KEY, v text)", "CREATE TABLE u (id int PRIMARY KEY)",
+                   "CREATE PUBLICATION pub FOR ALL TABLES")
+    ws = start_ws()
+    v1 = V1Client(ws.addr, auto_ack=False)
+    ws.wait_log("connected")
+    testdb.execute("INSERT INTO t VALUES (1, 'a'), (2, 'b')", "TRUNCATE t, u")
+    got = v1.take(3)
+    assert [g.op for g in got] == ["INSERT", "INSERT", "TRUNCATE"]
+    v1.ack(got[0].event.lsn)
+    v1.close()
+    ws.wait_log("kept for the next client")
+
+    seed = SeedClient(ws.addr, auto_ack=False)
+    resent = seed.take(3)  # the second insert, then the TRUNCATE as one seed message per table
+    assert [(e.op, e.name) for e in resent] == [("INSERT", "public.t"), ("TRUNCATE", "public.t"),
+                                                ("TRUNCATE", "public.u")]
+    assert resent[0].payload == {"id": 2, "v": "b"}
+    seed.ack(resent[1].lsn)  # acks the first two: the TRUNCATE is half acknowledged
+    seed.close()  # half-close: the ack is processed before the call ends
+    ws.wait_log("kept for the next client", count=2)
+
+    again = V1Client(ws.addr, include_tables=["public.*"])
+    (truncate,) = again.take(1)  # the whole TRUNCATE again, as one walstream.v1 event
+    assert truncate.op == "TRUNCATE"
+    assert len(truncate.event.truncate.relation_ids) == 2
+    again.expect_nothing()
+    wait_confirmed(testdb.dsn, testdb.slot, testdb.wal_lsn())
+    again.close()

@@ -97,7 +97,7 @@ def test_last_client_leaving_keeps_its_unacked_deliveries_for_the_next():
     assert t.has_orphans
     assert not t.idle_advance(10_000)  # orphans hold the slot
     b = ClientLedger[str]("b")
-    assert t.adopt_orphans(b) == ["1@14", "1@1E"]
+    assert t.adopt_orphans(b, lambda event: [(0, "never: same API")]) == ["1@14", "1@1E"]
     assert t.confirmed_lsn == 0
     t.ack(b, 30)
     assert t.confirmed_lsn == 110
@@ -142,3 +142,35 @@ def test_random_histories_never_confirm_an_unacked_transaction():
             expected = txn.end_lsn
         assert t.confirmed_lsn == expected
         assert t.outstanding == sum(len(c.pending) for c in clients)
+
+
+def test_orphans_handed_to_another_api_are_re_expanded_from_their_events():
+    t: AckTracker[str] = AckTracker()
+    seed = ClientLedger[str]("seed", "seed")
+    txn = t.begin(1, 100)
+    t.deliver(seed, 10, txn, "seed-insert", event="INSERT")
+    for table in ("a", "b", "c"):  # one TRUNCATE event, one seed message per table
+        t.deliver(seed, 20, txn, f"seed-truncate-{table}", event="TRUNCATE")
+    t.deliver(seed, 30, txn, "seed-update", event="UPDATE")
+    t.commit(txn, 110)
+    t.ack(seed, 20)  # the INSERT and the first TRUNCATE message
+    t.client_left(seed, last=True)
+
+    v1 = ClientLedger[str]("v1", "v1")
+    expanded = t.adopt_orphans(v1, lambda event: [] if event == "UPDATE" else [(20, f"v1-{event}")])
+    assert expanded == ["v1-TRUNCATE"]  # the partly acked TRUNCATE goes whole; the filtered UPDATE not
+    assert t.outstanding == 1
+    assert t.confirmed_lsn == 0
+    t.ack(v1, 20)
+    assert t.confirmed_lsn == 110
+
+
+def test_orphans_filtered_out_entirely_release_the_slot():
+    t: AckTracker[str] = AckTracker()
+    seed = ClientLedger[str]("seed", "seed")
+    txn = t.begin(1, 100)
+    t.deliver(seed, 10, txn, "seed-insert", event="INSERT")
+    t.commit(txn, 110)
+    t.client_left(seed, last=True)
+    assert t.adopt_orphans(ClientLedger[str]("v1", "v1"), lambda event: []) == []
+    assert t.confirmed_lsn == 110 and t.outstanding == 0

@@ -369,3 +369,14 @@ def test_import_walstream_stays_light() -> None:
             "from walstream import Client, AsyncClient; assert 'grpc' in sys.modules; print(Client.__name__)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "Client"
+
+
+def test_backoff_doubles_to_the_cap_with_jitter() -> None:
+    from walstream.client.core import Backoff
+
+    b = Backoff(0.5, 3.0)
+    delays = [b.delay() for _ in range(6)]
+    for got, nominal in zip(delays, [0.5, 1.0, 2.0, 3.0, 3.0, 3.0], strict=True):
+        assert 0.75 * nominal <= got <= nominal
+    b.reset()
+    assert b.delay() <= 0.5

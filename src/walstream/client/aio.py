@@ -52,6 +52,7 @@ class _Stream:
         self.ended = False  # the request side is (being) half-closed
         self.closing = False  # nobody takes responses any more: read and drop them
         self.done = asyncio.Event()  # the call is over
+        self.closed = False
         self._on_ready = on_ready
         self._tasks = [asyncio.ensure_future(self._write(core.subscription(options))),
                        asyncio.ensure_future(self._read()), asyncio.ensure_future(self._watch())]
@@ -112,8 +113,9 @@ class _Stream:
         self.inbox.put_nowait(_Ended("CLOSED", ""))
 
     async def close(self) -> None:
-        self.closing = True
-        self.ended = True
+        if self.closed:
+            return
+        self.closed = self.closing = self.ended = True
         self.call.cancel()
         for task in self._tasks:
             task.cancel()
@@ -169,17 +171,11 @@ class AsyncClient:
     # -- streaming --------------------------------------------------------------------------------------
 
     async def batches(self) -> AsyncIterator[Batch]:
-        """Yield batches until close(). Reconnects (with backoff) when the stream is lost; see docs/client.md."""
-        async for batch in self._batches():
-            yield batch
+        """Yield batches until close(). Reconnects (with backoff) when the stream is lost; see docs/client.md.
 
-    async def changes(self) -> AsyncIterator[Change]:
-        """Yield changes one by one (from batches())."""
-        async for batch in self.batches():
-            for change in batch.changes:
-                yield change
-
-    async def _batches(self) -> AsyncIterator[Batch]:
+        Raises ServerUnreachable when the first connection fails, StreamError when the stream fails in a way
+        reconnecting does not fix. Calling it again after a break (or an error) goes on where it stopped.
+        """
         options = self.options
         backoff = Backoff(*options.backoff)
         while not self._closed.is_set():
@@ -211,6 +207,12 @@ class AsyncClient:
                         item.code, f": {item.details}" if item.details else "", delay)
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._closed.wait(), delay)
+
+    async def changes(self) -> AsyncIterator[Change]:
+        """Yield changes one by one (from batches())."""
+        async for batch in self.batches():
+            for change in batch.changes:
+                yield change
 
     async def _discard(self, stream: _Stream) -> None:
         if self._stream is stream:

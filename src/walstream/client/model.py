@@ -11,8 +11,6 @@ from ..lsn import format_lsn
 
 __all__ = ["Batch", "Change", "Column", "LogicalMessage", "Status", "Truncate", "format_lsn"]
 
-ROW_OPS = frozenset({"INSERT", "UPDATE", "DELETE"})
-
 
 @dataclass(frozen=True, slots=True)
 class Column:

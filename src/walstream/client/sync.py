@@ -50,6 +50,7 @@ class _Stream:
         self.ended = False  # the request side was half-closed
         self.closing = threading.Event()  # nobody takes responses any more: read and drop them
         self.done = threading.Event()  # the call is over
+        self.closed = False
         stub = pb_grpc.WalstreamStub(self.channel)  # type: ignore[no-untyped-call]
         self.call: Any = stub.Subscribe(self._requests(core.subscription(options)),
                                         metadata=core.metadata_list(options))
@@ -94,6 +95,9 @@ class _Stream:
             self.acks.put(_END)
 
     def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
         self.closing.set()
         self.end_requests()  # also ends the request iterator's thread
         self.call.cancel()
@@ -148,15 +152,11 @@ class Client:
     # -- streaming --------------------------------------------------------------------------------------
 
     def batches(self) -> Iterator[Batch]:
-        """Yield batches until close(). Reconnects (with backoff) when the stream is lost; see docs/client.md."""
-        yield from self._batches()
+        """Yield batches until close(). Reconnects (with backoff) when the stream is lost; see docs/client.md.
 
-    def changes(self) -> Iterator[Change]:
-        """Yield changes one by one (from batches())."""
-        for batch in self.batches():
-            yield from batch.changes
-
-    def _batches(self) -> Iterator[Batch]:
+        Raises ServerUnreachable when the first connection fails, StreamError when the stream fails in a way
+        reconnecting does not fix. Calling it again after a break (or an error) goes on where it stopped.
+        """
         options = self.options
         backoff = Backoff(*options.backoff)
         while not self._closed.is_set():
@@ -195,6 +195,11 @@ class Client:
                         item.code, f": {item.details}" if item.details else "", delay)
             if self._closed.wait(delay):
                 return
+
+    def changes(self) -> Iterator[Change]:
+        """Yield changes one by one (from batches())."""
+        for batch in self.batches():
+            yield from batch.changes
 
     def _open(self) -> _Stream:
         with self._lock:

@@ -11,7 +11,9 @@ clients acknowledge here, and the slot's confirmed position is derived from noth
   client it went to. The confirmed position is the end LSN of the newest transaction that is done and has
   only done transactions before it. It never goes backwards.
 - When a client leaves while others stay, its pending deliveries are forgotten (they stop holding the slot).
-  When the last client leaves, its pending deliveries are kept and handed, in order, to the next client.
+  When the last client leaves, its pending deliveries are kept and handed, in order, to the next client:
+  as they were if it uses the same API, else re-expanded from their events into the new client's API
+  (then an event of which only part was acknowledged, such as one table of a seed TRUNCATE, goes whole).
 - With nothing pending and no transaction open, the confirmed position may move to the server's WAL end
   (idle_advance), so a slot on quiet tables does not hold WAL.
 """
@@ -19,10 +21,12 @@ clients acknowledge here, and the slot's confirmed position is derived from noth
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
 P = TypeVar("P")  # what a delivery carries for replay (the API's ready-to-send message)
+Expand = Callable[[object], Sequence[tuple[int, P]]]  # event -> (lsn, message) in a client's API
 
 
 @dataclass(slots=True, eq=False)
@@ -39,6 +43,7 @@ class Delivery(Generic[P]):
     lsn: int
     txn: TxnRecord | None
     payload: P
+    event: object = None  # the event the payload was made from, to re-express it in another API
 
 
 @dataclass(eq=False)
@@ -46,6 +51,7 @@ class ClientLedger(Generic[P]):
     """One client's unacknowledged deliveries, oldest first."""
 
     name: str
+    api: str = ""
     pending: deque[Delivery[P]] = field(default_factory=deque)
     by_lsn: dict[int, deque[int]] = field(default_factory=dict)  # lsn -> seqs still pending, oldest first
     next_seq: int = 0
@@ -58,6 +64,7 @@ class AckTracker(Generic[P]):
         self.confirmed_lsn = confirmed_lsn
         self._txns: deque[TxnRecord] = deque()  # transactions not yet confirmed, in commit order
         self._orphans: list[Delivery[P]] = []
+        self._orphans_api = ""
         self.outstanding = 0  # pending deliveries over all clients (and orphans)
 
     # -- the stream side ------------------------------------------------------------------------------
@@ -71,10 +78,11 @@ class AckTracker(Generic[P]):
         txn.end_lsn = end_lsn
         return self._advance()
 
-    def deliver(self, client: ClientLedger[P], lsn: int, txn: TxnRecord | None, payload: P) -> None:
+    def deliver(self, client: ClientLedger[P], lsn: int, txn: TxnRecord | None, payload: P,
+                event: object = None) -> None:
         seq = client.next_seq
         client.next_seq = seq + 1
-        client.pending.append(Delivery(seq, lsn, txn, payload))
+        client.pending.append(Delivery(seq, lsn, txn, payload, event))
         seqs = client.by_lsn.get(lsn)
         if seqs is None:
             client.by_lsn[lsn] = deque((seq,))
@@ -117,6 +125,7 @@ class AckTracker(Generic[P]):
     def client_left(self, client: ClientLedger[P], last: bool) -> None:
         if last:
             self._orphans.extend(client.pending)
+            self._orphans_api = client.api
         else:
             for delivery in client.pending:
                 if delivery.txn is not None:
@@ -126,15 +135,30 @@ class AckTracker(Generic[P]):
         client.pending.clear()
         client.by_lsn.clear()
 
-    def adopt_orphans(self, client: ClientLedger[P]) -> list[P]:
-        """Hand what the last client left unacknowledged to a new client; returns the payloads to resend."""
+    def adopt_orphans(self, client: ClientLedger[P], expand: Expand[P]) -> list[P]:
+        """Hand what the last client left unacknowledged to a new client; returns the payloads to resend.
+
+        `expand` turns an event into the new client's messages; it is used when the APIs differ (and may
+        return nothing, e.g. for an event the new client filters out: then it stops holding the slot).
+        """
         orphans, self._orphans = self._orphans, []
+        same_api = client.api == self._orphans_api
+        resend: list[P] = []
+        previous: object = None
         for old in orphans:
             self.outstanding -= 1
             if old.txn is not None:
                 old.txn.outstanding -= 1
-            self.deliver(client, old.lsn, old.txn, old.payload)
-        return [o.payload for o in orphans]
+            if same_api or old.event is None:
+                self.deliver(client, old.lsn, old.txn, old.payload, old.event)
+                resend.append(old.payload)
+            elif old.event is not previous:
+                previous = old.event
+                for lsn, payload in expand(old.event):
+                    self.deliver(client, lsn, old.txn, payload, old.event)
+                    resend.append(payload)
+        self._advance()
+        return resend
 
     @property
     def has_orphans(self) -> bool:

@@ -33,7 +33,7 @@ class Client:
     def __init__(self, name: str, adapter: Adapter) -> None:
         self.name = name
         self.adapter = adapter
-        self.ledger: ClientLedger[object] = ClientLedger(name)
+        self.ledger: ClientLedger[object] = ClientLedger(name, adapter.api)
         self.queue: deque[object] = deque()
         self.closed = False
         self._wakeup = asyncio.Event()
@@ -77,7 +77,10 @@ class Hub:
         client = Client(f"{adapter.api}#{next(self._ids)} {peer}", adapter)
         self.clients.append(client)
         if self.tracker.has_orphans:
-            resent = self.tracker.adopt_orphans(client.ledger)
+            before = self.tracker.confirmed_lsn
+            resent = self.tracker.adopt_orphans(client.ledger, client.adapter.expand)  # type: ignore[arg-type]
+            if self.tracker.confirmed_lsn != before:
+                self.on_confirmed(self.tracker.confirmed_lsn)
             for payload in resent:
                 client.push(payload)
             log.info("client %s connected; resending %d unacknowledged messages", client.name, len(resent))
@@ -130,7 +133,7 @@ class Hub:
         deliver = self.tracker.deliver
         for client in self.clients:
             for lsn, payload in client.adapter.expand(event):
-                deliver(client.ledger, lsn, txn, payload)
+                deliver(client.ledger, lsn, txn, payload, event)
                 client.push(payload)
 
     def commit(self, txn: TxnRecord, end_lsn: int) -> None:

@@ -25,8 +25,8 @@ DEFAULT_MAX_BYTES, MAX_BYTES = 1 << 20, 4 << 20
 MAX_DELAY_MS = 10_000
 
 ROW_OPS = {pb.INSERT: Op.INSERT, pb.UPDATE: Op.UPDATE, pb.DELETE: Op.DELETE, pb.TRUNCATE: Op.TRUNCATE}
-_OPS = {Op.INSERT: pb.INSERT, Op.UPDATE: pb.UPDATE, Op.DELETE: pb.DELETE, Op.TRUNCATE: pb.TRUNCATE,
-        Op.BEGIN: pb.BEGIN, Op.COMMIT: pb.COMMIT, Op.MESSAGE: pb.MESSAGE}
+# The same names (SNAPSHOT too, once it exists).
+_OPS = {op: pb.Operation.Name(pb.Operation.Value(op.value)) for op in Op}  # Event(op=) takes the name too
 _IDENTITY = {"d": pb.DEFAULT, "n": pb.NOTHING, "f": pb.FULL, "i": pb.INDEX}
 _OLD_ROW = {"K": pb.OLD_ROW_KEY, "O": pb.OLD_ROW_FULL}
 

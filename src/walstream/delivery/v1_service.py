@@ -47,14 +47,15 @@ class _Batcher:
         self.carry: deque[object] = deque()  # taken from the queue, not sent yet
         self.sent: dict[int, RelationInfo] = {}  # relation_id -> the version this subscriber has
         self.closed = False  # the hub closed this client
-        self.foreign = 0
+        self._size = 0  # encoded bytes of the batch being filled
 
-    async def next(self, acks: asyncio.Future[None]) -> pb.Batch | None:
+    async def next(self, acks: asyncio.Future[None]) -> pb.SubscribeResponse | None:
         """The next batch; None once the call should end (half-closed by the client, or closed by the hub
         with nothing left to send)."""
         sub = self.sub
         batch: list[V1Item] = []
         rels: dict[int, RelationInfo] = {}
+        self._size = 0
         full = self._fill(batch, rels)
         while not batch:
             if self.closed or acks.done():
@@ -77,20 +78,21 @@ class _Batcher:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     break
-                got = await self._take(sub.max_events - len(batch), acks, remaining)
-                self.carry.extend(got)
+                self.carry.extend(await self._take(sub.max_events - len(batch), acks, remaining))
                 full = self._fill(batch, rels)
         if len(batch) > 1 and batch[-1].event.op == pb.BEGIN:
             self.carry.appendleft(batch.pop())  # a BEGIN goes with its transaction's first event
         self.sent.update(rels)
-        encoder = self.encoder
-        return pb.Batch(relations=[encoder.relation(r) for r in rels.values()], events=[i.event for i in batch])
+        response = pb.SubscribeResponse()
+        out = response.batch  # filled in place: building a Batch and wrapping it would copy it twice
+        out.relations.extend(self.encoder.relation(r) for r in rels.values())
+        out.events.extend(i.event for i in batch)
+        return response
 
     def _fill(self, batch: list[V1Item], rels: dict[int, RelationInfo]) -> bool:
         """Move what is already queued into the batch, without waiting; True when the batch is full."""
         sub, carry, queue, sent = self.sub, self.carry, self.client.queue, self.sent
-        size = sum(i.size for i in batch)
-        took = False
+        took = full = False
         while len(batch) < sub.max_events:
             if carry:
                 item = carry.popleft()
@@ -99,14 +101,7 @@ class _Batcher:
                 took = True
             else:
                 break
-            if not isinstance(item, V1Item):
-                # Left unacknowledged by a client of another API (the hub hands them to the next client):
-                # no form here; they are acknowledged with this subscriber's next ack.
-                self.foreign += 1
-                if self.foreign == 1:
-                    log.warning("client %s: skipping messages of another API left unacknowledged by the "
-                                "previous client", self.client.name)
-                continue
+            assert isinstance(item, V1Item)  # the hub re-expands another API's leftovers for us
             cost = item.size
             new: list[RelationInfo] = []
             for rel in item.relations:
@@ -117,20 +112,21 @@ class _Batcher:
                     sent[rel.relation_id] = rel
                     continue
                 if rel.relation_id in rels:  # a new version of a relation already in this batch: next batch
-                    carry.appendleft(item)
-                    return True
+                    full = True
+                    break
                 new.append(rel)
                 cost += self.encoder.relation(rel).ByteSize() + 4
-            if batch and size + cost > sub.max_bytes:
+            if full or (batch and self._size + cost > sub.max_bytes):
                 carry.appendleft(item)
-                return True
+                full = True
+                break
             batch.append(item)
-            size += cost
+            self._size += cost
             for rel in new:
                 rels[rel.relation_id] = rel
         if took:
             self.hub.capacity.set()  # the queue has room again: the reader may be waiting for it
-        return len(batch) >= sub.max_events
+        return full or len(batch) >= sub.max_events
 
     async def _take(self, limit: int, acks: asyncio.Future[None], timeout: float | None) -> list[object]:
         """Queued messages, waiting up to timeout (None: no limit) for the first; [] if none came."""
@@ -185,14 +181,14 @@ class WalstreamServicer(walstream_v1_pb2_grpc.WalstreamServicer):
         batcher = _Batcher(self.hub, client, self.encoder, sub)
         try:
             while True:
-                batch = await batcher.next(acks)
-                if batch is None:
+                response = await batcher.next(acks)
+                if response is None:
                     if acks.done():
                         acks.result()  # the client half-closed its side: it is finished; end normally
                         return
                     await context.abort(grpc.StatusCode.UNAVAILABLE, "walstream is shutting down")
                     return
-                yield pb.SubscribeResponse(batch=batch)
+                yield response
         finally:
             acks.cancel()
             self.hub.disconnect(client)
@@ -266,6 +262,8 @@ class ServerStatus:
                 try:
                     if self._conn is None:
                         self._conn = self._connect(self._conn_str)
+                        with self._conn.cursor() as cur:
+                            cur.execute("SET statement_timeout = 5000")
                     with self._conn.cursor() as cur:
                         cur.execute(_WAL_SQL, (self.slot,))
                         row = cur.fetchone()

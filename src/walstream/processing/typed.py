@@ -398,6 +398,10 @@ class TypedCatalog:
         """The typing of a relation, computed once per RelationInfo (a changed relation is a new one)."""
         typing = self._relations.get(rel.relation_id)
         if typing is None or typing.relation is not rel:
+            for column in rel.columns:  # user types may have been renamed or changed since: look again
+                if column.type_oid not in BUILTIN:
+                    self._names.pop(column.type_oid, None)
+                    self._converters.pop(column.type_oid, None)
             typing = RelationTyping(
                 rel,
                 tuple(self.converter(c.type_oid) for c in rel.columns),
