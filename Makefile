@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup test lint proto check-proto clean demo
+.PHONY: setup test lint proto check-proto clean demo bench
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +26,12 @@ lint: setup
 # DEMO_ARGS passes options, e.g. make demo DEMO_ARGS='--port 50052 --duration 30'.
 demo: setup
 	$(PY) -m walstream demo $(DEMO_ARGS)
+
+# walstream against pg_recvlogical on a throwaway PostgreSQL 15 (about 30 min; not part of `make test`).
+# Prints the table, writes bench/results/latest.json and the table in docs/benchmarks.md.
+# BENCH_ARGS passes options, e.g. make bench BENCH_ARGS='--runs 5 --workloads bulk'.
+bench: setup
+	$(PY) bench/run.py $(BENCH_ARGS)
 
 proto: setup
 	$(PY) scripts/gen_proto.py

@@ -243,7 +243,8 @@ class Bench:
     def walstream(self, slot: str, temporary: bool = False) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
         port = free_port()
         log_path = self.tmp / f"walstream-{slot}.log"
-        env = dict(os.environ, PYTHONPATH=str(ROOT / "src") + os.pathsep + os.environ.get("PYTHONPATH", ""))
+        src = self.args.walstream_src
+        env = dict(os.environ, PYTHONPATH=str(src) + os.pathsep + os.environ.get("PYTHONPATH", ""))
         with open(log_path, "wb") as out:
             proc = subprocess.Popen(
                 [sys.executable, "-m", "walstream", "--connection", self.unix_dsn, "--log-level", "info", "start",
@@ -438,7 +439,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     started = datetime.datetime.now(datetime.timezone.utc)
     result: dict[str, Any] = {
         "started": started.isoformat(timespec="seconds"), "machine": machine(), "postgresql": bench.pg_version,
-        "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items() if k not in ("json", "docs")},
+        "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()
+                 if k not in ("json", "docs")},
         "settings": {"write_phase": WRITE_SETTINGS, "cluster": CLUSTER_SETTINGS,
                      "pgoutput": {"proto_version": PROTO_VERSION, "messages": True},
                      "note": "fsync and synchronous_commit are off while a workload is written and on (the "
@@ -599,6 +601,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--timeout", type=float, default=900.0, help="seconds one drain may take")
     p.add_argument("--profile", type=Path, help="sample walstream with py-spy during each drain into this "
                    "directory (collapsed stacks; bench/profile_summary.py summarizes them); slows it a little")
+    p.add_argument("--walstream-src", type=Path, default=ROOT / "src",
+                   help="the walstream sources to run (e.g. a copy of src/ before a change, to compare)")
     p.add_argument("--bindir", help="PostgreSQL server programs (default: PostgreSQL 15's)")
     p.add_argument("--json", type=Path, default=ROOT / "bench" / "results" / "latest.json")
     p.add_argument("--docs", type=Path, default=ROOT / "docs" / "benchmarks.md",

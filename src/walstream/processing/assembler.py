@@ -20,6 +20,9 @@ from .events import ChangeEvent, Converter, Op, RelationInfo, TxnInfo
 
 log = logging.getLogger(__name__)
 
+_new_event = tuple.__new__  # ChangeEvent is a NamedTuple: this skips its Python-level __new__
+_INSERT = Op.INSERT
+
 
 class Sink(Protocol):
     """The delivery side (walstream.delivery.hub.Hub). `txn` is whatever begin() returned, passed back."""
@@ -52,6 +55,7 @@ class Assembler:
         self._partial: _OpenTxn | None = None  # cut off by a lost connection, to be resumed
         self._skip_changes = 0  # changes of the resumed transaction already passed on
         self._skipping = False  # inside a transaction that was passed on before
+        self._handlers = self._make_handlers()
 
     @property
     def in_transaction(self) -> bool:
@@ -75,30 +79,28 @@ class Assembler:
 
     def handle(self, msg: m.PgoutputMessage, lsn: int) -> None:
         """Process one message; lsn is the WAL position PostgreSQL sent it with (data_start)."""
-        kind = type(msg)
-        if kind is m.Insert or kind is m.Update or kind is m.Delete:
-            self._change(msg, lsn)  # type: ignore[arg-type]
-        elif kind is m.Begin:
-            self._begin(msg)  # type: ignore[arg-type]
-        elif kind is m.Commit:
-            self._commit(msg)  # type: ignore[arg-type]
-        elif kind is m.Relation:
-            self._relation(msg)  # type: ignore[arg-type]
-        elif kind is m.Truncate:
-            self._change(msg, lsn)  # type: ignore[arg-type]
-        elif kind is m.Message:
-            self._message(msg, lsn)  # type: ignore[arg-type]
-        elif kind is m.Type:
-            self.types.invalidate(msg.type_oid)  # type: ignore[union-attr]
-        elif kind is m.Origin:
-            pass  # replication origins are not part of walstream's event model
-        else:
-            raise ProtocolError(f"unexpected pgoutput message {kind.__name__}: walstream does not request "
+        handler = self._handlers.get(type(msg))
+        if handler is None:
+            raise ProtocolError(f"unexpected pgoutput message {type(msg).__name__}: walstream does not request "
                                 "streaming of in-progress or two-phase transactions")
+        handler(msg, lsn)
+
+    def _make_handlers(self) -> dict[type, Callable[[Any, int], None]]:
+        return {
+            m.Insert: self._insert, m.Update: self._change, m.Delete: self._change, m.Begin: self._begin,
+            m.Commit: self._commit, m.Relation: self._relation, m.Truncate: self._change,
+            m.Message: self._message, m.Type: self._on_type, m.Origin: self._on_origin,
+        }
+
+    def _on_type(self, msg: m.Type, lsn: int) -> None:
+        self.types.invalidate(msg.type_oid)
+
+    def _on_origin(self, msg: m.Origin, lsn: int) -> None:
+        pass  # replication origins are not part of walstream's event model
 
     # -- transactions ---------------------------------------------------------------------------------
 
-    def _begin(self, msg: m.Begin) -> None:
+    def _begin(self, msg: m.Begin, lsn: int = 0) -> None:
         if self._txn is not None:
             raise ProtocolError(f"Begin of transaction {msg.xid} while transaction {self._txn.info.xid} is open")
         if msg.final_lsn <= self.last_commit_lsn:
@@ -118,7 +120,7 @@ class Assembler:
         self._skip_changes = 0
         self.sink.publish(ChangeEvent(Op.BEGIN, msg.final_lsn, info, 0), self._txn.record)
 
-    def _commit(self, msg: m.Commit) -> None:
+    def _commit(self, msg: m.Commit, lsn: int = 0) -> None:
         if self._skipping:
             self._skipping = False
             return
@@ -147,6 +149,19 @@ class Assembler:
         if txn.ordinal <= self._skip_changes:
             return None
         return txn
+
+    def _insert(self, msg: m.Insert, lsn: int) -> None:
+        """_change for an Insert, inlined: the one message there is per inserted row."""
+        txn = self._txn
+        if txn is None or self._skipping or self._skip_changes:
+            self._change(msg, lsn)
+            return
+        ordinal = txn.ordinal = txn.ordinal + 1
+        rel = self.relations.get(msg.relation_id)
+        if rel is None:
+            raise ProtocolError(f"change for relation {msg.relation_id} before its Relation message")
+        self.sink.publish(_new_event(ChangeEvent, (_INSERT, lsn, txn.info, ordinal, rel, msg.new, None, None, (),
+                                                   0, 0, "", b"", False)), txn.record)
 
     def _change(self, msg: m.Insert | m.Update | m.Delete | m.Truncate, lsn: int) -> None:
         txn = self._next_ordinal()
@@ -181,7 +196,7 @@ class Assembler:
 
     # -- relations ------------------------------------------------------------------------------------
 
-    def _relation(self, msg: m.Relation) -> None:
+    def _relation(self, msg: m.Relation, lsn: int = 0) -> None:
         self.relations[msg.relation_id] = RelationInfo(
             relation_id=msg.relation_id,
             schema=msg.namespace,

@@ -9,14 +9,17 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Callable
-from dataclasses import dataclass
-from functools import cached_property
+from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import orjson
 
 from ..replication.messages import COLUMN_NULL, COLUMN_TEXT, RelationColumn, TupleData
+from . import values
 
 Converter = Callable[[str], object]
+_Fragment = orjson.Fragment
+_dumps = orjson.dumps
 
 
 class Op(enum.Enum):
@@ -29,6 +32,33 @@ class Op(enum.Enum):
     COMMIT = "COMMIT"
 
 
+def _numeric_bytes(data: bytes) -> object:
+    """values.convert_numeric on the raw bytes: NaN, Infinity, -Infinity as strings, else the number as is."""
+    if data[-1] in b"Ny":
+        return data.decode("ascii")
+    return _Fragment(data)
+
+
+def _byte_converter(conv: Converter, text_decoder: Callable[[bytes], str], utf8: bool) -> Callable[[bytes], object]:
+    """The column's converter applied to the raw pgoutput bytes, without the str in between where the result
+    is the same: integers and numerics are ASCII digits in every server encoding, and (in UTF-8) jsonb is
+    embedded as is and text needs only decoding. Anything else decodes, then converts."""
+    if conv is values.convert_int:
+        return _Fragment
+    if conv is values.convert_numeric:
+        return _numeric_bytes
+    if utf8 and conv is values.convert_jsonb:
+        return _Fragment
+    if utf8 and conv is str:
+        return bytes.decode  # UTF-8 is bytes.decode's default
+    return lambda data: conv(text_decoder(data))
+
+
+def _is_utf8(text_decoder: Callable[[bytes], str]) -> bool:
+    encoding = getattr(text_decoder, "keywords", {}).get("encoding", "")
+    return isinstance(encoding, str) and encoding.lower().replace("-", "").replace("_", "") == "utf8"
+
+
 @dataclass(frozen=True, slots=True)
 class RelationInfo:
     relation_id: int
@@ -39,18 +69,26 @@ class RelationInfo:
     converters: tuple[Converter, ...]  # one per column: pgoutput text -> to_jsonb-equal value
     key_indexes: tuple[int, ...]  # columns in the replica identity key
     text_decoder: Callable[[bytes], str]
+    # Derived: column names, and each converter applied to the raw bytes (see _byte_converter).
+    names: tuple[str, ...] = field(init=False, repr=False, compare=False)
+    byte_converters: tuple[Callable[[bytes], object], ...] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        utf8 = _is_utf8(self.text_decoder)
+        object.__setattr__(self, "names", tuple(c.name for c in self.columns))
+        object.__setattr__(self, "byte_converters",
+                           tuple(_byte_converter(c, self.text_decoder, utf8) for c in self.converters))
 
     def row_object(self, cells: TupleData, key_only: bool = False) -> dict[str, object]:
         """Column name -> value. Unchanged TOAST columns are left out (their value was not sent)."""
         row: dict[str, object] = {}
-        columns, converters, decode = self.columns, self.converters, self.text_decoder
-        indexes = self.key_indexes if key_only else range(len(cells))
-        for i in indexes:
+        names, convert = self.names, self.byte_converters
+        for i in self.key_indexes if key_only else range(len(cells)):
             kind, data = cells[i]
             if kind == COLUMN_TEXT:
-                row[columns[i].name] = converters[i](decode(data))  # type: ignore[arg-type]
+                row[names[i]] = convert[i](data)  # type: ignore[arg-type]
             elif kind == COLUMN_NULL:
-                row[columns[i].name] = None
+                row[names[i]] = None
             elif kind != "u":  # binary values are never requested: walstream streams in text mode
                 raise ValueError(f"unexpected column kind {kind!r} in {self.schema}.{self.table}")
         return row
@@ -65,8 +103,10 @@ class TxnInfo:
     commit_ts: int  # microseconds since 2000-01-01 UTC
 
 
-@dataclass(frozen=True)
-class ChangeEvent:
+class ChangeEvent(NamedTuple):
+    """One event. Immutable; a NamedTuple because one is built for every change and that is what builds
+    fastest (the assembler's hot path calls tuple.__new__ with every field, in this order)."""
+
     op: Op
     lsn: int  # the change's own LSN, as sent in pg_lsn
     txn: TxnInfo | None  # None only for non-transactional logical decoding messages
@@ -82,16 +122,21 @@ class ChangeEvent:
     message_content: bytes = b""
     message_transactional: bool = False
 
-    @cached_property
-    def json_payload(self) -> str:
-        """The row as to_jsonb() would give it: new row for insert/update, old row (or its key) for delete."""
+    def json_bytes(self) -> bytes:
+        """The row as to_jsonb() would give it, UTF-8 JSON: new row for insert/update, old row (or its key)
+        for delete. Computed on each call: callers that need it more than once keep it."""
         rel = self.relation
         if rel is None:
-            return "{}"
+            return b"{}"
         if self.op is Op.DELETE:
             cells, key_only = self.old, self.old_kind != "O"
         else:
             cells, key_only = self.new, False
         if cells is None:
-            return "{}"
-        return orjson.dumps(rel.row_object(cells, key_only)).decode()
+            return b"{}"
+        return _dumps(rel.row_object(cells, key_only))
+
+    @property
+    def json_payload(self) -> str:
+        """json_bytes() as a str."""
+        return self.json_bytes().decode()

@@ -43,6 +43,11 @@ _new_tuple = tuple.__new__  # a Cell built without NamedTuple's Python-level __n
 _NULL_CELL = Cell(m.COLUMN_NULL, None)
 _UNCHANGED_CELL = Cell(m.COLUMN_UNCHANGED_TOAST, None)
 _T, _B, _N, _U, _MARK_N = b"tbnuN"
+# Building a frozen slots dataclass through its slots' descriptors skips its Python-level __init__.
+_object_new = object.__new__
+_set_insert_xid = m.Insert.xid.__set__  # type: ignore[attr-defined]
+_set_insert_relid = m.Insert.relation_id.__set__  # type: ignore[attr-defined]
+_set_insert_new = m.Insert.new.__set__  # type: ignore[attr-defined]
 
 
 def _show(byte: int) -> str:
@@ -320,6 +325,16 @@ def decode_message(data: bytes | memoryview, *, in_stream: bool = False,
     if not buf:
         raise DecodeError("pgoutput message at offset 0: expected a message type byte, got end of data")
     kind = buf[0]
+    if kind == 0x49 and not in_stream and len(buf) > 7 and buf[5] == 0x4E:  # 'I' ... 'N': one inserted row
+        # The common case, inlined (same checks and errors as _insert).
+        new, pos = _tuple(buf, 6)
+        if pos != len(buf):
+            _end(buf, pos)
+        ins = _object_new(m.Insert)
+        _set_insert_xid(ins, None)
+        _set_insert_relid(ins, _U32.unpack_from(buf, 1)[0])
+        _set_insert_new(ins, new)
+        return ins
     change = _WITH_XID.get(kind)
     if change is not None:
         return change(buf, in_stream)
