@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
@@ -423,6 +424,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as exc:  # --help and --version
         return exc.code if isinstance(exc.code, int) else 0
     setup_logging(args.log_level, args.log_format)
+    # A process started in the background by a non-interactive shell inherits SIGINT ignored, and Python
+    # then never raises KeyboardInterrupt: Ctrl-C (or kill -INT) must stop every command all the same.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         return int(args.handler(args))
     except UsageError as exc:

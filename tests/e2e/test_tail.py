@@ -43,9 +43,11 @@ def ws(testdb, tmp_path) -> Iterator[WalstreamProcess]:
 class Tail:
     """`python -m walstream tail ...` with its stdout lines in a queue."""
 
-    def __init__(self, *args: str, env: dict[str, str] | None = None) -> None:
+    def __init__(self, *args: str, env: dict[str, str] | None = None, sigint_ignored: bool = False) -> None:
+        # sigint_ignored: start it as a non-interactive shell starts a background job, with SIGINT ignored.
+        preexec = (lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)) if sigint_ignored else None
         self.proc = subprocess.Popen([sys.executable, "-m", "walstream", "tail", *args], stdout=subprocess.PIPE,
-                                     stderr=subprocess.PIPE, env=env or walstream_env())
+                                     stderr=subprocess.PIPE, env=env or walstream_env(), preexec_fn=preexec)
         self.lines: queue.Queue[bytes] = queue.Queue()
         self.stderr = b""
         threading.Thread(target=self._read, daemon=True).start()
@@ -289,3 +291,14 @@ def test_pretty_colour_and_plain():
     assert "xid 5" in pretty_line(change(op="BEGIN", schema="", table=""), colour=False)
     assert pretty_line(change(op="TRUNCATE", truncate=Truncate((("public", "t"),), False, True)),
                        colour=False).endswith("public.t  (restart identity)")
+
+
+def test_sigint_stops_tail_even_when_started_with_sigint_ignored(testdb, ws):
+    tail = Tail("--server", ws.addr, "--format", "json", sigint_ignored=True)
+    try:
+        ws.wait_log("connected")
+        testdb.execute("INSERT INTO logs VALUES (1, 'x')")
+        tail.json(1)
+        assert tail.interrupt() == 0
+    finally:
+        tail.finish()
