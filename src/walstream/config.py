@@ -47,7 +47,7 @@ class StartConfig:
     client_queue_size: int = 10_000
     # Events delivered but not yet acknowledged, over all clients; reading pauses at this bound, which
     # also bounds the memory held to replay them to the next client.
-    max_unacked: int = 100_000
+    max_unacked: int = 20_000
     # Seconds a graceful shutdown waits for clients to acknowledge what they were sent.
     shutdown_grace: float = 3.0
     # Seconds between status updates to PostgreSQL when nothing changed (PostgreSQL's own default is 10).

@@ -13,7 +13,10 @@ import itertools
 import logging
 from collections import deque
 from collections.abc import Callable, Sequence
-from typing import Protocol
+from typing import Any, Protocol
+
+import grpc
+from google.protobuf.message import DecodeError
 
 from ..processing.events import ChangeEvent
 from .acks import AckTracker, ClientLedger, TxnRecord
@@ -142,3 +145,12 @@ class Hub:
 
     def _confirmed_maybe_moved(self) -> None:
         self.on_confirmed(self.tracker.confirmed_lsn)
+
+
+async def finish_requests(acks: asyncio.Future[None], context: Any) -> None:
+    """The client's request stream ended: a half-close ends the call normally; a request that could not
+    be parsed ends it with INVALID_ARGUMENT (not grpc's UNKNOWN and a traceback)."""
+    try:
+        acks.result()
+    except DecodeError as exc:
+        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"malformed request message: {exc}")

@@ -16,7 +16,7 @@ import grpc
 from .._proto import plugin_pb2, plugin_pb2_grpc
 from ..lsn import format_lsn
 from ..processing.events import ChangeEvent, Op
-from .hub import Client, Hub
+from .hub import Client, Hub, finish_requests
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +86,7 @@ class SeedService(plugin_pb2_grpc.PluginServiceServicer):
                 if batch_task not in done:
                     # The client half-closed its side: it is finished; end the call normally.
                     batch_task.cancel()
-                    acks.result()
+                    await finish_requests(acks, context)
                     return
                 batch = batch_task.result()
                 if batch is None:

@@ -22,6 +22,7 @@ from typing import Protocol
 
 import grpc
 import psycopg2
+from google.protobuf.message import DecodeError
 
 from .. import __version__
 from .._proto import walstream_v1_pb2 as pb
@@ -30,7 +31,7 @@ from ..errors import WalstreamError
 from ..lsn import format_lsn
 from ..processing.events import RelationInfo
 from ..replication import catalog
-from .hub import Client, Hub
+from .hub import Client, Hub, finish_requests
 from .v1_adapter import Encoder, InvalidSubscription, Subscription, V1Adapter, V1Item, same_relation
 
 log = logging.getLogger(__name__)
@@ -161,6 +162,9 @@ class WalstreamServicer(walstream_v1_pb2_grpc.WalstreamServicer):
             first: pb.SubscribeRequest | None = await requests.__anext__()
         except StopAsyncIteration:
             first = None
+        except DecodeError as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"malformed request message: {exc}")
+            return
         kind = first.WhichOneof("msg") if first is not None else None
         if first is None or kind != "subscription":
             got = "the call ended first" if first is None else f"got {kind or 'an empty message'}"
@@ -183,8 +187,8 @@ class WalstreamServicer(walstream_v1_pb2_grpc.WalstreamServicer):
             while True:
                 response = await batcher.next(acks)
                 if response is None:
-                    if acks.done():
-                        acks.result()  # the client half-closed its side: it is finished; end normally
+                    if acks.done():  # the client's side ended: half-closed, or a request did not parse
+                        await finish_requests(acks, context)
                         return
                     await context.abort(grpc.StatusCode.UNAVAILABLE, "walstream is shutting down")
                     return
