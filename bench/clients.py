@@ -319,8 +319,12 @@ def run_latency(cfg: dict[str, Any]) -> None:
 
 
 def run_slow(cfg: dict[str, Any]) -> None:
-    """Handle `rate` rows per second (sleeping in between), ack what was handled, stop after `seconds`."""
-    rate, seconds, api = cfg["rate"], cfg["seconds"], cfg["api"]
+    """Handle `rate` rows per second (sleeping in between), ack what was handled, stop after `seconds`.
+    With `hold_acks`, take everything as fast as it comes and acknowledge nothing: walstream then holds
+    --max-unacked events (the most it ever holds) and stops reading."""
+    rate, seconds, api, hold = cfg["rate"], cfg["seconds"], cfg["api"], cfg.get("hold_acks", False)
+    if hold:
+        rate = 1e12
     channel = grpc.insecure_channel(cfg["addr"], options=CHANNEL_OPTIONS)
     _handshake()
     rows = 0
@@ -341,7 +345,7 @@ def run_slow(cfg: dict[str, Any]) -> None:
                 delay = start + rows / rate - time.perf_counter()
                 if delay > 0:
                     time.sleep(delay)
-                if evs:
+                if evs and not hold:
                     acks.put(v1_pb.SubscribeRequest(ack=v1_pb.Ack(lsn=evs[-1].lsn)))
         else:
             for msg in responses:
@@ -350,7 +354,8 @@ def run_slow(cfg: dict[str, Any]) -> None:
                     delay = start + rows / rate - time.perf_counter()
                     if delay > 0:
                         time.sleep(delay)
-                    acks.put(seed_pb.ClientMessage(ack=seed_pb.ClientAck(pg_lsn=msg.insert.pg_lsn)))
+                    if not hold:
+                        acks.put(seed_pb.ClientMessage(ack=seed_pb.ClientAck(pg_lsn=msg.insert.pg_lsn)))
     except grpc.RpcError as exc:
         if exc.code() != grpc.StatusCode.CANCELLED:  # type: ignore[attr-defined]
             raise

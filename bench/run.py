@@ -211,10 +211,19 @@ class Bench:
         sampled: dict[str, Any] = {"cpu": None, "pid": None}
         stop = threading.Event()
 
+        conn = psycopg2.connect(self.unix_dsn)  # connected before the drain starts: the pid comes sooner
+        conn.autocommit = True
+
         def sample() -> None:
-            try:
-                pid = self.slot_pid(slot)
-            except RuntimeError:
+            pid = None
+            with conn.cursor() as cur:
+                while pid is None and proc.poll() is None:
+                    cur.execute("SELECT active_pid FROM pg_replication_slots WHERE slot_name = %s", (slot,))
+                    row = cur.fetchone()
+                    pid = row[0] if row else None
+                    if pid is None:
+                        time.sleep(0.001)
+            if pid is None:
                 return
             sampled["pid"] = pid
             while not stop.is_set():
@@ -233,6 +242,7 @@ class Bench:
         proc.returncode = os.waitstatus_to_exitcode(status)
         stop.set()
         sampler.join(5)
+        conn.close()
         err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
         if proc.returncode != 0:
             raise RuntimeError(f"pg_recvlogical failed ({proc.returncode}): {err.strip()}")
@@ -381,14 +391,14 @@ class Bench:
         return {"api": api, "synchronous_commit": synchronous_commit, "rate": wrote["rate"],
                 "commit_ms_p50": wrote["commit_ms_p50"], "commit_ms_p99": wrote["commit_ms_p99"], **got}
 
-    def memory(self, base: str, api: str) -> dict[str, Any]:
-        slot = f"mem_{api}"
+    def memory(self, base: str, api: str, hold_acks: bool) -> dict[str, Any]:
+        slot = f"mem_{api}_{'hold' if hold_acks else 'slow'}"
         self.copy_slot(base, slot)
         try:
             with self.walstream(slot) as (ws, addr):
                 before = proc_status_kb(ws.pid, "VmRSS") or 0
                 client = self.client("slow", {"api": api, "addr": addr, "rate": self.args.slow_rate,
-                                              "seconds": self.args.memory_seconds})
+                                              "seconds": self.args.memory_seconds, "hold_acks": hold_acks})
                 self.expect(client, "slow client", 60)
                 assert client.stdin is not None
                 client.stdin.write("{}\n")
@@ -406,7 +416,8 @@ class Bench:
                 hwm = proc_status_kb(ws.pid, "VmHWM") or 0
         finally:
             self.drop_slot(slot)
-        return {"api": api, "rows_handled": out["rows"], "seconds": out["seconds"],
+        return {"api": api, "client": "holds every ack" if hold_acks else f"{self.args.slow_rate:,} rows/s",
+                "rows_handled": out["rows"], "seconds": out["seconds"],
                 "rss_idle_mb": before / 1024, "rss_peak_sampled_mb": peak / 1024, "vm_hwm_mb": hwm / 1024}
 
 
@@ -469,13 +480,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     log(f"{wl.name} run {r + 1}/{args.runs} {method}: {out['rows_per_s']:,.0f} rows/s "
                         f"({out['seconds']:.2f} s, load {load:.2f})")
             if wl.name == "bulk" and not args.skip_memory:
-                for api in ("batched", "seed"):
+                for api, hold in (("batched", False), ("seed", False), ("batched", True), ("seed", True)):
                     if api in args.skip:
                         continue
-                    mem = bench.memory(base, api)
+                    mem = bench.memory(base, api, hold)
                     result["memory"].append(mem)
-                    log(f"memory {api}: peak RSS {mem['vm_hwm_mb']:.0f} MB ({mem['rows_handled']} rows handled "
-                        f"in {mem['seconds']:.0f} s)")
+                    log(f"memory {api}, client {mem['client']}: peak RSS {mem['vm_hwm_mb']:.0f} MB "
+                        f"({mem['rows_handled']} rows received in {mem['seconds']:.0f} s)")
             bench.drop_slot(base)
             result["workloads"].append(summarize_workload(wl, runs, write_s))
         if not args.skip_latency:
@@ -505,9 +516,9 @@ def summarize_workload(wl: Workload, runs: dict[str, list[dict[str, Any]]], writ
         if ref and len(ref) == len(outs):
             entry["ratio"] = summarize([o["rows_per_s"] / r["rows_per_s"] for o, r in zip(outs, ref, strict=True)])
         for key in ("walstream_cpu", "walsender_cpu", "consumer_cpu", "client_cpu", "walstream_peak_rss_mb"):
-            vals = [o[key] for o in outs if o.get(key) is not None]
-            if vals:
-                entry[key] = statistics.median(vals)
+            if any(key in o for o in outs):  # None: never sampled (a drain over before the first sample)
+                vals = [o[key] for o in outs if o.get(key) is not None]
+                entry[key] = statistics.median(vals) if vals else None
         methods[method] = entry
     return {"name": wl.name, "title": wl.title, "rows": wl.rows, "write_seconds": write_s, "methods": methods}
 
@@ -537,7 +548,10 @@ def table(result: dict[str, Any]) -> str:
             ratio_s = f"{ratio['median']:.2f} ({ratio['min']:.2f}–{ratio['max']:.2f})" if ratio else ""
             server_cpu = m.get("walstream_cpu")
             client_cpu = m.get("client_cpu", m.get("consumer_cpu"))
-            lines.append(f"| {wl['name']} ({wl['rows']:,} rows) | {LABELS.get(method, method)} | "
+            label = LABELS.get(method, method)
+            if method == CEILING:
+                label += f": {m['runs'][0]['rows']:,} messages, its server's CPU under walstream"
+            lines.append(f"| {wl['name']} ({wl['rows']:,} rows) | {label} | "
                          f"{rps['median']:,.0f} ({rps['min']:,.0f}–{rps['max']:,.0f}) | {ratio_s} | "
                          f"{_cpu(server_cpu)} | {_cpu(m.get('walsender_cpu'))} | {_cpu(client_cpu)} |")
     out = ["\n".join(lines)]
@@ -550,11 +564,11 @@ def table(result: dict[str, Any]) -> str:
                        f"{r['p50_ms']:.2f} / {r['p90_ms']:.2f} / {r['p99_ms']:.2f} / {r['max_ms']:.2f} |")
         out.append("\n".join(lat))
     if result["memory"]:
-        mem = ["| API | slow client | rows handled | walstream RSS idle MB | peak RSS MB (VmHWM) |",
-               "| --- | --- | ---: | ---: | ---: |"]
+        mem = ["| API | client | seconds | rows received | walstream RSS idle MB | peak RSS MB (VmHWM) |",
+               "| --- | --- | ---: | ---: | ---: | ---: |"]
         for r in result["memory"]:
-            mem.append(f"| {r['api']} | {result['args']['slow_rate']:,} rows/s for {r['seconds']:.0f} s | "
-                       f"{r['rows_handled']:,} | {r['rss_idle_mb']:.0f} | {r['vm_hwm_mb']:.0f} |")
+            mem.append(f"| {r['api']} | {r['client']} | {r['seconds']:.0f} | {r['rows_handled']:,} | "
+                       f"{r['rss_idle_mb']:.0f} | {r['vm_hwm_mb']:.0f} |")
         out.append("\n".join(mem))
     return "\n\n".join(out)
 
@@ -566,7 +580,8 @@ def header(result: dict[str, Any]) -> str:
             f"{m['orjson']}. Load average {result['load_start']:.2f} at the start, {result['load_end']:.2f} at "
             f"the end; {result['args']['runs']} run(s) per method, {result['seconds'] / 60:.0f} min in all. "
             "Writes ran with fsync=off and synchronous_commit=off; drains and the latency test with fsync=on "
-            f"and synchronous_commit=on. pgoutput protocol {PROTO_VERSION} with messages=true for every method.")
+            f"and synchronous_commit=on. pgoutput protocol {PROTO_VERSION} with messages=true for every method; "
+            f"the seed client acks every {result['args'].get('seed_ack_every', 1)}th event (and the last).")
 
 
 BEGIN, END = "<!-- bench:begin -->", "<!-- bench:end -->"
@@ -597,7 +612,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--latency-rate", type=int, default=1000, help="transactions per second (default 1000)")
     p.add_argument("--latency-seconds", type=float, default=10.0)
     p.add_argument("--slow-rate", type=int, default=2000, help="rows per second the slow client handles")
-    p.add_argument("--memory-seconds", type=float, default=30.0)
+    p.add_argument("--memory-seconds", type=float, default=20.0, help="how long each memory client runs")
     p.add_argument("--timeout", type=float, default=900.0, help="seconds one drain may take")
     p.add_argument("--profile", type=Path, help="sample walstream with py-spy during each drain into this "
                    "directory (collapsed stacks; bench/profile_summary.py summarizes them); slows it a little")
@@ -608,17 +623,26 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--docs", type=Path, default=ROOT / "docs" / "benchmarks.md",
                    help="update the table in this file (between the bench:begin/end markers)")
     p.add_argument("--no-docs", action="store_true", help="do not touch docs/benchmarks.md")
+    p.add_argument("--render", type=Path, metavar="JSON",
+                   help="run nothing: print the table of an earlier run's JSON (and write it to --docs)")
     p.add_argument("--tiny", action="store_true",
-                   help="a smoke run: scale 0.002, 1 run, 1 s latency, 2 s memory (checks the harness only)")
+                   help="a smoke run: scale 0.002, 1 run, 0.5 s latency, 1 s memory (checks the harness only)")
     args = p.parse_args(argv)
     if args.tiny:
-        args.scale, args.runs, args.latency_seconds, args.memory_seconds = 0.002, 1, 0.5, 2.0
+        args.scale, args.runs, args.latency_seconds, args.memory_seconds = 0.002, 1, 0.5, 1.0
         args.ceiling_rows = min(args.ceiling_rows, 2000)
     return args
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.render:
+        result = json.loads(args.render.read_text())
+        print(header(result) + "\n\n" + table(result))
+        if not args.no_docs:
+            update_docs(args.docs, result)
+            print(f"table written to {args.docs}")
+        return 0
     # SIGTERM (e.g. a timeout killing the run) unwinds like Ctrl-C: walstream stopped, cluster removed.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     result = run(args)

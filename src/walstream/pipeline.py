@@ -9,7 +9,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from functools import partial
+
+import psycopg2.extras
 
 from .config import StartConfig
 from .delivery.hub import Hub
@@ -34,7 +37,8 @@ class Pipeline:
         self.dsn = dsn
         self.hub = hub
         self.assembler = Assembler(hub, types, partial(bytes.decode, encoding="utf-8"))
-        self.stopping = asyncio.Event()
+        self.stopping = _StopEvent(self._wake_reader)  # set() also ends the reader's wait for data
+        self._reader_wait: asyncio.Future[None] | None = None
         self.first_attempt = asyncio.Event()  # the slot exists (or is held elsewhere) or start failed
         self.streaming = False
         self.written_lsn = 0
@@ -44,6 +48,7 @@ class Pipeline:
         self._sent_flush = -1
         self._last_status = 0.0
         self._opened_once = False
+        self._held: psycopg2.extras.ReplicationMessage | None = None  # read while paused, not yet handled
 
     async def run(self) -> None:
         """Stream until stopped; reconnect with capped exponential backoff; raise on fatal errors."""
@@ -84,7 +89,6 @@ class Pipeline:
                     self.streaming = False
                     stream.close()
                 if not self.stopping.is_set():
-                    failures = 1
                     await self._sleep(BACKOFF_FIRST)
         finally:
             self.first_attempt.set()
@@ -101,6 +105,7 @@ class Pipeline:
                 self.assembler.connection_restarted()
         self._opened_once = True
         self.server_version, self.pgoutput_version = server_version, proto
+        self._held = None  # it came on the old connection: PostgreSQL sends it again
         self._sent_flush = -1
         self.streaming = True
         self.first_attempt.set()
@@ -129,11 +134,16 @@ class Pipeline:
             if not hub.can_accept():
                 hub.capacity.clear()
                 if not hub.can_accept():
+                    self._read_ahead(stream)
                     await self._wait(hub.capacity.wait(), PAUSED_KEEPALIVE)
                     self._status(stream, force=time.monotonic() - self._last_status >= PAUSED_KEEPALIVE)
                     continue
+            msg: psycopg2.extras.ReplicationMessage | None = None
             for _ in range(YIELD_EVERY):
-                msg = read()
+                if self._held is not None:
+                    msg, self._held = self._held, None
+                else:
+                    msg = read()
                 if msg is None:
                     break
                 if msg.data_start > self.written_lsn:
@@ -146,8 +156,7 @@ class Pipeline:
                 await asyncio.sleep(0)
                 continue
             if msg is None:
-                if not assembler.in_transaction and tracker.idle_advance(stream.wal_end):
-                    self.written_lsn = max(self.written_lsn, tracker.confirmed_lsn)
+                self._follow_wal_end(stream)
                 self._status(stream)
                 await self._wait_readable(loop, stream.fileno(), self._until_next_status())
             else:
@@ -156,6 +165,22 @@ class Pipeline:
         await self._drain_acks(deadline or time.monotonic() + self.config.shutdown_grace)
         self._status(stream, force=True)
         log.info("replication closed at confirmed position %s", format_lsn(tracker.confirmed_lsn))
+
+    def _read_ahead(self, stream: ReplicationStream) -> None:
+        """Paused: read past keepalives, holding back the first data message until a client can take it.
+
+        So a quiet slot still follows the server's WAL end while no client is connected; PostgreSQL's fast
+        shutdown waits for every walsender's client to confirm that position.
+        """
+        if self._held is None and not self.assembler.in_transaction:
+            self._held = stream.read()
+            if self._held is None:
+                self._follow_wal_end(stream)
+
+    def _follow_wal_end(self, stream: ReplicationStream) -> None:
+        """The stream is drained: with nothing open or pending, the server's WAL end is confirmed."""
+        if not self.assembler.in_transaction and self.hub.tracker.idle_advance(stream.wal_end):
+            self.written_lsn = max(self.written_lsn, self.hub.tracker.confirmed_lsn)
 
     async def _drain_acks(self, deadline: float) -> None:
         tracker = self.hub.tracker
@@ -184,18 +209,33 @@ class Pipeline:
         except asyncio.TimeoutError:
             pass
 
-    @staticmethod
-    async def _wait_readable(loop: asyncio.AbstractEventLoop, fd: int, timeout: float) -> None:
+    async def _wait_readable(self, loop: asyncio.AbstractEventLoop, fd: int, timeout: float) -> None:
+        """Until the replication socket has data, the timeout passes, or stopping is set."""
         ready: asyncio.Future[None] = loop.create_future()
-
-        def wake() -> None:
-            if not ready.done():
-                ready.set_result(None)
-
-        loop.add_reader(fd, wake)
+        self._reader_wait = ready
+        loop.add_reader(fd, self._wake_reader)
         try:
             await asyncio.wait_for(ready, timeout)
         except asyncio.TimeoutError:
             pass
         finally:
             loop.remove_reader(fd)
+            self._reader_wait = None
+
+    def _wake_reader(self) -> None:
+        ready = self._reader_wait
+        if ready is not None and not ready.done():
+            ready.set_result(None)
+
+
+class _StopEvent(asyncio.Event):
+    """An asyncio.Event that also calls a function when set (the pipeline's stop wakes its idle reader
+    at once, instead of at the end of its wait for data, up to a second later)."""
+
+    def __init__(self, on_set: Callable[[], None]) -> None:
+        super().__init__()
+        self._on_set = on_set
+
+    def set(self) -> None:
+        super().set()
+        self._on_set()

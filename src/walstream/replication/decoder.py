@@ -16,7 +16,7 @@ from __future__ import annotations
 import dataclasses
 import struct
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 from walstream.errors import DecodeError
 from walstream.replication import messages as m
@@ -43,11 +43,43 @@ _new_tuple = tuple.__new__  # a Cell built without NamedTuple's Python-level __n
 _NULL_CELL = Cell(m.COLUMN_NULL, None)
 _UNCHANGED_CELL = Cell(m.COLUMN_UNCHANGED_TOAST, None)
 _T, _B, _N, _U, _MARK_N = b"tbnuN"
-# Building a frozen slots dataclass through its slots' descriptors skips its Python-level __init__.
 _object_new = object.__new__
-_set_insert_xid = m.Insert.xid.__set__  # type: ignore[attr-defined]
-_set_insert_relid = m.Insert.relation_id.__set__  # type: ignore[attr-defined]
-_set_insert_new = m.Insert.new.__set__  # type: ignore[attr-defined]
+_BEGIN = struct.Struct("!QqI")  # final_lsn, commit_ts, xid
+_COMMIT = struct.Struct("!BQQq")  # flags, commit_lsn, end_lsn, commit_ts
+
+
+_M = TypeVar("_M")
+
+
+def _slots_builder(cls: type[_M]) -> Callable[..., _M]:
+    """cls(*values) for a frozen slots dataclass of 3 or 4 fields, set through its slots' descriptors: about
+    twice as fast as its generated __init__ (which goes through object.__setattr__ for every field)."""
+    setters = [getattr(cls, f.name).__set__ for f in dataclasses.fields(cls)]  # type: ignore[arg-type]
+    if len(setters) == 3:
+        set0, set1, set2 = setters
+
+        def build3(a: object, b: object, c: object) -> _M:
+            obj: _M = _object_new(cls)
+            set0(obj, a)
+            set1(obj, b)
+            set2(obj, c)
+            return obj
+        return build3
+    set0, set1, set2, set3 = setters
+
+    def build4(a: object, b: object, c: object, d: object) -> _M:
+        obj: _M = _object_new(cls)
+        set0(obj, a)
+        set1(obj, b)
+        set2(obj, c)
+        set3(obj, d)
+        return obj
+    return build4
+
+
+_new_insert = _slots_builder(m.Insert)
+_new_begin = _slots_builder(m.Begin)
+_new_commit = _slots_builder(m.Commit)
 
 
 def _show(byte: int) -> str:
@@ -330,11 +362,13 @@ def decode_message(data: bytes | memoryview, *, in_stream: bool = False,
         new, pos = _tuple(buf, 6)
         if pos != len(buf):
             _end(buf, pos)
-        ins = _object_new(m.Insert)
-        _set_insert_xid(ins, None)
-        _set_insert_relid(ins, _U32.unpack_from(buf, 1)[0])
-        _set_insert_new(ins, new)
-        return ins
+        return _new_insert(None, _U32.unpack_from(buf, 1)[0], new)
+    if kind == 0x42 and len(buf) == 21:  # 'B', as _FIXED's Begin reads it
+        final_lsn, commit_ts, xid = _BEGIN.unpack_from(buf, 1)
+        if final_lsn:
+            return _new_begin(final_lsn, commit_ts, xid)
+    elif kind == 0x43 and len(buf) == 26:  # 'C', as _FIXED's Commit reads it
+        return _new_commit(*_COMMIT.unpack_from(buf, 1))
     change = _WITH_XID.get(kind)
     if change is not None:
         return change(buf, in_stream)

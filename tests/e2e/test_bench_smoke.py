@@ -1,0 +1,74 @@
+"""The benchmark harness (bench/run.py) on a tiny workload, so it cannot rot: every workload, every method,
+latency and memory run end to end and the JSON has every figure. The numbers themselves mean nothing here."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from walstream.pgcluster import ClusterError, find_bindir, server_version
+
+ROOT = Path(__file__).resolve().parents[2]
+METHODS = ["recvlogical-unix", "recvlogical-tcp", "batched", "seed"]
+
+
+def pg15_bindir() -> Path:
+    try:
+        bindir = find_bindir(["/usr/lib/postgresql/15/bin"], embedded=False)
+        if server_version(bindir).split(".")[0] != "15" or not (bindir / "pg_recvlogical").exists():
+            raise ClusterError(f"{bindir} is not PostgreSQL 15 with pg_recvlogical")
+    except ClusterError as exc:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"the benchmark needs PostgreSQL 15: {exc}")
+        pytest.skip(f"the benchmark needs PostgreSQL 15: {exc}")
+    return bindir
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+def test_bench_tiny(tmp_path: Path) -> None:
+    bindir = pg15_bindir()
+    out = tmp_path / "bench.json"
+    env = dict(os.environ, PYTHONPATH=str(ROOT / "src"))
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "run.py"), "--tiny", "--no-docs", "--json", str(out),
+                           "--bindir", str(bindir)], capture_output=True, text=True, env=env, timeout=220)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    result = json.loads(out.read_text())
+
+    assert result["postgresql"].startswith("15")
+    assert result["settings"]["write_phase"] == {"fsync": "off", "synchronous_commit": "off"}
+    assert {"cpu", "cores", "python", "grpcio"} <= set(result["machine"])
+    assert [w["name"] for w in result["workloads"]] == ["bulk", "small", "update", "wide"]
+    for wl in result["workloads"]:
+        methods = wl["methods"]
+        assert list(methods) == METHODS + (["grpc-ceiling"] if wl["name"] == "bulk" else [])
+        assert methods["recvlogical-unix"]["ratio"]["median"] == pytest.approx(1.0)
+        for name, m in methods.items():
+            where = f"{wl['name']}/{name}"
+            assert len(m["runs"]) == 1, where
+            for key in ("median", "min", "max"):
+                assert m["rows_per_s"][key] > 0, where
+                assert m["ratio"][key] > 0, where
+            assert m["runs"][0]["rows"] == wl["rows"], where
+            assert m["client_cpu" if name in ("batched", "seed", "grpc-ceiling") else "consumer_cpu"] >= 0, where
+            if name.startswith("recvlogical"):  # sampled while it runs: a tiny drain may end before a sample
+                assert m["walsender_cpu"] is None or m["walsender_cpu"] >= 0, where
+            elif name != "grpc-ceiling":
+                assert m["walsender_cpu"] >= 0, where
+            if name in ("batched", "seed", "grpc-ceiling"):
+                assert m["walstream_cpu"] >= 0, where
+    assert [(r["api"], r["synchronous_commit"]) for r in result["latency"]] == [
+        ("batched", "on"), ("seed", "on"), ("batched", "off")]
+    for r in result["latency"]:
+        assert r["count"] > 0 and 0 < r["p50_ms"] <= r["p99_ms"] <= r["max_ms"], r
+    assert [r["api"] for r in result["memory"]] == ["batched", "seed", "batched", "seed"]
+    for r in result["memory"]:
+        assert r["vm_hwm_mb"] > 0 and r["rows_handled"] > 0, r
+    for label in ("pg_recvlogical, Unix socket (reference)", "walstream + seed client", "commit→client",
+                  "peak RSS"):
+        assert label in proc.stdout
