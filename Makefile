@@ -18,7 +18,7 @@ test: setup lint
 	$(PY) -m pytest
 
 lint: setup
-	$(PY) -m ruff check src tests scripts
+	$(PY) -m ruff check src tests scripts bench
 	$(PY) -m mypy
 	$(PY) scripts/gen_proto.py --check
 
