@@ -18,6 +18,7 @@ from typing import Any, Protocol
 import grpc
 from google.protobuf.message import DecodeError
 
+from ..lsn import format_lsn
 from ..processing.events import ChangeEvent
 from .acks import AckTracker, ClientLedger, TxnRecord
 
@@ -106,6 +107,7 @@ class Hub:
         self.capacity.set()
 
     def ack(self, client: Client, lsn: int) -> bool:
+        """Apply a client's ack; one that matches nothing is logged, counted and moves nothing."""
         before = self.tracker.confirmed_lsn
         if self.tracker.ack(client.ledger, lsn):
             if self.tracker.confirmed_lsn != before:
@@ -113,7 +115,15 @@ class Hub:
             self.capacity.set()
             return True
         self.acks_rejected += 1
+        log.warning("client %s acked %s, which matches nothing it was sent and not yet acked; "
+                    "ignored (the slot does not move)", client.name, format_lsn(lsn))
         return False
+
+    def reject(self, client: Client, what: str) -> None:
+        """A client sent something other than an ack where only acks are accepted: count it, log it."""
+        client.ledger.rejected += 1
+        self.acks_rejected += 1
+        log.warning("client %s sent %s; ignored", client.name, what)
 
     def close(self) -> None:
         """Stop taking clients and end every client stream once its queue is sent."""

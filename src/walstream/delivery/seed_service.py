@@ -8,17 +8,13 @@ decoding messages have no form in this API and are not sent.
 from __future__ import annotations
 
 import asyncio
-import logging
 from collections.abc import AsyncIterator, Sequence
 
 import grpc
 
 from .._proto import plugin_pb2, plugin_pb2_grpc
-from ..lsn import format_lsn
 from ..processing.events import ChangeEvent, Op
 from .hub import Client, Hub, finish_requests
-
-log = logging.getLogger(__name__)
 
 
 class SeedAdapter:
@@ -101,11 +97,6 @@ class SeedService(plugin_pb2_grpc.PluginServiceServicer):
     async def _read_acks(self, requests: AsyncIterator[plugin_pb2.ClientMessage], client: Client) -> None:
         async for request in requests:
             if request.WhichOneof("msg") != "ack":
-                client.ledger.rejected += 1
-                self.hub.acks_rejected += 1
-                log.warning("client %s sent a message without an ack; ignored", client.name)
+                self.hub.reject(client, "a message without an ack")
                 continue
-            lsn = request.ack.pg_lsn
-            if not self.hub.ack(client, lsn):
-                log.warning("client %s acked %s, which matches nothing it was sent and not yet acked; "
-                            "ignored (the slot does not move)", client.name, format_lsn(lsn))
+            self.hub.ack(client, request.ack.pg_lsn)

@@ -28,7 +28,6 @@ from .. import __version__
 from .._proto import walstream_v1_pb2 as pb
 from .._proto import walstream_v1_pb2_grpc
 from ..errors import WalstreamError
-from ..lsn import format_lsn
 from ..processing.events import RelationInfo
 from ..replication import catalog
 from .hub import Client, Hub, finish_requests
@@ -200,16 +199,10 @@ class WalstreamServicer(walstream_v1_pb2_grpc.WalstreamServicer):
     async def _read_acks(self, requests: AsyncIterator[pb.SubscribeRequest], client: Client) -> None:
         async for request in requests:
             if request.WhichOneof("msg") != "ack":
-                client.ledger.rejected += 1
-                self.hub.acks_rejected += 1
-                log.warning("client %s sent %s after its subscription; ignored (only acks are accepted)",
-                            client.name, "another subscription" if request.HasField("subscription")
-                            else "an empty message")
+                other = "another subscription" if request.HasField("subscription") else "an empty message"
+                self.hub.reject(client, f"{other} after its subscription")
                 continue
-            lsn = request.ack.lsn
-            if not self.hub.ack(client, lsn):
-                log.warning("client %s acked %s, which matches nothing it was sent and not yet acked; "
-                            "ignored (the slot does not move)", client.name, format_lsn(lsn))
+            self.hub.ack(client, request.ack.lsn)
 
     async def Status(  # noqa: N802 (name fixed by the proto)
         self, request: pb.StatusRequest, context: grpc.aio.ServicerContext[pb.StatusRequest, pb.StatusResponse],

@@ -157,9 +157,7 @@ class Assembler:
             self._change(msg, lsn)
             return
         ordinal = txn.ordinal = txn.ordinal + 1
-        rel = self.relations.get(msg.relation_id)
-        if rel is None:
-            raise ProtocolError(f"change for relation {msg.relation_id} before its Relation message")
+        rel = self._rel(msg.relation_id)
         self.sink.publish(_new_event(ChangeEvent, (_INSERT, lsn, txn.info, ordinal, rel, msg.new, None, None, (),
                                                    0, 0, "", b"", False)), txn.record)
 

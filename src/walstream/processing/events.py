@@ -135,8 +135,3 @@ class ChangeEvent(NamedTuple):
         if cells is None:
             return b"{}"
         return _dumps(rel.row_object(cells, key_only))
-
-    @property
-    def json_payload(self) -> str:
-        """json_bytes() as a str."""
-        return self.json_bytes().decode()
