@@ -470,7 +470,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             if wl.name == "bulk" and CEILING not in args.skip:
                 methods.append(CEILING)
             runs: dict[str, list[dict[str, Any]]] = {m: [] for m in methods}
-            for r in range(args.runs):
+            for r in range(args.runs if methods else 0):  # --skip may leave only latency and memory
                 order = methods[r % len(methods):] + methods[:r % len(methods)]
                 for method in order:
                     load = loadavg()
@@ -488,7 +488,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     log(f"memory {api}, client {mem['client']}: peak RSS {mem['vm_hwm_mb']:.0f} MB "
                         f"({mem['rows_handled']} rows received in {mem['seconds']:.0f} s)")
             bench.drop_slot(base)
-            result["workloads"].append(summarize_workload(wl, runs, write_s))
+            if any(runs.values()):
+                result["workloads"].append(summarize_workload(wl, runs, write_s))
         if not args.skip_latency:
             for api, sync in (("batched", "on"), ("seed", "on"), ("batched", "off")):
                 if api in args.skip:

@@ -18,14 +18,17 @@ import psycopg2
 import psycopg2.extensions
 
 from . import dsn as dsnlib
-from ._proto import plugin_pb2_grpc, walstream_v1_pb2_grpc
+from . import security
+from ._proto import plugin_pb2_grpc
 from .config import StartConfig
+from .delivery import auth, v1_service
 from .delivery.acks import AckTracker
 from .delivery.hub import Hub
 from .delivery.seed_service import SeedService
 from .delivery.v1_adapter import Encoder
 from .delivery.v1_service import ServerStatus, WalstreamServicer
 from .errors import ConfigError, SourceError
+from .operations import Operations
 from .pipeline import Pipeline
 from .processing.typed import TypedCatalog
 from .processing.values import TypeCatalog, TypeInfo, catalog_lookup
@@ -81,19 +84,23 @@ async def serve(config: StartConfig, ready: asyncio.Event | None = None) -> int:
     catalog_conn = _CatalogConnection(config.connection)
     types = TypeCatalog(lookup=catalog_conn.lookup)
     pipeline = Pipeline(config, dsnlib.replication_dsn(config.connection), hub, types)
+    ops = Operations(config, hub, pipeline)  # health, reflection, slot monitor, metrics
 
-    server = grpc.aio.server()
+    # The guard checks the token and the client limit before any servicer code runs (delivery/auth.py).
+    server = grpc.aio.server(interceptors=[auth.Guard(config.auth_token, config.max_clients)],
+                             options=auth.server_options(config))
     plugin_pb2_grpc.add_PluginServiceServicer_to_server(SeedService(hub), server)  # type: ignore[no-untyped-call]
     status = ServerStatus(hub, pipeline, config.slot, config.temporary, config.connection)
     v1 = WalstreamServicer(hub, Encoder(TypedCatalog(types, catalog_conn.schema_of)), status)
-    walstream_v1_pb2_grpc.add_WalstreamServicer_to_server(v1, server)  # type: ignore[no-untyped-call]
+    v1_service.add_to_server(v1, server)
     address = f"{config.host}:{config.port}"
     try:
-        port = server.add_insecure_port(address)
+        port = auth.add_port(server, address, config)
     except RuntimeError:
         port = 0
     if not port:
         raise ConfigError(f"cannot listen on {address}: the address is in use or not available here")
+    await ops.install(server, v1)
 
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
@@ -101,15 +108,22 @@ async def serve(config: StartConfig, ready: asyncio.Event | None = None) -> int:
         loop.add_signal_handler(sig, stop.set)
 
     runner = asyncio.create_task(pipeline.run())
-    # The slot is created before any client can connect.
+    ops.start()
+    # The slot is created before any client can connect. A standby (the slot is held by another process)
+    # serves at once: health says NOT_SERVING, and its clients receive nothing until it takes over.
     await asyncio.wait({runner, asyncio.create_task(pipeline.first_attempt.wait())},
                        return_when=asyncio.FIRST_COMPLETED)
     if runner.done():
+        await ops.close()
         runner.result()  # a fatal error before streaming: raise it
         return 0
     await server.start()
     log.info("listening on %s:%d (slot %s, %s, publication %s)", config.host, port, config.slot,
              "temporary" if config.temporary else "permanent", config.publication)
+    tls, client_certs = config.tls_cert is not None, config.tls_client_ca is not None
+    log.info("gRPC: %s", security.describe(tls, client_certs, config.auth_token is not None, config.max_clients))
+    for warning in security.startup_warnings(config.host, tls, client_certs, config.auth_token):
+        log.warning("%s", warning)
     if ready is not None:
         ready.set()
 
@@ -117,10 +131,12 @@ async def serve(config: StartConfig, ready: asyncio.Event | None = None) -> int:
     done, _ = await asyncio.wait({runner, stopper}, return_when=asyncio.FIRST_COMPLETED)
     if runner in done:
         stopper.cancel()
+        await ops.close()
         await server.stop(0)
         runner.result()  # fatal: raise to the CLI
         return 1
     log.info("shutting down: waiting up to %.1f s for clients to acknowledge", config.shutdown_grace)
+    await ops.shutting_down()  # health NOT_SERVING first: load balancers stop sending clients here
     hub.accepting = False
     pipeline.stopping.set()
     with contextlib.suppress(Exception):
@@ -128,5 +144,6 @@ async def serve(config: StartConfig, ready: asyncio.Event | None = None) -> int:
     hub.close()
     await server.stop(1.0)
     status.close()
+    await ops.close()
     log.info("stopped")
     return 0

@@ -19,10 +19,10 @@ from typing import Any, NoReturn
 import orjson
 import psycopg2
 
-from . import __version__
-from .config import StartConfig, validate_slot_name
+from . import __version__, security
+from .config import StartConfig, parse_size, validate_slot_name
 from .dsn import parse_connection, redact
-from .errors import WalstreamError
+from .errors import ConfigError, WalstreamError
 from .logs import FORMATS, LEVELS, setup_logging
 from .replication import catalog
 
@@ -110,6 +110,60 @@ def _seconds(text: str) -> float:
     return value
 
 
+def _token_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--auth-token", metavar="TOKEN", help="bearer token (gRPC metadata `authorization: Bearer "
+                        f"TOKEN`); prefer {security.AUTH_TOKEN_ENV} or --auth-token-file, which stay out of the "
+                        f"process list [env: {security.AUTH_TOKEN_ENV}]")
+    parser.add_argument("--auth-token-file", metavar="FILE", help="read the bearer token from this file")
+
+
+def _security_arguments(start: argparse.ArgumentParser) -> None:
+    start.add_argument("--tls-cert", metavar="FILE", help="serve TLS with this PEM certificate (chain); needs "
+                       "--tls-key [default: plaintext]")
+    start.add_argument("--tls-key", metavar="FILE", help="the PEM private key of --tls-cert")
+    start.add_argument("--tls-client-ca", metavar="FILE", help="mutual TLS: require client certificates signed by "
+                       "a CA in this PEM file")
+    _token_arguments(start)
+    start.add_argument("--max-clients", type=_positive_int, default=StartConfig.max_clients, metavar="N",
+                       help="streaming clients at once; more get RESOURCE_EXHAUSTED [default: %(default)s]")
+    start.add_argument("--max-recv-message-size", type=_positive_int, default=StartConfig.max_recv_message_size,
+                       metavar="BYTES", help="largest message a client may send; larger ends its call with "
+                       "RESOURCE_EXHAUSTED [default: %(default)s]")
+
+
+def _size(text: str) -> int:
+    try:
+        return parse_size(text)
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _operations_arguments(start: argparse.ArgumentParser) -> None:
+    start.add_argument("--metrics-port", type=parse_port, metavar="PORT",
+                       help="serve Prometheus metrics on http://HOST:PORT/metrics [default: off]")
+    start.add_argument("--metrics-host", metavar="HOST", help="metrics listen address [default: --host]")
+    start.add_argument("--retained-wal-warning", type=_size, default=StartConfig.retained_wal_warning,
+                       metavar="SIZE", help="warn when the slot retains this much WAL, e.g. 512MB, 1GB; 0: never "
+                       "[default: 1GB]")
+
+
+def _auth_token(args: argparse.Namespace, prog: str) -> str | None:
+    """--auth-token, --auth-token-file (not both), else $WALSTREAM_AUTH_TOKEN, else None (no token)."""
+    if args.auth_token is not None and args.auth_token_file is not None:
+        raise UsageError("give --auth-token or --auth-token-file, not both", prog)
+    if args.auth_token is not None:
+        token, source = args.auth_token, "--auth-token"
+    elif args.auth_token_file is not None:
+        token, source = security.read_token_file(args.auth_token_file), f"--auth-token-file {args.auth_token_file}"
+    elif security.AUTH_TOKEN_ENV in os.environ:
+        # Set but empty is an error, not "no token": e.g. a compose file passing an unset variable along.
+        token, source = os.environ[security.AUTH_TOKEN_ENV].strip(), security.AUTH_TOKEN_ENV
+    else:
+        return None
+    security.check_token(token, source)
+    return str(token)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="walstream",
@@ -155,6 +209,8 @@ def build_parser() -> argparse.ArgumentParser:
                        "[default: %(default)s]")
     start.add_argument("--shutdown-grace", type=_seconds, default=StartConfig.shutdown_grace, metavar="SECONDS",
                        help="on SIGINT/SIGTERM, how long to wait for clients' acks [default: %(default)s]")
+    _security_arguments(start)
+    _operations_arguments(start)
     start.add_argument("positional", nargs="*", help=argparse.SUPPRESS)
     start.set_defaults(handler=cmd_start)
 
@@ -210,6 +266,11 @@ def build_parser() -> argparse.ArgumentParser:
     tail.add_argument("--transactions", action="store_true", help="also print BEGIN and COMMIT")
     tail.add_argument("--messages", action="store_true",
                       help="also print logical decoding messages (pg_logical_emit_message)")
+    tail.add_argument("--tls-ca", metavar="FILE", help="connect with TLS, trusting the CA certificates in this "
+                      "PEM file")
+    tail.add_argument("--tls-cert", metavar="FILE", help="client certificate (PEM) for mutual TLS; needs --tls-key")
+    tail.add_argument("--tls-key", metavar="FILE", help="the client certificate's private key (PEM)")
+    _token_arguments(tail)
     tail.set_defaults(handler=cmd_tail)
     return parser
 
@@ -252,7 +313,8 @@ def cmd_tail(args: argparse.Namespace) -> int:
     fmt = args.format or ("pretty" if sys.stdout.isatty() else "json")
     return run_tail(server, tables=args.table, exclude_tables=args.exclude_table,
                     operations=[op for ops in args.op for op in ops], fmt=fmt, ack=not args.no_ack,
-                    transactions=args.transactions, messages=args.messages)
+                    transactions=args.transactions, messages=args.messages, tls_ca=args.tls_ca,
+                    tls_cert=args.tls_cert, tls_key=args.tls_key, token=_auth_token(args, "walstream tail"))
 
 
 def _connection(args: argparse.Namespace) -> str:
@@ -311,6 +373,15 @@ def cmd_start(args: argparse.Namespace) -> int:
         client_queue_size=args.client_queue_size,
         max_unacked=args.max_unacked,
         shutdown_grace=args.shutdown_grace,
+        tls_cert=args.tls_cert,
+        tls_key=args.tls_key,
+        tls_client_ca=args.tls_client_ca,
+        auth_token=_auth_token(args, "walstream start"),
+        max_clients=args.max_clients,
+        max_recv_message_size=args.max_recv_message_size,
+        metrics_port=args.metrics_port,
+        metrics_host=args.metrics_host,
+        retained_wal_warning=args.retained_wal_warning,
     )
     # Check what we can over plain SQL first: a missing publication or privilege is reported in one line
     # before anything is created or any port is opened.

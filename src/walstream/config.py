@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+from . import security
 from .errors import ConfigError
 
 # PostgreSQL's rule for replication slot names (ReplicationSlotValidateName).
@@ -33,6 +34,19 @@ def validate_port(port: int) -> int:
     return port
 
 
+_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?b)?\s*$", re.IGNORECASE)
+_SIZE_UNITS = {"b": 1, "kb": 1024, "mb": 1024**2, "gb": 1024**3, "tb": 1024**4}
+
+
+def parse_size(text: str) -> int:
+    """A size like PostgreSQL's: 512MB, 1GB, 64kB, 1024 (bytes); units are powers of 1024."""
+    match = _SIZE_RE.match(text)
+    if not match:
+        raise ConfigError(f"invalid size {text!r}: use a number and a unit, e.g. 512MB or 1GB "
+                          "(units: B, kB, MB, GB, TB; 0 turns the warning off)")
+    return int(float(match.group(1)) * _SIZE_UNITS[(match.group(2) or "b").lower()])
+
+
 @dataclass(frozen=True)
 class StartConfig:
     """What `walstream start` runs with."""
@@ -52,6 +66,18 @@ class StartConfig:
     shutdown_grace: float = 3.0
     # Seconds between status updates to PostgreSQL when nothing changed (PostgreSQL's own default is 10).
     status_interval: float = 10.0
+    # Security (docs/security.md): TLS files (PEM paths), mutual TLS, a bearer token, and limits per server.
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    tls_client_ca: str | None = None
+    auth_token: str | None = field(default=None, repr=False)  # a secret: kept out of repr() and logs
+    max_clients: int = security.DEFAULT_MAX_CLIENTS
+    max_recv_message_size: int = security.DEFAULT_MAX_RECV_MESSAGE_SIZE
+    # Operations (docs/operations.md): Prometheus metrics (off unless a port is given; the host defaults to
+    # the gRPC host) and the retained-WAL warning (bytes; 0: off).
+    metrics_port: int | None = None
+    metrics_host: str | None = None
+    retained_wal_warning: int = 1024**3
 
     def __post_init__(self) -> None:
         validate_slot_name(self.slot)
@@ -62,3 +88,13 @@ class StartConfig:
         for name in ("client_queue_size", "max_unacked"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"invalid {name} {getattr(self, name)}: must be at least 1")
+        security.check_tls(self.tls_cert, self.tls_key, self.tls_client_ca)
+        if self.auth_token is not None:
+            security.check_token(self.auth_token, "the configuration")
+        security.check_limits(self.max_clients, self.max_recv_message_size)
+        if self.metrics_port is not None:
+            validate_port(self.metrics_port)
+        if self.metrics_host == "":
+            raise ConfigError("invalid metrics host '': give an address to listen on, e.g. 127.0.0.1")
+        if self.retained_wal_warning < 0:
+            raise ConfigError(f"invalid retained WAL warning {self.retained_wal_warning}: use 0 (off) or more bytes")

@@ -2,6 +2,9 @@
 
 Two positions are kept apart, as in pg_recvlogical: `written` is how far walstream has read the stream,
 `confirmed` (the AckTracker's) is what clients have acknowledged; only `confirmed` is reported as flushed.
+
+The counters here (changes, bytes_read, reconnects, status_updates_sent, last_commit_time) are plain ints
+read by walstream.metrics at scrape time: the read loop never calls into a metrics library.
 """
 
 from __future__ import annotations
@@ -9,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import defaultdict
 from collections.abc import Callable
 from functools import partial
 
@@ -24,11 +28,18 @@ from .replication.stream import ReplicationStream
 
 log = logging.getLogger(__name__)
 
+# States, as the state observer (on_state) sees them.
+STARTING, STREAMING, STANDBY, RECONNECTING, STOPPED = "starting", "streaming", "standby", "reconnecting", "stopped"
+
 STANDBY_RETRY = 2.0  # seconds between attempts to take a slot held by another process
 BACKOFF_FIRST, BACKOFF_CAP = 0.5, 30.0
 MIN_STATUS_GAP = 0.2  # seconds; a moved confirmed position is reported at most this often
 PAUSED_KEEPALIVE = 1.0  # seconds between status updates while not reading (keeps the walsender alive)
 YIELD_EVERY = 256  # messages read before letting the gRPC side run
+PG_EPOCH = 946_684_800  # 2000-01-01 (PostgreSQL's epoch) in seconds since 1970-01-01
+# pgoutput message types that are not a row change: per transaction, per relation or rare.
+_NOT_A_ROW = frozenset(b"BCRYOMT")
+_TRUNCATE = ord("T")
 
 
 class Pipeline:
@@ -40,6 +51,8 @@ class Pipeline:
         self.stopping = _StopEvent(self._wake_reader)  # set() also ends the reader's wait for data
         self._reader_wait: asyncio.Future[None] | None = None
         self.first_attempt = asyncio.Event()  # the slot exists (or is held elsewhere) or start failed
+        self.state = STARTING
+        self.on_state: Callable[[str], None] = lambda state: None  # called on every change of state
         self.streaming = False
         self.written_lsn = 0
         self.server_version = 0  # PostgreSQL's server_version_num and the pgoutput protocol, once streaming
@@ -49,24 +62,41 @@ class Pipeline:
         self._last_status = 0.0
         self._opened_once = False
         self._held: psycopg2.extras.ReplicationMessage | None = None  # read while paused, not yet handled
+        self._slot_seen = False  # the permanent slot is known to exist: never create it again
+        self._standby_holder: int | None = -1  # the PID last logged as holding the slot
+        # Counters for the metrics. `changes` is keyed by the pgoutput type byte and the relation id, exactly
+        # as the first 5 bytes of an Insert/Update/Delete (Truncate: one key per truncated relation).
+        self.changes: defaultdict[bytes, int] = defaultdict(int)
+        self.bytes_read = 0
+        self.reconnects = 0
+        self.status_updates_sent = 0
+        self.last_commit_time: float | None = None  # commit time (Unix) of the newest transaction read
 
     async def run(self) -> None:
         """Stream until stopped; reconnect with capped exponential backoff; raise on fatal errors."""
         failures = 0
         try:
             while not self.stopping.is_set():
+                # A permanent slot is created at most once, and never after it was seen to exist.
+                create = not (self._opened_once or self._slot_seen)
                 stream = ReplicationStream(self.dsn, self.config.slot, self.config.publication,
-                                           self.config.temporary)
+                                           self.config.temporary, create=create)
                 try:
                     info = await stream.open()
                 except SlotInUseError as exc:
+                    self._slot_seen = True
+                    self._set_state(STANDBY)
                     self.first_attempt.set()
-                    log.warning("%s (standby: retrying every %.0f s)", exc, STANDBY_RETRY)
+                    if exc.pid != self._standby_holder:  # once per holder, not every retry
+                        self._standby_holder = exc.pid
+                        log.warning("%s (standby: retrying every %.0f s)", exc, STANDBY_RETRY)
                     await self._sleep(STANDBY_RETRY)
                     continue
                 except WalstreamError as exc:
-                    if not exc.retryable or not self._opened_once:
+                    # Before the first success only a standby retries (its setup has been proven).
+                    if not exc.retryable or not (self._opened_once or self._slot_seen):
                         raise
+                    self._set_state(RECONNECTING)
                     failures += 1
                     delay = min(BACKOFF_CAP, BACKOFF_FIRST * 2 ** (failures - 1))
                     log.warning("reconnect attempt %d failed: %s; next try in %.1f s", failures, exc, delay)
@@ -89,9 +119,16 @@ class Pipeline:
                     self.streaming = False
                     stream.close()
                 if not self.stopping.is_set():
+                    self._set_state(RECONNECTING)
                     await self._sleep(BACKOFF_FIRST)
         finally:
+            self._set_state(STOPPED)
             self.first_attempt.set()
+
+    def _set_state(self, state: str) -> None:
+        if state != self.state:
+            self.state = state
+            self.on_state(state)
 
     def _on_open(self, created: bool, encoding: str, proto: int, server_version: int) -> None:
         self.assembler.text_decoder = partial(bytes.decode, encoding=encoding)
@@ -103,11 +140,14 @@ class Pipeline:
                 self.assembler.slot_recreated()
             else:
                 self.assembler.connection_restarted()
+            self.reconnects += 1
         self._opened_once = True
+        self._standby_holder = -1
         self.server_version, self.pgoutput_version = server_version, proto
         self._held = None  # it came on the old connection: PostgreSQL sends it again
         self._sent_flush = -1
         self.streaming = True
+        self._set_state(STREAMING)
         self.first_attempt.set()
         log.info("streaming slot %s (pgoutput protocol %d, PostgreSQL %d)", self.config.slot, proto,
                  server_version)
@@ -123,6 +163,7 @@ class Pipeline:
     async def _pump(self, stream: ReplicationStream) -> None:
         hub, assembler, tracker = self.hub, self.assembler, self.hub.tracker
         handle, read = assembler.handle, stream.read
+        changes, not_a_row, other = self.changes, _NOT_A_ROW, self._count_other
         loop = asyncio.get_running_loop()
         deadline: float | None = None
         while True:
@@ -135,10 +176,12 @@ class Pipeline:
                 hub.capacity.clear()
                 if not hub.can_accept():
                     self._read_ahead(stream)
+                    hub.wake()
                     await self._wait(hub.capacity.wait(), PAUSED_KEEPALIVE)
                     self._status(stream, force=time.monotonic() - self._last_status >= PAUSED_KEEPALIVE)
                     continue
             msg: psycopg2.extras.ReplicationMessage | None = None
+            size = 0
             for _ in range(YIELD_EVERY):
                 if self._held is not None:
                     msg, self._held = self._held, None
@@ -148,23 +191,47 @@ class Pipeline:
                     break
                 if msg.data_start > self.written_lsn:
                     self.written_lsn = msg.data_start
-                handle(decode_message(msg.payload), msg.data_start)
+                data = msg.payload
+                size += len(data)
+                # Counted here, raw, for the metrics: one dict increment per row change.
+                if data[0] in not_a_row:
+                    other(data)
+                else:
+                    changes[data[:5]] += 1
+                handle(decode_message(data), msg.data_start)
                 if not hub.can_accept():
                     break
             else:
+                self.bytes_read += size
                 self._status(stream)
+                hub.wake()  # the clients' senders run while this task yields
                 await asyncio.sleep(0)
                 continue
+            self.bytes_read += size
             if msg is None:
                 self._follow_wal_end(stream)
                 self._status(stream)
+                hub.wake()
                 await self._wait_readable(loop, stream.fileno(), self._until_next_status())
             else:
                 self._status(stream)
+                hub.wake()
                 await asyncio.sleep(0)
+        hub.wake()
         await self._drain_acks(deadline or time.monotonic() + self.config.shutdown_grace)
         self._status(stream, force=True)
         log.info("replication closed at confirmed position %s", format_lsn(tracker.confirmed_lsn))
+
+    def _count_other(self, data: bytes) -> None:
+        """The counters' side of a message that is not an Insert/Update/Delete (read once per transaction or
+        less often): Begin gives the commit time, Truncate one change per truncated relation."""
+        kind = data[0]
+        if kind == _TRUNCATE:  # 'T', Int32 relation count, Int8 options, Int32 relation id each
+            count = int.from_bytes(data[1:5], "big")
+            for i in range(6, 6 + 4 * count, 4):
+                self.changes[b"T" + data[i:i + 4]] += 1
+        elif kind == 0x42 and len(data) >= 17:  # 'B', Int64 final LSN, Int64 commit time (us since 2000)
+            self.last_commit_time = int.from_bytes(data[9:17], "big", signed=True) / 1e6 + PG_EPOCH
 
     def _read_ahead(self, stream: ReplicationStream) -> None:
         """Paused: read past keepalives, holding back the first data message until a client can take it.
@@ -195,6 +262,7 @@ class Pipeline:
         if force or since >= self.status_interval or (confirmed != self._sent_flush and since >= MIN_STATUS_GAP):
             stream.send_status(max(self.written_lsn, confirmed), confirmed)
             self._sent_flush, self._last_status = confirmed, now
+            self.status_updates_sent += 1
 
     def _until_next_status(self) -> float:
         since = time.monotonic() - self._last_status

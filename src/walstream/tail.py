@@ -2,7 +2,8 @@
 
     walstream tail [--server HOST:PORT] [--table PATTERN ...] [--exclude-table PATTERN ...]
                    [--op insert|update|delete|truncate ...] [--format json|pretty] [--no-ack]
-                   [--transactions] [--messages]
+                   [--transactions] [--messages] [--tls-ca FILE] [--tls-cert FILE --tls-key FILE]
+                   [--auth-token TOKEN | --auth-token-file FILE]
 
 json: one compact JSON object per event and line (jq-friendly). pretty: one readable line per event,
 coloured when stdout is a terminal (and NO_COLOR is not set). Each batch is acknowledged once printed
@@ -202,6 +203,10 @@ def run_tail(
     messages: bool = False,
     out: IO[bytes] | None = None,
     colour: bool | None = None,
+    tls_ca: str | None = None,
+    tls_cert: str | None = None,
+    tls_key: str | None = None,
+    token: str | None = None,
 ) -> int:
     stream = out if out is not None else sys.stdout.buffer
     if colour is None:
@@ -211,7 +216,8 @@ def run_tail(
     try:
         client = Client(server, tables=tables, exclude_tables=exclude_tables, operations=operations,
                         transaction_boundaries=transactions, logical_messages=messages,
-                        client_name="walstream tail")
+                        client_name="walstream tail", tls_ca=tls_ca, tls_cert=tls_cert, tls_key=tls_key,
+                        token=token)
     except ValueError as exc:  # an option the client library refused
         raise WalstreamError(str(exc), ErrorKind.CONFIG) from None
     try:

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import random
 
+import pytest
+
+from walstream.delivery import acks
 from walstream.delivery.acks import AckTracker, ClientLedger
 
 
@@ -174,3 +177,49 @@ def test_orphans_filtered_out_entirely_release_the_slot():
     t.client_left(seed, last=True)
     assert t.adopt_orphans(ClientLedger[str]("v1", "v1"), lambda event: []) == []
     assert t.confirmed_lsn == 110 and t.outstanding == 0
+
+
+def test_long_random_histories_match_a_model_of_the_contract(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Many deliveries per client, non-transactional ones among them, and ledgers compacted often: the
+    tracker agrees with a plain model of the contract after every ack."""
+    monkeypatch.setattr(acks, "COMPACT_AT", 3)
+    rng = random.Random(11)
+    for _ in range(100):
+        t: AckTracker[int] = AckTracker()
+        clients = [ClientLedger[int](str(i)) for i in range(rng.randint(1, 3))]
+        model: dict[str, list[tuple[int, object]]] = {c.name: [] for c in clients}  # (lsn, txn) pending
+        txns = []
+        lsn = 1000
+        for xid in range(rng.randint(1, 12)):
+            if rng.random() < 0.3:  # a non-transactional message between transactions
+                for c in clients:
+                    t.deliver(c, lsn + 1, None, lsn + 1)
+                    model[c.name].append((lsn + 1, None))
+            commit = lsn + 100
+            txn = t.begin(xid, commit)
+            for _ in range(rng.randint(0, 8)):
+                change = rng.randint(lsn, commit)
+                for c in clients:
+                    t.deliver(c, change, txn, change)
+                    model[c.name].append((change, txn))
+            t.commit(txn, commit + 8)
+            txns.append(txn)
+            lsn = commit + 8
+        for _ in range(rng.randint(0, 30)):
+            c = rng.choice(clients)
+            pending = model[c.name]
+            target = rng.choice(pending)[0] if pending and rng.random() < 0.85 else rng.randint(0, 3000)
+            index = next((i for i, (lsn_, _) in enumerate(pending) if lsn_ == target), None)
+            assert t.ack(c, target) == (0 if index is None else index + 1)
+            if index is not None:
+                del pending[:index + 1]
+            assert [d.lsn for d in c.pending] == [lsn_ for lsn_, _ in pending]
+            for txn in txns:
+                assert txn.outstanding == sum(1 for p in model.values() for _, x in p if x is txn)
+            expected = 0
+            for txn in txns:
+                if any(x is txn for p in model.values() for _, x in p):
+                    break
+                expected = txn.end_lsn
+            assert t.confirmed_lsn == expected
+        assert t.outstanding == sum(len(p) for p in model.values())

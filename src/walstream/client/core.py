@@ -19,7 +19,7 @@ import logging
 import random
 from collections import deque
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
@@ -70,7 +70,7 @@ class Options:
     reconnect: bool
     backoff: tuple[float, float]
     close_timeout: float
-    metadata: tuple[tuple[str, str], ...]
+    metadata: tuple[tuple[str, str], ...] = field(repr=False)  # may hold the bearer token
     channel_options: tuple[tuple[str, Any], ...]
 
 

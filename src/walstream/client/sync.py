@@ -16,6 +16,7 @@ from .._proto import walstream_v1_pb2 as pb
 from .._proto import walstream_v1_pb2_grpc as pb_grpc
 from . import core
 from .core import Backoff, Options, Session, StreamError
+from .credentials import PathArg, channel_credentials, with_token
 from .model import Batch, Change, Status
 
 log = logging.getLogger("walstream.client")
@@ -137,11 +138,16 @@ class Client:
         credentials: grpc.ChannelCredentials | None = None,
         metadata: Iterable[tuple[str, str]] = (),
         channel_options: Iterable[tuple[str, Any]] = (),
+        tls_ca: PathArg | None = None,
+        tls_cert: PathArg | None = None,
+        tls_key: PathArg | None = None,
+        token: str | None = None,
     ) -> None:
         self.options = core.make_options(target, tables, exclude_tables, operations, transaction_boundaries,
                                          logical_messages, max_events, max_bytes, max_delay_ms, client_name,
-                                         reconnect, backoff, close_timeout, metadata, channel_options)
-        self._credentials = credentials
+                                         reconnect, backoff, close_timeout, with_token(metadata, token),
+                                         channel_options)
+        self._credentials = channel_credentials(credentials, tls_ca, tls_cert, tls_key)
         self._session = Session()
         self._lock = threading.Lock()  # the session and which stream is current
         self._stream: _Stream | None = None

@@ -50,6 +50,9 @@ class Client:
         self.closed = True
         self._wakeup.set()
 
+    def wake(self) -> None:
+        self._wakeup.set()
+
     async def next_batch(self, limit: int = 512) -> list[object] | None:
         """Wait for queued messages; None once the hub has closed this client and its queue is drained."""
         while not self.queue:
@@ -70,6 +73,9 @@ class Hub:
         self.accepting = True
         self.capacity = asyncio.Event()  # set whenever can_accept() may have become true
         self.acks_rejected = 0
+        self.unwoken = False  # publish() queued messages that no sender was woken for yet
+        self.in_transaction = False  # between the begin() and commit() of a transaction (senders batch it)
+        self.acks_received = 0  # every ack, matched or not (read by walstream.metrics)
         self._ids = itertools.count(1)
         self.on_confirmed: Callable[[int], None] = lambda lsn: None
 
@@ -98,7 +104,7 @@ class Hub:
             return
         self.clients.remove(client)
         last = not self.clients
-        pending = len(client.ledger.pending)
+        pending = client.ledger.pending_count
         self.tracker.client_left(client.ledger, last)
         self._confirmed_maybe_moved()
         log.info("client %s disconnected (%d acked, %d rejected acks, %d unacknowledged%s)", client.name,
@@ -108,6 +114,7 @@ class Hub:
 
     def ack(self, client: Client, lsn: int) -> bool:
         """Apply a client's ack; one that matches nothing is logged, counted and moves nothing."""
+        self.acks_received += 1
         before = self.tracker.confirmed_lsn
         if self.tracker.ack(client.ledger, lsn):
             if self.tracker.confirmed_lsn != before:
@@ -134,22 +141,39 @@ class Hub:
     # -- the stream -----------------------------------------------------------------------------------
 
     def can_accept(self) -> bool:
-        if not self.clients or self.tracker.outstanding >= self.max_unacked:
+        clients = self.clients
+        if not clients or self.tracker.outstanding >= self.max_unacked:
             return False
         size = self.queue_size
-        return all(len(c.queue) < size for c in self.clients)
+        for client in clients:  # asked before every message read: a loop, not all() over a generator
+            if len(client.queue) >= size:
+                return False
+        return True
 
     def begin(self, xid: int, commit_lsn: int) -> TxnRecord:
+        self.in_transaction = True
         return self.tracker.begin(xid, commit_lsn)
 
     def publish(self, event: ChangeEvent, txn: TxnRecord | None) -> None:
+        """Queue the event's messages for every client; wake() then lets their senders run."""
         deliver = self.tracker.deliver
         for client in self.clients:
+            append = client.queue.append
             for lsn, payload in client.adapter.expand(event):
                 deliver(client.ledger, lsn, txn, payload, event)
-                client.push(payload)
+                append(payload)
+        self.unwoken = True
+
+    def wake(self) -> None:
+        """Wake the senders of clients with newly queued messages. The reader calls this before it yields
+        to the event loop: one wake-up per burst of messages rather than one per message."""
+        if self.unwoken:
+            self.unwoken = False
+            for client in self.clients:
+                client.wake()
 
     def commit(self, txn: TxnRecord, end_lsn: int) -> None:
+        self.in_transaction = False
         if self.tracker.commit(txn, end_lsn):
             self.on_confirmed(self.tracker.confirmed_lsn)
 

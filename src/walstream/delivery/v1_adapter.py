@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from .._proto import walstream_v1_pb2 as pb
+from ..processing import v1wire as wire
 from ..processing.events import ChangeEvent, Op, RelationInfo, TxnInfo
 from ..processing.typed import TypedCatalog
 from ..replication.messages import TRUNCATE_CASCADE, TRUNCATE_RESTART_IDENTITY
@@ -32,14 +33,30 @@ _OLD_ROW = {"K": pb.OLD_ROW_KEY, "O": pb.OLD_ROW_FULL}
 
 
 class V1Item:
-    """One event as sent to subscribers: the Event proto, its encoded size and the relations it needs."""
+    """One event as sent to subscribers: its bytes inside a Batch (field tag, length, the encoded Event),
+    its op and lsn, and the relations it needs."""
 
-    __slots__ = ("event", "relations", "size")
+    __slots__ = ("data", "op", "lsn", "relations", "size")
 
-    def __init__(self, event: pb.Event, relations: tuple[RelationInfo, ...] = ()) -> None:
-        self.event = event
+    def __init__(self, data: bytes, op: int, lsn: int, relations: tuple[RelationInfo, ...] = ()) -> None:
+        self.data = data
+        self.op = op
+        self.lsn = lsn
         self.relations = relations
-        self.size = event.ByteSize() + 4  # + the field tag and length prefix inside the Batch
+        self.size = len(data)
+
+    @classmethod
+    def of(cls, event: pb.Event, relations: tuple[RelationInfo, ...] = ()) -> V1Item:
+        return cls(wire.field(BATCH_EVENTS, event.SerializeToString()), event.op, event.lsn, relations)
+
+    @property
+    def event(self) -> pb.Event:
+        """The Event message (decoded again: for tests and logs, not the hot path)."""
+        return pb.Batch.FromString(self.data).events[0]  # data is one Batch.events field
+
+
+BATCH_EVENTS = 2 << 3 | 2  # Batch.events: field 2, length-delimited
+BATCH_RELATIONS = 1 << 3 | 2  # Batch.relations: field 1
 
 
 # --- subscriptions ------------------------------------------------------------------------------------
@@ -134,7 +151,11 @@ def same_relation(a: RelationInfo, b: RelationInfo) -> bool:
 
 
 class Encoder:
-    """Builds each event's V1Item once, for every subscriber, and each relation's proto once."""
+    """Builds each event's V1Item once, for every subscriber, and each relation's proto once.
+
+    Row events (the hot path) are written as wire bytes by walstream.processing.v1wire; the rest (BEGIN,
+    COMMIT, TRUNCATE, MESSAGE) are built as messages and serialised.
+    """
 
     def __init__(self, typed: TypedCatalog) -> None:
         self.typed = typed
@@ -142,7 +163,9 @@ class Encoder:
         self._item: V1Item | None = None
         self._partial: dict[tuple[int, ...], V1Item] = {}  # TRUNCATE items cut down to some relations
         self._begin: tuple[TxnInfo | None, V1Item | None] = (None, None)
-        self._relations: dict[int, tuple[RelationInfo, pb.Relation]] = {}
+        self._relations: dict[int, tuple[RelationInfo, pb.Relation, bytes]] = {}
+        self._rows: dict[int, wire.RowEncoder] = {}
+        self._txn: tuple[TxnInfo | None, bytes] = (None, b"")
 
     def item(self, event: ChangeEvent) -> V1Item:
         if self._event is not event:
@@ -157,49 +180,66 @@ class Encoder:
         key = tuple(r.relation_id for r in relations)
         item = self._partial.get(key)
         if item is None:
-            proto = pb.Event()
-            proto.CopyFrom(full.event)
+            proto = full.event
             del proto.truncate.relation_ids[:]
             proto.truncate.relation_ids.extend(key)
-            item = self._partial[key] = V1Item(proto, relations)
+            item = self._partial[key] = V1Item.of(proto, relations)
         return item
 
     def begin_item(self, txn: TxnInfo) -> V1Item:
         if self._begin[0] is not txn:
             proto = pb.Event(op=pb.BEGIN, lsn=txn.commit_lsn, xid=txn.xid, commit_lsn=txn.commit_lsn,
                              commit_time_us=txn.commit_ts + PG_EPOCH_US, ordinal=0)
-            self._begin = (txn, V1Item(proto))
+            self._begin = (txn, V1Item.of(proto))
         item = self._begin[1]
         assert item is not None
         return item
 
     def relation(self, rel: RelationInfo) -> pb.Relation:
+        return self._relation(rel)[1]
+
+    def relation_bytes(self, rel: RelationInfo) -> bytes:
+        """The relation as one Batch.relations field."""
+        return self._relation(rel)[2]
+
+    def _relation(self, rel: RelationInfo) -> tuple[RelationInfo, pb.Relation, bytes]:
         cached = self._relations.get(rel.relation_id)
         if cached is None or not same_relation(cached[0], rel):
             proto = pb.Relation(relation_id=rel.relation_id, schema=rel.schema, table=rel.table,
                                 replica_identity=_IDENTITY.get(rel.replica_identity, pb.REPLICA_IDENTITY_UNSPECIFIED),
                                 columns=self.typed.relation(rel).columns)
-            cached = self._relations[rel.relation_id] = (rel, proto)
-        return cached[1]
+            cached = self._relations[rel.relation_id] = (rel, proto, wire.field(BATCH_RELATIONS,
+                                                                                 proto.SerializeToString()))
+        return cached
+
+    def _row_encoder(self, rel: RelationInfo) -> wire.RowEncoder:
+        rows = self._rows.get(rel.relation_id)
+        if rows is None or rows.typing.relation is not rel:
+            typing = self.typed.relation(rel)
+            rows = self._rows[rel.relation_id] = wire.RowEncoder(typing, utf8=typing.decode is bytes.decode)
+        return rows
+
+    def _txn_fields(self, txn: TxnInfo) -> bytes:
+        """Event fields 3-5 (xid, commit_lsn, commit_time_us), the same for every event of a transaction."""
+        if self._txn[0] is not txn:
+            commit_time = txn.commit_ts + PG_EPOCH_US
+            self._txn = (txn, b"".join((
+                b"\x18" + wire.varint(txn.xid) if txn.xid else b"",
+                b"\x20" + wire.varint(txn.commit_lsn) if txn.commit_lsn else b"",
+                b"\x28" + wire.varint(commit_time) if commit_time else b"")))
+        return self._txn[1]
 
     def _build(self, event: ChangeEvent) -> V1Item:
         op, txn, rel = event.op, event.txn, event.relation
+        if rel is not None and txn is not None:
+            return self._row_item(event, rel, txn)
         if txn is not None:
             proto = pb.Event(op=_OPS[op], lsn=event.lsn, ordinal=event.ordinal, xid=txn.xid,
                              commit_lsn=txn.commit_lsn, commit_time_us=txn.commit_ts + PG_EPOCH_US)
         else:
             proto = pb.Event(op=_OPS[op], lsn=event.lsn, ordinal=event.ordinal)
         relations: tuple[RelationInfo, ...] = ()
-        if rel is not None:
-            typing = self.typed.relation(rel)
-            proto.relation_id = rel.relation_id
-            relations = (rel,)
-            if event.new is not None:
-                typing.fill(proto.new, event.new)
-            if event.old is not None and event.old_kind is not None:
-                typing.fill(proto.old, event.old, key_only=event.old_kind != "O")
-                proto.old_row = _OLD_ROW.get(event.old_kind, pb.OLD_ROW_NONE)
-        elif op is Op.TRUNCATE:
+        if op is Op.TRUNCATE:
             relations = event.truncated
             options = event.truncate_options
             proto.truncate.relation_ids.extend(r.relation_id for r in relations)
@@ -213,7 +253,30 @@ class Encoder:
             # pgoutput sends Commit at the transaction's end LSN: unlike the commit LSN (which BEGIN carries)
             # no event sent before it has that LSN, so acking a batch that ends with COMMIT acks all of it.
             proto.lsn = proto.end_lsn = event.end_lsn
-        return V1Item(proto, relations)
+        return V1Item.of(proto, relations)
+
+    def _row_item(self, event: ChangeEvent, rel: RelationInfo, txn: TxnInfo) -> V1Item:
+        """INSERT, UPDATE, DELETE as wire bytes: the fields of Event in field order, defaults left out."""
+        rows = self._row_encoder(rel)
+        varint, lsn = wire.varint, event.lsn
+        parts = [_OP_FIELD[event.op], b"\x10" + varint(lsn) if lsn else b"", self._txn_fields(txn),
+                 b"\x30" + varint(event.ordinal) if event.ordinal else b"", rows.relation_field]
+        if event.new is not None:
+            row = rows.row(event.new)
+            parts.append(b"\x42" + varint(len(row)) + row)
+        old_kind = event.old_kind
+        if event.old is not None and old_kind is not None:
+            row = rows.row(event.old, key_only=old_kind != "O")
+            parts.append(b"\x4a" + varint(len(row)) + row)
+            old_row = _OLD_ROW.get(old_kind, pb.OLD_ROW_NONE)
+            if old_row:
+                parts.append(b"\x50" + varint(old_row))
+        body = b"".join(parts)
+        return V1Item(b"\x12" + varint(len(body)) + body, _OP_VALUE[event.op], lsn, (rel,))
+
+
+_OP_VALUE = {op: pb.Operation.Value(name) for op, name in _OPS.items()}
+_OP_FIELD = {op: b"\x08" + wire.varint(value) for op, value in _OP_VALUE.items()}
 
 
 # --- one subscriber -----------------------------------------------------------------------------------
@@ -229,12 +292,16 @@ class V1Adapter:
         self.sub = sub
         self._tables: dict[tuple[str, str], bool] = {}
         self._begun: TxnInfo | None = None  # the transaction whose BEGIN this subscriber was sent
+        self._last: tuple[RelationInfo | None, bool] = (None, False)  # the last relation wants() saw
 
     def wants(self, rel: RelationInfo) -> bool:
+        if rel is self._last[0]:  # runs of changes to one table: no look-up
+            return self._last[1]
         key = (rel.schema, rel.table)
         wanted = self._tables.get(key)
         if wanted is None:
             wanted = self._tables[key] = self.sub.wants_table(rel.schema, rel.table)
+        self._last = (rel, wanted)
         return wanted
 
     def expand(self, event: ChangeEvent) -> Sequence[tuple[int, object]]:

@@ -29,6 +29,7 @@ from .._proto import walstream_v1_pb2 as pb
 from .._proto import walstream_v1_pb2_grpc
 from ..errors import WalstreamError
 from ..processing.events import RelationInfo
+from ..processing.v1wire import varint
 from ..replication import catalog
 from .hub import Client, Hub, finish_requests
 from .v1_adapter import Encoder, InvalidSubscription, Subscription, V1Adapter, V1Item, same_relation
@@ -37,6 +38,7 @@ log = logging.getLogger(__name__)
 
 Context = grpc.aio.ServicerContext[pb.SubscribeRequest, pb.SubscribeResponse]
 IDLE_TURNS = 2  # turns of the event loop without new events after which the replication stream is dry
+MID_TRANSACTION_WAIT = 0.005  # seconds a batch waits for more of a transaction it holds part of
 
 
 class _Batcher:
@@ -49,7 +51,7 @@ class _Batcher:
         self.closed = False  # the hub closed this client
         self._size = 0  # encoded bytes of the batch being filled
 
-    async def next(self, acks: asyncio.Future[None]) -> pb.SubscribeResponse | None:
+    async def next(self, acks: asyncio.Future[None]) -> bytes | None:
         """The next batch; None once the call should end (half-closed by the client, or closed by the hub
         with nothing left to send)."""
         sub = self.sub
@@ -64,9 +66,24 @@ class _Batcher:
             full = self._fill(batch, rels)
         if sub.max_delay_ms == 0:
             # Flush as soon as the reader stops adding: it gets two turns of the event loop (one for a
-            # replication socket that just became readable to wake it) to add more.
+            # replication socket that just became readable to wake it) to add more. Inside a transaction
+            # the rest of it is on its way (PostgreSQL sends a transaction whole, once committed): a
+            # socket that ran dry there means only that the walsender was not scheduled, so wait up to
+            # MID_TRANSACTION_WAIT for more instead of sending many small batches.
             idle = 0
-            while not full and not self.closed and idle < IDLE_TURNS:
+            mid_transaction_deadline = 0.0
+            while not full and not self.closed:
+                if idle >= IDLE_TURNS:
+                    if not self.hub.in_transaction or acks.done():
+                        break
+                    now = time.monotonic()
+                    mid_transaction_deadline = mid_transaction_deadline or now + MID_TRANSACTION_WAIT
+                    if now >= mid_transaction_deadline:
+                        break
+                    took = await self._take(sub.max_events - len(batch), acks, mid_transaction_deadline - now)
+                    self.carry.extend(took)
+                    full, idle = self._fill(batch, rels), 0 if took else idle
+                    continue
                 await asyncio.sleep(0)
                 if self.client.queue:
                     full, idle = self._fill(batch, rels), 0
@@ -80,14 +97,15 @@ class _Batcher:
                     break
                 self.carry.extend(await self._take(sub.max_events - len(batch), acks, remaining))
                 full = self._fill(batch, rels)
-        if len(batch) > 1 and batch[-1].event.op == pb.BEGIN:
+        if len(batch) > 1 and batch[-1].op == pb.BEGIN:
             self.carry.appendleft(batch.pop())  # a BEGIN goes with its transaction's first event
         self.sent.update(rels)
-        response = pb.SubscribeResponse()
-        out = response.batch  # filled in place: building a Batch and wrapping it would copy it twice
-        out.relations.extend(self.encoder.relation(r) for r in rels.values())
-        out.events.extend(i.event for i in batch)
-        return response
+        # A SubscribeResponse holding a Batch, written as bytes: every item is already an encoded
+        # Batch.events field, so the batch is one join (building messages would copy each event twice).
+        parts = [self.encoder.relation_bytes(r) for r in rels.values()]
+        parts.extend([i.data for i in batch])
+        body = b"".join(parts)
+        return b"\x0a" + varint(len(body)) + body
 
     def _fill(self, batch: list[V1Item], rels: dict[int, RelationInfo]) -> bool:
         """Move what is already queued into the batch, without waiting; True when the batch is full."""
@@ -115,7 +133,7 @@ class _Batcher:
                     full = True
                     break
                 new.append(rel)
-                cost += self.encoder.relation(rel).ByteSize() + 4
+                cost += len(self.encoder.relation_bytes(rel))
             if full or (batch and self._size + cost > sub.max_bytes):
                 carry.appendleft(item)
                 full = True
@@ -143,6 +161,19 @@ class _Batcher:
         return got
 
 
+def add_to_server(servicer: WalstreamServicer, server: grpc.aio.Server) -> None:
+    """Register the service. Like the generated add_WalstreamServicer_to_server, except that Subscribe's
+    responses are bytes already (see _Batcher.next), sent as they are."""
+    handlers = {
+        "Subscribe": grpc.stream_stream_rpc_method_handler(
+            servicer.Subscribe, request_deserializer=pb.SubscribeRequest.FromString, response_serializer=None),
+        "Status": grpc.unary_unary_rpc_method_handler(
+            servicer.Status, request_deserializer=pb.StatusRequest.FromString,
+            response_serializer=pb.StatusResponse.SerializeToString),
+    }
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("walstream.v1.Walstream", handlers),))
+
+
 class StatusSource(Protocol):
     async def __call__(self) -> pb.StatusResponse: ...
 
@@ -152,10 +183,11 @@ class WalstreamServicer(walstream_v1_pb2_grpc.WalstreamServicer):
         self.hub = hub
         self.encoder = encoder
         self.status = status
+        self.batches_sent = 0  # read by walstream.metrics
 
     async def Subscribe(  # noqa: N802 (name fixed by the proto)
         self, request_iterator: AsyncIterator[pb.SubscribeRequest], context: Context,
-    ) -> AsyncIterator[pb.SubscribeResponse]:
+    ) -> AsyncIterator[bytes]:
         requests = request_iterator.__aiter__()
         try:
             first: pb.SubscribeRequest | None = await requests.__anext__()
@@ -191,6 +223,7 @@ class WalstreamServicer(walstream_v1_pb2_grpc.WalstreamServicer):
                         return
                     await context.abort(grpc.StatusCode.UNAVAILABLE, "walstream is shutting down")
                     return
+                self.batches_sent += 1
                 yield response
         finally:
             acks.cancel()

@@ -31,6 +31,10 @@ class Op(enum.Enum):
     MESSAGE = "MESSAGE"
     COMMIT = "COMMIT"
 
+    # Members are singletons compared by identity: hash them by identity too, in C (Enum's own __hash__
+    # is Python code, run on every dict and set look-up of an op on the hot path).
+    __hash__ = object.__hash__
+
 
 def _numeric_bytes(data: bytes) -> object:
     """values.convert_numeric on the raw bytes: NaN, Infinity, -Infinity as strings, else the number as is."""

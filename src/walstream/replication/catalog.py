@@ -214,6 +214,55 @@ def list_slots(conn: Connection) -> list[dict[str, Any]]:
     return [{k: _jsonable(v) for k, v in row.items()} for row in rows]
 
 
+@dataclass(frozen=True)
+class SlotState:
+    """One sample of a slot as PostgreSQL has it, with the server's WAL position (positions as ints)."""
+
+    wal_lsn: int
+    exists: bool
+    confirmed_flush_lsn: int | None = None
+    restart_lsn: int | None = None  # None once invalidated
+    wal_status: str | None = None  # PostgreSQL 13+: reserved, extended, unreserved, lost
+    safe_wal_size: int | None = None  # PostgreSQL 13+, only with max_slot_wal_keep_size set
+    active_pid: int | None = None
+
+    @property
+    def lag_bytes(self) -> int | None:
+        """WAL the slot's consumer has not confirmed yet."""
+        return None if self.confirmed_flush_lsn is None else max(0, self.wal_lsn - self.confirmed_flush_lsn)
+
+    @property
+    def retained_bytes(self) -> int | None:
+        """WAL PostgreSQL keeps for the slot."""
+        return None if self.restart_lsn is None else max(0, self.wal_lsn - self.restart_lsn)
+
+
+def slot_state(conn: Connection, slot: str) -> SlotState:
+    """The slot's positions and WAL retention (a LEFT JOIN: the WAL position comes even without the slot)."""
+    rows = _query(
+        conn,
+        f"SELECT ({_CURRENT_LSN} - '0/0'::pg_lsn)::text AS walstream_wal_lsn, s.* "
+        "FROM (SELECT 1) AS one LEFT JOIN pg_replication_slots s ON s.slot_name = %s",
+        (slot,),
+    )
+    row = rows[0]
+
+    def lsn(name: str) -> int | None:
+        value = row.get(name)
+        return parse_lsn(value) if value else None
+
+    safe = row.get("safe_wal_size")
+    return SlotState(
+        wal_lsn=int(row["walstream_wal_lsn"] or 0),
+        exists=row.get("slot_name") is not None,
+        confirmed_flush_lsn=lsn("confirmed_flush_lsn"),
+        restart_lsn=lsn("restart_lsn"),
+        wal_status=row.get("wal_status"),
+        safe_wal_size=int(safe) if safe is not None else None,
+        active_pid=row.get("active_pid"),
+    )
+
+
 def slot_holder_pid(conn: Connection, slot: str) -> int | None:
     pid = _scalar(conn, "SELECT active_pid FROM pg_replication_slots WHERE slot_name = %s", (slot,))
     return int(pid) if pid is not None else None

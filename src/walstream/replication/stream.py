@@ -64,11 +64,16 @@ class StreamInfo:
 
 
 class ReplicationStream:
-    def __init__(self, dsn: str, slot: str, publication: str, temporary: bool) -> None:
+    """`create`: whether a missing slot may be created. A permanent slot that walstream has already used
+    (or found held by another process) is never created again: a new slot would silently skip every change
+    committed since the old one was lost."""
+
+    def __init__(self, dsn: str, slot: str, publication: str, temporary: bool, create: bool = True) -> None:
         self.dsn = dsn
         self.slot = slot
         self.publication = publication
         self.temporary = temporary
+        self.create = create
         self._conn: psycopg2.extras.LogicalReplicationConnection | None = None
         self._cur: psycopg2.extras.ReplicationCursor | None = None
 
@@ -85,7 +90,7 @@ class ReplicationStream:
         self._conn = conn
         try:
             cur = conn.cursor()
-            created, start_lsn = self._ensure_slot(cur)
+            created, start_lsn = self._ensure_slot(cur) if self.create or self.temporary else (False, 0)
             version = conn.server_version
             cur.execute("SHOW wal_sender_timeout")
             row = cur.fetchone()
@@ -96,6 +101,10 @@ class ReplicationStream:
                 options["messages"] = "true"
             try:
                 cur.start_replication(slot_name=self.slot, decode=False, options=options, status_interval=10)
+            except psycopg2.errors.UndefinedObject as exc:
+                if not created and not self.create and self.slot in first_line(exc):
+                    raise slot_gone(self.slot) from None
+                raise _classify(exc, self.slot) from None
             except psycopg2.Error as exc:
                 raise _classify(exc, self.slot) from None
         except BaseException:
@@ -161,6 +170,23 @@ class ReplicationStream:
                 pass
 
 
+def slot_gone(slot: str) -> SourceError:
+    return SourceError(
+        f'replication slot "{slot}" was dropped while walstream was using or waiting for it; it is not created '
+        "again, since the changes committed meanwhile would be skipped silently: start walstream again to create "
+        "a new slot (those changes are lost)",
+        ErrorKind.SLOT_STATE,
+    )
+
+
+def slot_invalidated(slot: str, why: str) -> SourceError:
+    return SourceError(
+        f'replication slot "{slot}" was invalidated and can no longer be used ({why}): drop it with '
+        f"`walstream delete --slot {slot}` and start again (changes since it was invalidated are lost)",
+        ErrorKind.SLOT_STATE,
+    )
+
+
 def _classify(exc: psycopg2.Error, slot: str) -> Exception:
     """Map a psycopg2 error to walstream's error kinds (retryable or not)."""
     message = first_line(exc)
@@ -172,6 +198,11 @@ def _classify(exc: psycopg2.Error, slot: str) -> Exception:
     if isinstance(exc, psycopg2.errors.UndefinedObject):
         return SourceError(message, ErrorKind.SERVER_SETUP)  # e.g. the publication was dropped
     if isinstance(exc, psycopg2.errors.ObjectNotInPrerequisiteState):
+        # PostgreSQL 13-15: "cannot read from logical replication slot", 16-17: "can no longer get changes
+        # from replication slot", 18: "can no longer access replication slot"; the detail says why.
+        detail = " ".join((getattr(exc.diag, "message_detail", None) or "").split())
+        if "invalidated" in detail or "can no longer" in message:
+            return slot_invalidated(slot, detail.rstrip(".") or message)
         return SourceError(f"replication slot {slot} cannot be used: {message}", ErrorKind.SLOT_STATE)
     if isinstance(exc, psycopg2.errors.ConfigurationLimitExceeded):
         return SourceError(message, ErrorKind.SERVER_SETUP)
