@@ -80,6 +80,8 @@ def test_bad_metrics_port(capsys: pytest.CaptureFixture[str]) -> None:
                                        "number 0-65535 (see `walstream start --help`)\n")
     with pytest.raises(ConfigError, match="invalid port 70000: use 0-65535"):
         StartConfig(CONN, "p", "s", metrics_port=70000)
+    with pytest.raises(ConfigError, match="--metrics-host 127.0.0.1 needs --metrics-port"):
+        StartConfig(CONN, "p", "s", metrics_host="127.0.0.1")
 
 
 # -- the pipeline's counters and the collector ----------------------------------------------------------
