@@ -97,6 +97,7 @@ class StartConfig:
         if self.metrics_host == "":
             raise ConfigError("invalid metrics host '': give an address to listen on, e.g. 127.0.0.1")
         if self.metrics_host is not None and self.metrics_port is None:
-            raise ConfigError(f"--metrics-host {self.metrics_host} needs --metrics-port: metrics are off without a port")
+            raise ConfigError(f"--metrics-host {self.metrics_host} needs --metrics-port: "
+                              "metrics are off without a port")
         if self.retained_wal_warning < 0:
             raise ConfigError(f"invalid retained WAL warning {self.retained_wal_warning}: use 0 (off) or more bytes")

@@ -26,8 +26,7 @@ from .errors import ConfigError
 from .pipeline import Pipeline
 from .slot_monitor import SlotMonitor
 
-# pgoutput type bytes of the changes Pipeline counts -> the `op` label.
-OPS = {ord("I"): "insert", ord("U"): "update", ord("D"): "delete", ord("T"): "truncate"}
+PG_EPOCH = 946_684_800  # 2000-01-01 (PostgreSQL's epoch) in seconds since 1970-01-01
 SAMPLE_MAX_AGE = 1.0  # seconds: a scrape reuses a slot sample younger than this
 
 
@@ -66,26 +65,27 @@ class WalstreamCollector(Collector):
                      max(pipeline.written_lsn, tracker.confirmed_lsn))
         yield _gauge("walstream_streaming", "1 while the replication connection is up and streaming (health "
                      "SERVING), else 0", 1 if pipeline.streaming else 0)
-        if pipeline.last_commit_time is not None:
+        commit_ts = pipeline.assembler.last_commit_ts
+        if commit_ts is not None:
+            commit_time = commit_ts / 1e6 + PG_EPOCH
             yield _gauge("walstream_last_commit_timestamp_seconds", "commit time (per PostgreSQL) of the newest "
-                         "transaction read", pipeline.last_commit_time)
+                         "transaction read", commit_time)
             yield _gauge("walstream_lag_seconds", "seconds since the commit time of the newest transaction read",
-                         max(0.0, time.time() - pipeline.last_commit_time))
+                         max(0.0, time.time() - commit_time))
         yield from self._slot()
 
     def _changes(self) -> Metric:
         family = CounterMetricFamily("walstream_changes", "row changes read from the slot, by operation and "
                                      "table (a TRUNCATE counts once per table)", labels=("op", "table"))
-        relations = self.pipeline.assembler.relations
+        assembler = self.pipeline.assembler
+        relations = dict(assembler.relations)  # copied: the event loop's thread may change them meanwhile
         totals: dict[tuple[str, str], int] = {}
-        for key, count in dict(self.pipeline.changes).items():
-            op = OPS.get(key[0])
-            if op is None:
-                continue
-            relid = int.from_bytes(key[1:5], "big")
-            rel = relations.get(relid)
-            table = f"{rel.schema}.{rel.table}" if rel is not None else str(relid)
-            totals[op, table] = totals.get((op, table), 0) + count  # a re-created table has a new id
+        for kind, counts in assembler.changes.items():
+            for relid, count in dict(counts).items():
+                rel = relations.get(relid)
+                table = f"{rel.schema}.{rel.table}" if rel is not None else str(relid)
+                key = (kind.value.lower(), table)
+                totals[key] = totals.get(key, 0) + count  # a re-created table has a new id
         for (op, table), count in sorted(totals.items()):
             family.add_metric((op, table), count)
         return family

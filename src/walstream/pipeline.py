@@ -3,8 +3,8 @@
 Two positions are kept apart, as in pg_recvlogical: `written` is how far walstream has read the stream,
 `confirmed` (the AckTracker's) is what clients have acknowledged; only `confirmed` is reported as flushed.
 
-The counters here (changes, bytes_read, reconnects, status_updates_sent, last_commit_time) are plain ints
-read by walstream.metrics at scrape time: the read loop never calls into a metrics library.
+The counters here (bytes_read, reconnects, status_updates_sent; the assembler counts changes) are plain
+ints read by walstream.metrics at scrape time: the read loop never calls into a metrics library.
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import defaultdict
 from collections.abc import Callable
 from functools import partial
 
@@ -36,10 +35,6 @@ BACKOFF_FIRST, BACKOFF_CAP = 0.5, 30.0
 MIN_STATUS_GAP = 0.2  # seconds; a moved confirmed position is reported at most this often
 PAUSED_KEEPALIVE = 1.0  # seconds between status updates while not reading (keeps the walsender alive)
 YIELD_EVERY = 256  # messages read before letting the gRPC side run
-PG_EPOCH = 946_684_800  # 2000-01-01 (PostgreSQL's epoch) in seconds since 1970-01-01
-# pgoutput message types that are not a row change: per transaction, per relation or rare.
-_NOT_A_ROW = frozenset(b"BCRYOMT")
-_TRUNCATE = ord("T")
 
 
 class Pipeline:
@@ -64,13 +59,10 @@ class Pipeline:
         self._held: psycopg2.extras.ReplicationMessage | None = None  # read while paused, not yet handled
         self._slot_seen = False  # the permanent slot is known to exist: never create it again
         self._standby_holder: int | None = -1  # the PID last logged as holding the slot
-        # Counters for the metrics. `changes` is keyed by the pgoutput type byte and the relation id, exactly
-        # as the first 5 bytes of an Insert/Update/Delete (Truncate: one key per truncated relation).
-        self.changes: defaultdict[bytes, int] = defaultdict(int)
+        # Counters for the metrics.
         self.bytes_read = 0
         self.reconnects = 0
         self.status_updates_sent = 0
-        self.last_commit_time: float | None = None  # commit time (Unix) of the newest transaction read
 
     async def run(self) -> None:
         """Stream until stopped; reconnect with capped exponential backoff; raise on fatal errors."""
@@ -163,7 +155,6 @@ class Pipeline:
     async def _pump(self, stream: ReplicationStream) -> None:
         hub, assembler, tracker = self.hub, self.assembler, self.hub.tracker
         handle, read = assembler.handle, stream.read
-        changes, not_a_row, other = self.changes, _NOT_A_ROW, self._count_other
         loop = asyncio.get_running_loop()
         deadline: float | None = None
         while True:
@@ -193,11 +184,6 @@ class Pipeline:
                     self.written_lsn = msg.data_start
                 data = msg.payload
                 size += len(data)
-                # Counted here, raw, for the metrics: one dict increment per row change.
-                if data[0] in not_a_row:
-                    other(data)
-                else:
-                    changes[data[:5]] += 1
                 handle(decode_message(data), msg.data_start)
                 if not hub.can_accept():
                     break
@@ -221,17 +207,6 @@ class Pipeline:
         await self._drain_acks(deadline or time.monotonic() + self.config.shutdown_grace)
         self._status(stream, force=True)
         log.info("replication closed at confirmed position %s", format_lsn(tracker.confirmed_lsn))
-
-    def _count_other(self, data: bytes) -> None:
-        """The counters' side of a message that is not an Insert/Update/Delete (read once per transaction or
-        less often): Begin gives the commit time, Truncate one change per truncated relation."""
-        kind = data[0]
-        if kind == _TRUNCATE:  # 'T', Int32 relation count, Int8 options, Int32 relation id each
-            count = int.from_bytes(data[1:5], "big")
-            for i in range(6, 6 + 4 * count, 4):
-                self.changes[b"T" + data[i:i + 4]] += 1
-        elif kind == 0x42 and len(data) >= 17:  # 'B', Int64 final LSN, Int64 commit time (us since 2000)
-            self.last_commit_time = int.from_bytes(data[9:17], "big", signed=True) / 1e6 + PG_EPOCH
 
     def _read_ahead(self, stream: ReplicationStream) -> None:
         """Paused: read past keepalives, holding back the first data message until a client can take it.

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import struct
 from collections.abc import Iterator
 from types import SimpleNamespace
 from typing import Any
@@ -22,9 +21,12 @@ from walstream.delivery.hub import Hub
 from walstream.errors import ConfigError
 from walstream.health import API_SERVICES, Health
 from walstream.metrics import WalstreamCollector
-from walstream.pipeline import PG_EPOCH, Pipeline
+from walstream.pipeline import Pipeline
+from walstream.processing.events import Op
 from walstream.processing.values import TypeCatalog
+from walstream.replication import messages as m
 from walstream.replication.catalog import SlotState
+from walstream.replication.messages import Cell, RelationColumn
 from walstream.slot_monitor import SlotMonitor, format_size
 
 CONN = "host=127.0.0.1 port=5432 user=postgres dbname=postgres"
@@ -92,16 +94,29 @@ def pipeline() -> Pipeline:
     return Pipeline(StartConfig(CONN, "p", "s"), CONN, hub, TypeCatalog())
 
 
-def test_truncate_and_begin_counters() -> None:
+def test_the_assembler_counts_changes_as_it_passes_them_on() -> None:
     p = pipeline()
-    truncate = b"T" + struct.pack("!IB", 2, 0) + struct.pack("!II", 16384, 16390)
-    p._count_other(truncate)
-    assert dict(p.changes) == {b"T" + struct.pack("!I", 16384): 1, b"T" + struct.pack("!I", 16390): 1}
-    begin = b"B" + struct.pack("!QqI", 0x1000, 789_000_000_000_000, 7)  # 789e6 s after 2000-01-01
-    p._count_other(begin)
-    assert p.last_commit_time == 789_000_000 + PG_EPOCH
-    p._count_other(b"C" + bytes(25))  # nothing to count
-    assert len(p.changes) == 2
+    a = p.assembler
+    columns = (RelationColumn(1, "id", 23, -1),)
+    a.handle(m.Relation(None, 16384, "public", "t", "d", columns), 0)
+    a.handle(m.Relation(None, 16390, "s", "u", "d", columns), 0)
+    a.handle(m.Begin(0x1000, 789_000_000_000_000, 7), 0)  # 789e6 s after 2000-01-01
+    cells = (Cell("t", b"1"),)
+    a.handle(m.Insert(None, 16384, cells), 0x900)
+    a.handle(m.Insert(None, 16384, cells), 0x910)
+    a.handle(m.Update(None, 16384, None, None, cells), 0x920)
+    a.handle(m.Delete(None, 16390, "K", cells), 0x930)
+    a.handle(m.Truncate(None, 0, (16384, 16390)), 0x940)
+    a.handle(m.Commit(0, 0x1000, 0x1008, 789_000_000_000_000), 0)
+    a.connection_restarted()
+    a.handle(m.Begin(0x1000, 789_000_000_000_000, 7), 0)  # sent again after a reconnect: not counted again
+    a.handle(m.Insert(None, 16384, cells), 0x900)
+    a.handle(m.Commit(0, 0x1000, 0x1008, 789_000_000_000_000), 0)
+    assert {op.value: dict(c) for op, c in a.changes.items()} == {
+        "INSERT": {16384: 2}, "UPDATE": {16384: 1}, "DELETE": {16390: 1}, "TRUNCATE": {16384: 1, 16390: 1}}
+    assert a.last_commit_ts == 789_000_000_000_000
+    text = exposition(WalstreamCollector(p.hub, p, FakeMonitor(None)))  # type: ignore[arg-type]
+    assert "walstream_last_commit_timestamp_seconds 1.7356848e+09" in text.splitlines()  # 789e6 s after 2000
 
 
 class FakeMonitor:
@@ -124,8 +139,11 @@ def test_collector_reads_the_counters_at_scrape_time() -> None:
     p = pipeline()
     p.assembler.relations[16384] = SimpleNamespace(schema="public", table="t")  # type: ignore[assignment]
     p.assembler.relations[16390] = SimpleNamespace(schema="s", table="u")  # type: ignore[assignment]
-    rel_t, rel_u, rel_gone = (struct.pack("!I", n) for n in (16384, 16390, 99))
-    p.changes.update({b"I" + rel_t: 10, b"U" + rel_t: 2, b"D" + rel_u: 1, b"T" + rel_u: 1, b"I" + rel_gone: 4})
+    changes = p.assembler.changes
+    changes[Op.INSERT].update({16384: 10, 99: 4})
+    changes[Op.UPDATE][16384] = 2
+    changes[Op.DELETE][16390] = 1
+    changes[Op.TRUNCATE][16390] = 1
     p.bytes_read, p.reconnects, p.status_updates_sent = 1234, 2, 17
     p.hub.acks_received, p.hub.acks_rejected = 15, 1
     p.hub.tracker.confirmed_lsn = 0x5000

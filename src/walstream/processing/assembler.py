@@ -9,6 +9,7 @@ mid-way (resumed by its commit LSN, which Begin carries).
 from __future__ import annotations
 
 import logging
+from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -22,6 +23,7 @@ log = logging.getLogger(__name__)
 
 _new_event = tuple.__new__  # ChangeEvent is a NamedTuple: this skips its Python-level __new__
 _INSERT = Op.INSERT
+_COUNTED = (Op.INSERT, Op.UPDATE, Op.DELETE, Op.TRUNCATE)
 
 
 class Sink(Protocol):
@@ -56,6 +58,11 @@ class Assembler:
         self._skip_changes = 0  # changes of the resumed transaction already passed on
         self._skipping = False  # inside a transaction that was passed on before
         self._handlers = self._make_handlers()
+        # For the metrics (read at scrape time): changes passed on, by operation and relation id (a TRUNCATE
+        # once per truncated relation), and the commit time of the newest transaction begun (us since 2000).
+        self.changes: dict[Op, defaultdict[int, int]] = {op: defaultdict(int) for op in _COUNTED}
+        self._inserts = self.changes[Op.INSERT]
+        self.last_commit_ts: int | None = None
 
     @property
     def in_transaction(self) -> bool:
@@ -116,6 +123,7 @@ class Assembler:
                         partial.info.xid, format_lsn(partial.info.commit_lsn))
             self.sink.commit(partial.record, partial.info.commit_lsn)
         info = TxnInfo(msg.xid, msg.final_lsn, msg.commit_ts)
+        self.last_commit_ts = msg.commit_ts
         self._txn = _OpenTxn(info, self.sink.begin(msg.xid, msg.final_lsn))
         self._skip_changes = 0
         self.sink.publish(ChangeEvent(Op.BEGIN, msg.final_lsn, info, 0), self._txn.record)
@@ -158,6 +166,7 @@ class Assembler:
             return
         ordinal = txn.ordinal = txn.ordinal + 1
         rel = self._rel(msg.relation_id)
+        self._inserts[rel.relation_id] += 1
         self.sink.publish(_new_event(ChangeEvent, (_INSERT, lsn, txn.info, ordinal, rel, msg.new, None, None, (),
                                                    0, 0, "", b"", False)), txn.record)
 
@@ -177,6 +186,9 @@ class Assembler:
         else:
             event = ChangeEvent(Op.DELETE, lsn, txn.info, txn.ordinal, self._rel(msg.relation_id),
                                 old=msg.old, old_kind=msg.old_kind)
+        counts = self.changes[event.op]
+        for rel in event.truncated or (event.relation,):
+            counts[rel.relation_id] += 1  # type: ignore[union-attr]
         self.sink.publish(event, txn.record)
 
     def _message(self, msg: m.Message, lsn: int) -> None:
