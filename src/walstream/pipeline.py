@@ -22,7 +22,7 @@ from .delivery.hub import Hub
 from .errors import SlotInUseError, WalstreamError
 from .lsn import format_lsn
 from .processing.assembler import Assembler, ConverterSource
-from .replication.decoder import decode_message
+from .replication.decoder import decode_message, plain_insert
 from .replication.stream import ReplicationStream
 
 log = logging.getLogger(__name__)
@@ -154,7 +154,7 @@ class Pipeline:
 
     async def _pump(self, stream: ReplicationStream) -> None:
         hub, assembler, tracker = self.hub, self.assembler, self.hub.tracker
-        handle, read = assembler.handle, stream.read
+        handle, insert, read = assembler.handle, assembler.insert, stream.read
         loop = asyncio.get_running_loop()
         deadline: float | None = None
         while True:
@@ -184,7 +184,10 @@ class Pipeline:
                     self.written_lsn = msg.data_start
                 data = msg.payload
                 size += len(data)
-                handle(decode_message(data), msg.data_start)
+                if data[0] == 0x49 and (row := plain_insert(data)) is not None:  # an Insert: no message object
+                    insert(row[0], row[1], msg.data_start)
+                else:
+                    handle(decode_message(data), msg.data_start)
                 if not hub.can_accept():
                     break
             else:

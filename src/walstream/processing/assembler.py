@@ -17,6 +17,7 @@ from typing import Any, Protocol
 from ..errors import ProtocolError
 from ..lsn import format_lsn
 from ..replication import messages as m
+from ..replication.messages import TupleData
 from .events import ChangeEvent, Converter, Op, RelationInfo, TxnInfo
 
 log = logging.getLogger(__name__)
@@ -159,15 +160,19 @@ class Assembler:
         return txn
 
     def _insert(self, msg: m.Insert, lsn: int) -> None:
-        """_change for an Insert, inlined: the one message there is per inserted row."""
+        self.insert(msg.relation_id, msg.new, lsn)
+
+    def insert(self, relation_id: int, new: TupleData, lsn: int) -> None:
+        """An Insert outside a streamed block (decoder.plain_insert): _change inlined, for the one message
+        there is per inserted row."""
         txn = self._txn
         if txn is None or self._skipping or self._skip_changes:
-            self._change(msg, lsn)
+            self._change(m.Insert(None, relation_id, new), lsn)
             return
         ordinal = txn.ordinal = txn.ordinal + 1
-        rel = self._rel(msg.relation_id)
-        self._inserts[rel.relation_id] += 1
-        self.sink.publish(_new_event(ChangeEvent, (_INSERT, lsn, txn.info, ordinal, rel, msg.new, None, None, (),
+        rel = self._rel(relation_id)
+        self._inserts[relation_id] += 1
+        self.sink.publish(_new_event(ChangeEvent, (_INSERT, lsn, txn.info, ordinal, rel, new, None, None, (),
                                                    0, 0, "", b"", False)), txn.record)
 
     def _change(self, msg: m.Insert | m.Update | m.Delete | m.Truncate, lsn: int) -> None:

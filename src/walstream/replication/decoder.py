@@ -346,6 +346,18 @@ _WITH_XID: dict[int, Callable[[bytes, bool], PgoutputMessage]] = {
 }
 
 
+def plain_insert(buf: bytes) -> tuple[int, TupleData] | None:
+    """An Insert outside a streamed block (its 'I', relation id, 'N', new tuple) as (relation id, new tuple);
+    None for any other message. The one message there is per inserted row: the session loop takes it this
+    way, without an Insert object (same checks and errors as _insert)."""
+    if len(buf) > 7 and buf[0] == 0x49 and buf[5] == 0x4E:
+        new, pos = _tuple(buf, 6)
+        if pos != len(buf):
+            _end(buf, pos)
+        return _U32.unpack_from(buf, 1)[0], new
+    return None
+
+
 def decode_message(data: bytes | memoryview, *, in_stream: bool = False,
                    parallel_abort: bool = False) -> PgoutputMessage:
     """Decode one pgoutput message (the payload of one XLogData).
@@ -357,12 +369,10 @@ def decode_message(data: bytes | memoryview, *, in_stream: bool = False,
     if not buf:
         raise DecodeError("pgoutput message at offset 0: expected a message type byte, got end of data")
     kind = buf[0]
-    if kind == 0x49 and not in_stream and len(buf) > 7 and buf[5] == 0x4E:  # 'I' ... 'N': one inserted row
-        # The common case, inlined (same checks and errors as _insert).
-        new, pos = _tuple(buf, 6)
-        if pos != len(buf):
-            _end(buf, pos)
-        return _new_insert(None, _U32.unpack_from(buf, 1)[0], new)
+    if kind == 0x49 and not in_stream:
+        row = plain_insert(buf)
+        if row is not None:
+            return _new_insert(None, row[0], row[1])
     if kind == 0x42 and len(buf) == 21:  # 'B', as _FIXED's Begin reads it
         final_lsn, commit_ts, xid = _BEGIN.unpack_from(buf, 1)
         if final_lsn:
