@@ -16,6 +16,7 @@ from .delivery.hub import Hub
 from .delivery.v1_service import WalstreamServicer
 from .health import Health
 from .pipeline import Pipeline
+from .security import is_loopback
 from .slot_monitor import SlotMonitor
 
 if TYPE_CHECKING:
@@ -45,6 +46,10 @@ class Operations:
             collector = WalstreamCollector(self.hub, self.pipeline, self.monitor, v1)
             self.metrics = MetricsServer(collector, host, config.metrics_port)
             log.info("metrics on http://%s:%d/metrics", host, self.metrics.port)
+            if not is_loopback(host):
+                log.warning("the metrics endpoint on %s has neither TLS nor authentication: it shows table names "
+                            "and positions to anyone who can reach it (use --metrics-host 127.0.0.1, or a "
+                            "network policy)", host)
 
     def start(self) -> None:
         """The periodic slot check (the retained-WAL warning without any scrape)."""

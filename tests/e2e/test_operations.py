@@ -145,6 +145,7 @@ def test_metrics_count_what_happened(testdb, tmp_path):
     mport = free_port()
     with WalstreamProcess(testdb.dsn, "pub", testdb.slot, extra=metrics_args(mport), log_dir=tmp_path) as ws:
         assert f"metrics on http://127.0.0.1:{mport}/metrics" in ws.log()
+        assert "neither TLS nor authentication" not in ws.log()  # loopback only
         wait_metric(mport, "walstream_streaming", lambda v: v == 1)
         assert metric(mport, "walstream_clients") == 0
 
@@ -224,8 +225,11 @@ def test_metrics_port_in_use_is_a_one_line_error(testdb, tmp_path):
 def test_retained_wal_warning(testdb, tmp_path):
     testdb.execute("CREATE TABLE t (id int PRIMARY KEY)", "CREATE PUBLICATION pub FOR ALL TABLES")
     mport = free_port()
-    extra = (*metrics_args(mport), "--retained-wal-warning", "1MB")
+    # Every address: the endpoint is reachable from elsewhere, which is logged (no TLS, no auth on it).
+    extra = ("--metrics-port", str(mport), "--metrics-host", "0.0.0.0", "--retained-wal-warning", "1MB")
     with WalstreamProcess(testdb.dsn, "pub", testdb.slot, extra=extra, log_dir=tmp_path) as ws:
+        assert ("the metrics endpoint on 0.0.0.0 has neither TLS nor authentication: it shows table names and "
+                "positions to anyone who can reach it") in ws.log()
         wait_metric(mport, "walstream_slot_retained_wal_warning", lambda v: v == 0)
         # No client: the row waits in the slot, which keeps the WAL from here on.
         testdb.execute("INSERT INTO t VALUES (1)")
