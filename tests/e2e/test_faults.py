@@ -44,7 +44,7 @@ from support import WalstreamProcess, confirmed_flush, run_cli, wait_confirmed
 from walstream._proto import plugin_pb2, plugin_pb2_grpc, walstream_v1_pb2_grpc
 from walstream._proto import walstream_v1_pb2 as pb
 
-BACKLOG_ROWS = int(os.environ.get("WALSTREAM_FAULT_ROWS", "200000"))
+BACKLOG_ROWS = int(os.environ.get("WALSTREAM_FAULT_ROWS", "1000000"))
 REPORT = os.environ.get("WALSTREAM_FAULT_REPORT", "")
 BIG = 500  # rows of a big transaction: more than MAX_UNACKED, so a stall always lands inside one
 MAX_UNACKED = 300
