@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from types import TracebackType
@@ -61,6 +62,9 @@ class _Stream:
     def _state(self, state: grpc.ChannelConnectivity) -> None:
         if state is grpc.ChannelConnectivity.READY:
             self._on_ready.set()
+            # READY once is all this watches for: unsubscribing lets grpc's polling thread end now, long
+            # before the channel is closed (closing under it makes that thread print a traceback).
+            self.channel.unsubscribe(self._state)
 
     def _requests(self, first: pb.SubscribeRequest) -> Iterator[pb.SubscribeRequest]:
         yield first
@@ -103,7 +107,18 @@ class _Stream:
         self.end_requests()  # also ends the request iterator's thread
         self.call.cancel()
         self.channel.unsubscribe(self._state)
+        _wait_for_poller(self.channel)
         self.channel.close()
+
+
+def _wait_for_poller(channel: grpc.Channel, timeout: float = 0.5) -> None:
+    """Let grpc's connectivity polling thread notice the unsubscribe (it looks every 0.2 s) before the channel
+    closes: closed under it, that thread dies with a printed 'Channel closed!' traceback. Only when the
+    channel never became READY (an unreachable server) is there anything to wait for."""
+    state = getattr(channel, "_connectivity_state", None)  # grpc's private state: without it, do not wait
+    deadline = time.monotonic() + timeout
+    while getattr(state, "polling", False) and time.monotonic() < deadline:
+        time.sleep(0.01)
 
 
 class Client:
