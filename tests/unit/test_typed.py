@@ -14,7 +14,7 @@ from functools import partial
 
 import pytest
 
-from walstream._proto.walstream_v1_pb2 import Value
+from walstream._proto.walstream_v1_pb2 import Row, Value
 from walstream.processing.events import RelationInfo
 from walstream.processing.typed import (
     INT32_MAX,
@@ -29,6 +29,7 @@ from walstream.processing.typed import (
     parse_timestamp,
     to_value,
 )
+from walstream.processing.v1wire import RowEncoder
 from walstream.processing.values import TypeCatalog, TypeInfo
 from walstream.replication.messages import Cell, RelationColumn
 
@@ -243,20 +244,24 @@ def relation(*columns: tuple[str, int, bool]) -> RelationInfo:
 
 def test_rows(typed: TypedCatalog, caplog: pytest.LogCaptureFixture) -> None:
     rel = relation(("id", 23, True), ("body", 25, False), ("n", 1700, False), ("ts", 1114, False))
-    typing = typed.relation(rel)
-    row = typing.row((Cell("t", b"1"), Cell("u", None), Cell("n", None), Cell("t", b"1970-01-01 00:00:01")))
-    assert [kind(x) for x in row.values] == [("int64", 1), ("unchanged_toast", True), ("null", True),
+    rows = RowEncoder(typed.relation(rel), utf8=True)
+
+    def row(cells: tuple[Cell, ...], key_only: bool = False) -> Row:
+        return Row.FromString(rows.row(cells, key_only))
+
+    full = row((Cell("t", b"1"), Cell("u", None), Cell("n", None), Cell("t", b"1970-01-01 00:00:01")))
+    assert [kind(x) for x in full.values] == [("int64", 1), ("unchanged_toast", True), ("null", True),
                                              ("timestamp_us", 1_000_000)]
     # OLD_ROW_KEY: only the key columns are set (pgoutput sends the others as NULL).
-    key = typing.row((Cell("t", b"1"), Cell("n", None), Cell("n", None), Cell("n", None)), key_only=True)
+    key = row((Cell("t", b"1"), Cell("n", None), Cell("n", None), Cell("n", None)), key_only=True)
     assert [kind(x) for x in key.values] == [("int64", 1), (None, None), (None, None), (None, None)]
     with caplog.at_level(logging.WARNING):  # not what the type says: its text, logged
-        bad = typing.row((Cell("t", b"x1"), Cell("t", "ü".encode()), Cell("t", b"1"), Cell("t", b"yesterday")))
+        bad = row((Cell("t", b"x1"), Cell("t", "ü".encode()), Cell("t", b"1"), Cell("t", b"yesterday")))
     assert [kind(x) for x in bad.values] == [("text", "x1"), ("text", "ü"), ("numeric", "1"), ("text", "yesterday")]
     assert "int4 value does not parse" in caplog.text
     with pytest.raises(ValueError, match="unexpected column kind 'b'"):
-        typing.row((Cell("b", b"\x00"), Cell("n", None), Cell("n", None), Cell("n", None)))
-    assert typing.row(()).ByteSize() == 0
+        row((Cell("b", b"\x00"), Cell("n", None), Cell("n", None), Cell("n", None)))
+    assert row(()).ByteSize() == 0
 
 
 def test_relation_metadata_and_its_cache(typed: TypedCatalog) -> None:

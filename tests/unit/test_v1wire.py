@@ -1,7 +1,7 @@
 """walstream.processing.v1wire: the bytes it writes are exactly what the message classes serialise.
 
-The message path (walstream.processing.typed, upb) is the reference: every value, row and event written as
-bytes is compared with the same thing built as messages and serialised.
+The message path (each column's converter in walstream.processing.typed, upb) is the reference: every value,
+row and event written as bytes is compared with the same thing built as messages and serialised.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import pytest
 from walstream._proto import walstream_v1_pb2 as pb
 from walstream.delivery.v1_adapter import PG_EPOCH_US, Encoder, V1Item
 from walstream.processing.events import ChangeEvent, Op, RelationInfo, TxnInfo
-from walstream.processing.typed import TypedCatalog
+from walstream.processing.typed import TypedCatalog, to_value
 from walstream.processing.v1wire import RowEncoder, varint, zigzag64
 from walstream.processing.values import TypeCatalog
 from walstream.replication.messages import Cell, RelationColumn
@@ -61,7 +61,25 @@ def typed() -> TypedCatalog:
 
 
 def reference_row(typed: TypedCatalog, rel: RelationInfo, cells: tuple[Cell, ...], key_only: bool = False) -> bytes:
-    return typed.relation(rel).row(cells, key_only).SerializeToString()
+    """The row built as messages, a Value per column from the column's converter (text that does not parse
+    as its type: a text Value)."""
+    typing = typed.relation(rel)
+    row = pb.Row()
+    for i, (kind, data) in enumerate(cells):
+        if key_only and not typing.key_mask[i]:
+            row.values.add()
+        elif kind == "n":
+            row.values.add(null=True)
+        elif kind == "u":
+            row.values.add(unchanged_toast=True)
+        else:
+            assert data is not None
+            text = typing.decode(data)
+            try:
+                row.values.append(to_value(typing.converters[i], text))
+            except (ValueError, KeyError, IndexError):
+                row.values.add(text=text)
+    return row.SerializeToString()
 
 
 @pytest.mark.parametrize(("oid", "text"), VALUES + BAD)
@@ -124,11 +142,12 @@ def _reference_event(typed: TypedCatalog, event: ChangeEvent) -> pb.Event:
     proto = pb.Event(op=pb.Operation.Value(event.op.value), lsn=event.lsn, ordinal=event.ordinal, xid=txn.xid,
                      commit_lsn=txn.commit_lsn, commit_time_us=txn.commit_ts + PG_EPOCH_US,
                      relation_id=rel.relation_id)
-    typing = typed.relation(rel)
     if event.new is not None:
-        typing.fill(proto.new, event.new)
+        proto.new.ParseFromString(reference_row(typed, rel, event.new))
+        proto.new.SetInParent()
     if event.old is not None and event.old_kind is not None:
-        typing.fill(proto.old, event.old, key_only=event.old_kind != "O")
+        proto.old.ParseFromString(reference_row(typed, rel, event.old, key_only=event.old_kind != "O"))
+        proto.old.SetInParent()
         proto.old_row = pb.OLD_ROW_FULL if event.old_kind == "O" else pb.OLD_ROW_KEY
     return proto
 

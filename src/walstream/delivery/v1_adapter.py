@@ -163,7 +163,7 @@ class Encoder:
         self._item: V1Item | None = None
         self._partial: dict[tuple[int, ...], V1Item] = {}  # TRUNCATE items cut down to some relations
         self._begin: tuple[TxnInfo | None, V1Item | None] = (None, None)
-        self._relations: dict[int, tuple[RelationInfo, pb.Relation, bytes]] = {}
+        self._relations: dict[int, tuple[RelationInfo, bytes]] = {}
         self._rows: dict[int, wire.RowEncoder] = {}
         self._txn: tuple[TxnInfo | None, bytes] = (None, b"")
 
@@ -195,22 +195,15 @@ class Encoder:
         assert item is not None
         return item
 
-    def relation(self, rel: RelationInfo) -> pb.Relation:
-        return self._relation(rel)[1]
-
     def relation_bytes(self, rel: RelationInfo) -> bytes:
-        """The relation as one Batch.relations field."""
-        return self._relation(rel)[2]
-
-    def _relation(self, rel: RelationInfo) -> tuple[RelationInfo, pb.Relation, bytes]:
+        """The relation's metadata as one Batch.relations field, built once per version of the relation."""
         cached = self._relations.get(rel.relation_id)
         if cached is None or not same_relation(cached[0], rel):
             proto = pb.Relation(relation_id=rel.relation_id, schema=rel.schema, table=rel.table,
                                 replica_identity=_IDENTITY.get(rel.replica_identity, pb.REPLICA_IDENTITY_UNSPECIFIED),
                                 columns=self.typed.relation(rel).columns)
-            cached = self._relations[rel.relation_id] = (rel, proto, wire.field(BATCH_RELATIONS,
-                                                                                 proto.SerializeToString()))
-        return cached
+            cached = self._relations[rel.relation_id] = (rel, wire.field(BATCH_RELATIONS, proto.SerializeToString()))
+        return cached[1]
 
     def _row_encoder(self, rel: RelationInfo) -> wire.RowEncoder:
         rows = self._rows.get(rel.relation_id)

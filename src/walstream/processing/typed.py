@@ -30,7 +30,6 @@ import logging
 from collections.abc import Callable
 
 from .._proto.walstream_v1_pb2 import Column, Row, Value
-from ..replication.messages import COLUMN_NULL, COLUMN_TEXT, COLUMN_UNCHANGED_TOAST, TupleData
 from .events import RelationInfo
 from .pgtext import PgTextError, parse_array, parse_vector
 from .values import BUILTIN, TypeCatalog
@@ -343,41 +342,6 @@ class RelationTyping:
         self.columns = columns
         self.key_mask = tuple(c.is_key for c in relation.columns)
         self.decode = _fast_decoder(relation.text_decoder)
-
-    def row(self, cells: TupleData, key_only: bool = False) -> Row:
-        row = Row()
-        self.fill(row, cells, key_only)
-        return row
-
-    def fill(self, row: Row, cells: TupleData, key_only: bool = False) -> None:
-        """One Value per column into row. key_only (OLD_ROW_KEY): columns outside the key are unset Values.
-        Text that does not parse as its type is sent as text (logged) instead of stopping the stream."""
-        add = row.values.add
-        converters, decode, key_mask = self.converters, self.decode, self.key_mask
-        i = 0
-        for kind, data in cells:
-            if kind == COLUMN_TEXT:
-                if key_only and not key_mask[i]:
-                    add()
-                else:
-                    text = decode(data)  # type: ignore[arg-type]
-                    try:
-                        converters[i](add, text)
-                    except (ValueError, KeyError, IndexError) as exc:  # nothing was appended: see _guarded
-                        log.warning("%s value does not parse (%s); sending its text: %.80r",
-                                    self.columns[i].type_name, exc, text)
-                        add(text=text)
-            elif key_only and not key_mask[i]:
-                add()
-            elif kind == COLUMN_NULL:
-                add(null=True)
-            elif kind == COLUMN_UNCHANGED_TOAST:
-                add(unchanged_toast=True)
-            else:  # binary values are never requested: walstream streams in text mode
-                rel = self.relation
-                raise ValueError(f"unexpected column kind {kind!r} in {rel.schema}.{rel.table}")
-            i += 1
-        row.SetInParent()
 
 
 class TypedCatalog:

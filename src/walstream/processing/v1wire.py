@@ -196,10 +196,10 @@ class RowEncoder:
         self.relation_field = b"\x38" + varint(relation_id) if relation_id else b""  # Event.relation_id
         columns = typing.relation.columns
         self.encoders: tuple[ValueEncoder, ...] = tuple(
-            value_encoder(c.type_oid, utf8) or self._slow_encoder(i, typing.converters[i])
+            value_encoder(c.type_oid, utf8) or self._slow_encoder(typing.converters[i])
             for i, c in enumerate(columns))
 
-    def _slow_encoder(self, index: int, convert: ValueConverter) -> ValueEncoder:
+    def _slow_encoder(self, convert: ValueConverter) -> ValueEncoder:
         decode = self.typing.decode
 
         def encode(data: bytes) -> bytes:
@@ -208,7 +208,8 @@ class RowEncoder:
         return encode
 
     def _fallback(self, index: int, data: bytes, exc: Exception) -> bytes:
-        """What RelationTyping.fill sends for text that does not parse as its type: the text, logged."""
+        """Text that does not parse as its type (which pgoutput should never send): its Value from the
+        converter where that takes it (a timestamp beyond int64 microseconds), else the text, logged."""
         typing = self.typing
         text = typing.decode(data)
         try:
@@ -216,7 +217,8 @@ class RowEncoder:
         except (ValueError, KeyError, IndexError):
             log.warning("%s value does not parse (%s); sending its text: %.80r", typing.columns[index].type_name,
                         exc, text)
-            return _framed(b"\x3a" + varint(len(text.encode())) + text.encode())
+            utf8 = text.encode()
+            return _framed(b"\x3a" + varint(len(utf8)) + utf8)
 
     def row(self, cells: TupleData, key_only: bool = False) -> bytes:
         parts: list[bytes] = []
