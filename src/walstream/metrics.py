@@ -24,9 +24,9 @@ from .delivery.hub import Hub
 from .delivery.v1_service import WalstreamServicer
 from .errors import ConfigError
 from .pipeline import Pipeline
+from .processing.events import PG_EPOCH_US
 from .slot_monitor import SlotMonitor
 
-PG_EPOCH = 946_684_800  # 2000-01-01 (PostgreSQL's epoch) in seconds since 1970-01-01
 SAMPLE_MAX_AGE = 1.0  # seconds: a scrape reuses a slot sample younger than this
 
 
@@ -67,7 +67,7 @@ class WalstreamCollector(Collector):
                      "SERVING), else 0", 1 if pipeline.streaming else 0)
         commit_ts = pipeline.assembler.last_commit_ts
         if commit_ts is not None:
-            commit_time = commit_ts / 1e6 + PG_EPOCH
+            commit_time = (commit_ts + PG_EPOCH_US) / 1e6
             yield _gauge("walstream_last_commit_timestamp_seconds", "commit time (per PostgreSQL) of the newest "
                          "transaction read", commit_time)
             yield _gauge("walstream_lag_seconds", "seconds since the commit time of the newest transaction read",

@@ -111,11 +111,14 @@ def test_idle_advance_only_when_nothing_is_open_or_pending():
     c = ClientLedger[str]("c")
     assert t.idle_advance(40) is False  # never backwards
     assert t.idle_advance(60) and t.confirmed_lsn == 60
+    assert not t.in_transaction
     txn = t.begin(1, 100)
+    assert t.in_transaction
     assert t.idle_advance(90) is False
     t.commit(txn, 110)  # no deliveries: done at once
-    assert t.confirmed_lsn == 110
+    assert t.confirmed_lsn == 110 and not t.in_transaction
     deliver_txn(t, [c], 2, 200, [150], 210)
+    assert not t.in_transaction  # committed, though not acknowledged yet
     assert t.idle_advance(500) is False
     t.ack(c, 150)
     assert t.idle_advance(500) and t.confirmed_lsn == 500

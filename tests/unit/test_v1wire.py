@@ -13,8 +13,8 @@ from functools import partial
 import pytest
 
 from walstream._proto import walstream_v1_pb2 as pb
-from walstream.delivery.v1_adapter import PG_EPOCH_US, Encoder, V1Item
-from walstream.processing.events import ChangeEvent, Op, RelationInfo, TxnInfo
+from walstream.delivery.v1_adapter import Encoder, V1Item
+from walstream.processing.events import PG_EPOCH_US, ChangeEvent, Op, RelationInfo, TxnInfo
 from walstream.processing.typed import TypedCatalog, to_value
 from walstream.processing.v1wire import RowEncoder, varint, zigzag64
 from walstream.processing.values import TypeCatalog

@@ -131,6 +131,12 @@ class AckTracker(Generic[P]):
     def open_transactions(self) -> int:
         return len(self._txns)
 
+    @property
+    def in_transaction(self) -> bool:
+        """A transaction has begun and its commit has not been read yet."""
+        txns = self._txns
+        return bool(txns) and txns[-1].end_lsn is None
+
     # -- the client side ------------------------------------------------------------------------------
 
     def ack(self, client: ClientLedger[P], lsn: int) -> int:

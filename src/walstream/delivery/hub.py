@@ -74,7 +74,6 @@ class Hub:
         self.capacity = asyncio.Event()  # set whenever can_accept() may have become true
         self.acks_rejected = 0
         self.unwoken = False  # publish() queued messages that no sender was woken for yet
-        self.in_transaction = False  # between the begin() and commit() of a transaction (senders batch it)
         self.acks_received = 0  # every ack, matched or not (read by walstream.metrics)
         self._ids = itertools.count(1)
         self.on_confirmed: Callable[[int], None] = lambda lsn: None
@@ -151,7 +150,6 @@ class Hub:
         return True
 
     def begin(self, xid: int, commit_lsn: int) -> TxnRecord:
-        self.in_transaction = True
         return self.tracker.begin(xid, commit_lsn)
 
     def publish(self, event: ChangeEvent, txn: TxnRecord | None) -> None:
@@ -173,7 +171,6 @@ class Hub:
                 client.wake()
 
     def commit(self, txn: TxnRecord, end_lsn: int) -> None:
-        self.in_transaction = False
         if self.tracker.commit(txn, end_lsn):
             self.on_confirmed(self.tracker.confirmed_lsn)
 

@@ -15,11 +15,9 @@ from dataclasses import dataclass
 
 from .._proto import walstream_v1_pb2 as pb
 from ..processing import v1wire as wire
-from ..processing.events import ChangeEvent, Op, RelationInfo, TxnInfo
+from ..processing.events import PG_EPOCH_US, ChangeEvent, Op, RelationInfo, TxnInfo
 from ..processing.typed import TypedCatalog
 from ..replication.messages import TRUNCATE_CASCADE, TRUNCATE_RESTART_IDENTITY
-
-PG_EPOCH_US = 946_684_800_000_000  # 2000-01-01 (PostgreSQL's epoch) in microseconds since 1970-01-01
 
 DEFAULT_MAX_EVENTS, MAX_EVENTS = 1000, 10_000
 DEFAULT_MAX_BYTES, MAX_BYTES = 1 << 20, 4 << 20

@@ -74,7 +74,7 @@ class _Batcher:
             mid_transaction_deadline = 0.0
             while not full and not self.closed:
                 if idle >= IDLE_TURNS:
-                    if not self.hub.in_transaction or acks.done():
+                    if not self.hub.tracker.in_transaction or acks.done():
                         break
                     now = time.monotonic()
                     mid_transaction_deadline = mid_transaction_deadline or now + MID_TRANSACTION_WAIT

@@ -98,6 +98,9 @@ class RelationInfo:
         return row
 
 
+PG_EPOCH_US = 946_684_800_000_000  # 2000-01-01, PostgreSQL's epoch (commit_ts counts from it), in us since 1970
+
+
 @dataclass(frozen=True, slots=True)
 class TxnInfo:
     """What every event of one transaction shares. commit_lsn is Begin's final_lsn (the commit record)."""
