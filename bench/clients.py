@@ -35,23 +35,13 @@ sys.path.insert(0, str(ROOT / "src"))
 
 import grpc  # noqa: E402
 import orjson  # noqa: E402
+from procstat import cpu_seconds  # noqa: E402
 
 from walstream._proto import plugin_pb2 as seed_pb  # noqa: E402
 from walstream._proto import walstream_v1_pb2 as v1_pb  # noqa: E402
 
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 CHANNEL_OPTIONS = [("grpc.max_receive_message_length", 64 << 20)]
 ROW_OPS = frozenset({v1_pb.INSERT, v1_pb.UPDATE, v1_pb.DELETE})
-
-
-def cpu_seconds(pid: int) -> float | None:
-    """utime + stime of a process from /proc/<pid>/stat, or None once it is gone."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            fields = f.read().rsplit(b")", 1)[1].split()
-    except (OSError, IndexError):
-        return None
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
 def own_cpu() -> float:

@@ -45,6 +45,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import psycopg2  # noqa: E402
 import psycopg2.extensions  # noqa: E402
+from procstat import cpu_seconds  # noqa: E402
 from workloads import TABLES, Workload, workloads  # noqa: E402
 
 from walstream.lsn import format_lsn  # noqa: E402
@@ -60,20 +61,10 @@ PROTO_VERSION = 3  # what walstream asks PostgreSQL 15 for (walstream.replicatio
 CLUSTER_SETTINGS = {"fsync": "on", "full_page_writes": "on", "shared_buffers": "256MB", "max_wal_size": "4GB",
                     "wal_sender_timeout": "60s"}
 WRITE_SETTINGS = {"fsync": "off", "synchronous_commit": "off"}
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
 def log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
-
-
-def cpu_seconds(pid: int) -> float | None:
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            fields = f.read().rsplit(b")", 1)[1].split()
-    except (OSError, IndexError):
-        return None
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
 def proc_status_kb(pid: int, key: str) -> int | None:
