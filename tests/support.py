@@ -10,9 +10,10 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NoReturn, TypeVar
 
 import grpc
 import psycopg2
@@ -119,6 +120,34 @@ def to_event(msg: plugin_pb2.ServerMessage) -> Event:
     return Event(kind.upper(), ev.pg_lsn, ev.schema, ev.table, json.loads(raw) if raw else None, raw)
 
 
+T = TypeVar("T")
+
+
+def take_from(items: queue.Queue[T], n: int, timeout: float, fail: Callable[[list[T]], NoReturn],
+              give_up: Callable[[], bool] = lambda: False) -> list[T]:
+    """The next n items of a test client's queue, within timeout in all. fail(the items so far) raises when
+    they do not come in time, or as soon as give_up() says waiting is pointless (the client failed, the
+    process exited)."""
+    out: list[T] = []
+    deadline = time.monotonic() + timeout
+    while len(out) < n:
+        try:
+            out.append(items.get(timeout=max(0.01, min(0.2, deadline - time.monotonic()))))
+        except queue.Empty:
+            if time.monotonic() >= deadline or give_up():
+                fail(out)
+    return out
+
+
+def expect_nothing_from(items: queue.Queue[T], wait: float, fail: Callable[[T], NoReturn]) -> None:
+    """Nothing arrives in the queue for `wait` seconds; fail(what did) raises otherwise."""
+    try:
+        extra = items.get(timeout=wait)
+    except queue.Empty:
+        return
+    fail(extra)
+
+
 class SeedClient:
     """A client of plugin.PluginService/Session. With auto_ack it acks every event after receiving it."""
 
@@ -159,24 +188,16 @@ class SeedClient:
         self._acks.put(lsn)
 
     def take(self, n: int, timeout: float = 20) -> list[Event]:
-        out = []
-        deadline = time.monotonic() + timeout
-        while len(out) < n:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise AssertionError(f"got {len(out)} of {n} events: {out}")
-            try:
-                out.append(self.events.get(timeout=remaining))
-            except queue.Empty:
-                continue
-        return out
+        def fail(out: list[Event]) -> NoReturn:
+            raise AssertionError(f"got {len(out)} of {n} events: {out}")
+
+        return take_from(self.events, n, timeout, fail)
 
     def expect_nothing(self, wait: float = 1.5) -> None:
-        try:
-            extra = self.events.get(timeout=wait)
-        except queue.Empty:
-            return
-        raise AssertionError(f"unexpected event {extra}")
+        def fail(extra: Event) -> NoReturn:
+            raise AssertionError(f"unexpected event {extra}")
+
+        expect_nothing_from(self.events, wait, fail)
 
     def close(self, timeout: float = 10) -> None:
         """Half-close (no more acks), wait for the server to end the call, then drop the channel."""

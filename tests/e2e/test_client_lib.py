@@ -14,9 +14,10 @@ from collections.abc import Iterator
 from datetime import date, datetime, timezone
 from datetime import time as dtime
 from decimal import Decimal
+from typing import NoReturn
 
 import pytest
-from support import WalstreamProcess, confirmed_flush, wait_confirmed
+from support import WalstreamProcess, confirmed_flush, expect_nothing_from, take_from, wait_confirmed
 
 from walstream import AsyncClient, Change, Client, ServerUnreachable, StreamError
 from walstream.pgcluster import free_port
@@ -63,24 +64,18 @@ class Reader:
             self.error = exc
 
     def take(self, n: int, timeout: float = 30) -> list:
-        out: list = []
-        deadline = time.monotonic() + timeout
-        while len(out) < n:
-            try:
-                out.append(self.items.get(timeout=max(0.05, min(0.5, deadline - time.monotonic()))))
-            except queue.Empty:
-                if self.error is not None:
-                    raise AssertionError(f"the client failed: {self.error!r}") from self.error
-                if time.monotonic() > deadline:
-                    raise AssertionError(f"got {len(out)} of {n}: {out}") from None
-        return out
+        def fail(out: list) -> NoReturn:
+            if self.error is not None:
+                raise AssertionError(f"the client failed: {self.error!r}") from self.error
+            raise AssertionError(f"got {len(out)} of {n}: {out}")
+
+        return take_from(self.items, n, timeout, fail, give_up=lambda: self.error is not None)
 
     def nothing(self, wait: float = 1.5) -> None:
-        try:
-            extra = self.items.get(timeout=wait)
-        except queue.Empty:
-            return
-        raise AssertionError(f"unexpected {extra}")
+        def fail(extra: object) -> NoReturn:
+            raise AssertionError(f"unexpected {extra}")
+
+        expect_nothing_from(self.items, wait, fail)
 
     def stop(self) -> None:
         self.client.close()

@@ -27,9 +27,10 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NoReturn
 
 import pytest
-from support import WalstreamProcess, confirmed_flush, wait_confirmed
+from support import WalstreamProcess, confirmed_flush, expect_nothing_from, take_from, wait_confirmed
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "examples"
@@ -182,24 +183,19 @@ class Running:
 
     def take(self, n: int, timeout: float = 20) -> list[str]:
         """The next n lines of stdout."""
-        out: list[str] = []
-        deadline = time.monotonic() + timeout
-        while len(out) < n:
-            try:
-                out.append(self._queue.get(timeout=max(0.0, deadline - time.monotonic())))
-            except queue.Empty:
-                raise AssertionError(f"{self.ex.lang} example printed {len(out)} of {n} lines: {out}\n"
-                                     f"exit code: {self.proc.poll()}\nits stderr:\n{self.stderr()[-3000:]}"
-                                     ) from None
+        def fail(out: list[str]) -> NoReturn:
+            raise AssertionError(f"{self.ex.lang} example printed {len(out)} of {n} lines: {out}\n"
+                                 f"exit code: {self.proc.poll()}\nits stderr:\n{self.stderr()[-3000:]}")
+
+        out = take_from(self._queue, n, timeout, fail)
         self.lines += out
         return out
 
     def expect_nothing(self, wait: float = 1.0) -> None:
-        try:
-            extra = self._queue.get(timeout=wait)
-        except queue.Empty:
-            return
-        raise AssertionError(f"{self.ex.lang} example printed an unexpected line: {extra!r}")
+        def fail(extra: str) -> NoReturn:
+            raise AssertionError(f"{self.ex.lang} example printed an unexpected line: {extra!r}")
+
+        expect_nothing_from(self._queue, wait, fail)
 
     def stop(self, sig: int, timeout: float = 15) -> int:
         self.proc.send_signal(sig)

@@ -14,9 +14,18 @@ import time
 from collections.abc import Iterator
 from datetime import datetime, timezone
 from decimal import Decimal
+from typing import NoReturn
 
 import pytest
-from support import WalstreamProcess, confirmed_flush, run_cli, wait_confirmed, walstream_env
+from support import (
+    WalstreamProcess,
+    confirmed_flush,
+    expect_nothing_from,
+    run_cli,
+    take_from,
+    wait_confirmed,
+    walstream_env,
+)
 
 from walstream.client import Change, Column, LogicalMessage, Truncate
 from walstream.lsn import parse_lsn
@@ -58,25 +67,19 @@ class Tail:
             self.lines.put(line)
 
     def take(self, n: int, timeout: float = 30) -> list[bytes]:
-        out = []
-        deadline = time.monotonic() + timeout
-        while len(out) < n:
-            try:
-                out.append(self.lines.get(timeout=0.2))
-            except queue.Empty:
-                if time.monotonic() > deadline or self.proc.poll() is not None:
-                    raise AssertionError(f"got {len(out)} of {n} lines: {out}\nstderr: {self.finish()}") from None
-        return out
+        def fail(out: list[bytes]) -> NoReturn:
+            raise AssertionError(f"got {len(out)} of {n} lines: {out}\nstderr: {self.finish()}")
+
+        return take_from(self.lines, n, timeout, fail, give_up=lambda: self.proc.poll() is not None)
 
     def json(self, n: int, timeout: float = 30) -> list[dict]:
         return [json.loads(line, parse_float=Decimal) for line in self.take(n, timeout)]
 
     def nothing(self, wait: float = 1.5) -> None:
-        try:
-            extra = self.lines.get(timeout=wait)
-        except queue.Empty:
-            return
-        raise AssertionError(f"unexpected line {extra!r}")
+        def fail(extra: bytes) -> NoReturn:
+            raise AssertionError(f"unexpected line {extra!r}")
+
+        expect_nothing_from(self.lines, wait, fail)
 
     def interrupt(self, sig: int = signal.SIGINT) -> int:
         self.proc.send_signal(sig)

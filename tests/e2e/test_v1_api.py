@@ -9,11 +9,12 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import NoReturn
 
 import grpc
 import psycopg2
 import pytest
-from support import SeedClient, WalstreamProcess, confirmed_flush, wait_confirmed
+from support import SeedClient, WalstreamProcess, confirmed_flush, expect_nothing_from, take_from, wait_confirmed
 
 from walstream._proto import walstream_v1_pb2 as pb
 from walstream._proto import walstream_v1_pb2_grpc
@@ -124,25 +125,17 @@ class V1Client:
         self._out.put(request)
 
     def take(self, n: int, timeout: float = 30) -> list[Got]:
-        out: list[Got] = []
-        deadline = time.monotonic() + timeout
-        while len(out) < n:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise AssertionError(f"got {len(out)} of {n} events: {[(g.op, g.event.lsn) for g in out][:20]}"
-                                     f" (error: {self.error})")
-            try:
-                out.append(self.events.get(timeout=min(remaining, 0.5)))
-            except queue.Empty:
-                continue
-        return out
+        def fail(out: list[Got]) -> NoReturn:
+            raise AssertionError(f"got {len(out)} of {n} events: {[(g.op, g.event.lsn) for g in out][:20]}"
+                                 f" (error: {self.error})")
+
+        return take_from(self.events, n, timeout, fail)
 
     def expect_nothing(self, wait: float = 1.5) -> None:
-        try:
-            extra = self.events.get(timeout=wait)
-        except queue.Empty:
-            return
-        raise AssertionError(f"unexpected event {extra.op} {extra.event}")
+        def fail(extra: Got) -> NoReturn:
+            raise AssertionError(f"unexpected event {extra.op} {extra.event}")
+
+        expect_nothing_from(self.events, wait, fail)
 
     def wait_error(self, timeout: float = 10) -> grpc.RpcError:
         assert self.done.wait(timeout), "the call did not end"
