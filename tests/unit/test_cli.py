@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import logging
-from collections.abc import Iterator
 from typing import Any
 
 import psycopg2
@@ -19,13 +17,8 @@ CONN = "host=127.0.0.1 port=5432 user=postgres dbname=postgres"
 
 
 @pytest.fixture(autouse=True)
-def _restore_logging(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+def _no_connection_env(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("CONNECTION", raising=False)
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    yield
-    root.handlers[:] = handlers
-    root.setLevel(level)
 
 
 def parse(*argv: str) -> argparse.Namespace:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Iterator
 
 import orjson
 import pytest
@@ -15,15 +14,6 @@ from walstream.errors import ConfigError
 from walstream.logs import setup_logging
 
 SECRET = "hunter2"
-
-
-@pytest.fixture(autouse=True)
-def _restore_logging() -> Iterator[None]:
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    yield
-    root.handlers[:] = handlers
-    root.setLevel(level)
 
 
 # -- parse_connection ------------------------------------------------------------------------------------

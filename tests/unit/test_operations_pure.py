@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterator
 from types import SimpleNamespace
 from typing import Any
 
@@ -31,15 +30,6 @@ from walstream.slot_monitor import SlotMonitor, format_size
 
 CONN = "host=127.0.0.1 port=5432 user=postgres dbname=postgres"
 MB = 1024 * 1024
-
-
-@pytest.fixture(autouse=True)
-def _restore_logging() -> Iterator[None]:
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    yield
-    root.handlers[:] = handlers
-    root.setLevel(level)
 
 
 # -- sizes and options ----------------------------------------------------------------------------------
