@@ -11,6 +11,7 @@ from pathlib import Path
 import psycopg2
 import psycopg2.extensions
 import pytest
+from support import autocommit_connection
 
 from walstream.pgcluster import BINDIR_ENV, Cluster, ClusterError, embedded_bindir, find_bindir, server_version
 
@@ -56,12 +57,8 @@ def require_build(build: str) -> Path:
 @pytest.fixture(scope="session", params=PG_BUILDS, ids=[f"pg{b}" for b in PG_BUILDS])
 def pg(request: pytest.FixtureRequest) -> Iterator[Cluster]:
     """One throwaway PostgreSQL cluster per server build for the session."""
-    cluster = Cluster(bindir=require_build(request.param))
-    cluster.start()
-    try:
+    with Cluster(bindir=require_build(request.param)) as cluster:
         yield cluster
-    finally:
-        cluster.destroy()
 
 
 @pytest.fixture(params=PG_BUILDS, ids=[f"pg{b}" for b in PG_BUILDS])
@@ -73,12 +70,8 @@ def pg_bindir(request: pytest.FixtureRequest) -> Path:
 @pytest.fixture
 def db(pg: Cluster) -> Iterator[psycopg2.extensions.connection]:
     """An autocommit connection to the session cluster."""
-    conn = psycopg2.connect(pg.dsn)
-    conn.autocommit = True
-    try:
+    with autocommit_connection(pg.dsn) as conn:
         yield conn
-    finally:
-        conn.close()
 
 
 @pytest.fixture

@@ -11,6 +11,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NoReturn, TypeVar
@@ -118,6 +119,17 @@ def to_event(msg: plugin_pb2.ServerMessage) -> Event:
     ev = getattr(msg, kind)
     raw = ev.json_payload if kind != "truncate" else ""
     return Event(kind.upper(), ev.pg_lsn, ev.schema, ev.table, json.loads(raw) if raw else None, raw)
+
+
+@contextmanager
+def autocommit_connection(dsn: str) -> Iterator[psycopg2.extensions.connection]:
+    """An autocommit connection, closed afterwards (psycopg2's own `with` only ends a transaction)."""
+    conn = psycopg2.connect(dsn)
+    conn.autocommit = True
+    try:
+        yield conn
+    finally:
+        conn.close()
 
 
 T = TypeVar("T")

@@ -45,13 +45,9 @@ def start(pg: Cluster, publication: str, slot: str, *extra: str) -> subprocess.C
 @pytest.fixture(scope="module")
 def replica_pg(pg: Cluster) -> Iterator[Cluster]:
     """A second, slot-less cluster with wal_level = replica (small: it only answers catalog queries)."""
-    cluster = Cluster(bindir=pg.bindir, settings={"wal_level": "replica", "shared_buffers": "16MB",
-                                                  "max_connections": "20"})
-    cluster.start()
-    try:
+    with Cluster(bindir=pg.bindir, settings={"wal_level": "replica", "shared_buffers": "16MB",
+                                             "max_connections": "20"}) as cluster:
         yield cluster
-    finally:
-        cluster.destroy()
 
 
 @pytest.fixture

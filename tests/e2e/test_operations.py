@@ -19,7 +19,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
-from support import SeedClient, WalstreamProcess, confirmed_flush, run_cli
+from support import SeedClient, WalstreamProcess, autocommit_connection, confirmed_flush, run_cli
 
 from walstream._proto import walstream_v1_pb2 as pb
 from walstream._proto import walstream_v1_pb2_grpc
@@ -330,23 +330,15 @@ def test_standby_is_not_serving_then_takes_over_without_loss(testdb, tmp_path):
 @pytest.fixture(scope="module")
 def capped_pg(pg: Cluster) -> Iterator[Cluster]:
     """A cluster of its own whose slots lose their WAL past 1 MB (max_slot_wal_keep_size)."""
-    cluster = Cluster(bindir=pg.bindir, settings={"max_slot_wal_keep_size": "1MB", "shared_buffers": "16MB",
-                                                  "max_connections": "30"})
-    cluster.start()
-    try:
+    with Cluster(bindir=pg.bindir, settings={"max_slot_wal_keep_size": "1MB", "shared_buffers": "16MB",
+                                             "max_connections": "30"}) as cluster:
         yield cluster
-    finally:
-        cluster.destroy()
 
 
 @pytest.fixture
 def capped_db(capped_pg: Cluster) -> Iterator[psycopg2.extensions.connection]:
-    conn = psycopg2.connect(capped_pg.dsn)
-    conn.autocommit = True
-    try:
+    with autocommit_connection(capped_pg.dsn) as conn:
         yield conn
-    finally:
-        conn.close()
 
 
 def invalidate(conn: psycopg2.extensions.connection, slot: str, table: str) -> None:
