@@ -352,6 +352,18 @@ def assert_in_commit_order_once(client: Tracker, rows: list[Row] | None = None) 
         assert len(set(client.keys)) == len(client.keys), f"{client.name}: a (commit_lsn, ordinal) came twice"
 
 
+def assert_resumed_inside(clients: list[Tracker], truth: dict[int, tuple[int, int, int]], big: int,
+                          cut_at: dict[str, int]) -> None:
+    """Every client stayed connected and has every committed row once, in commit order; transaction `big`,
+    cut off after cut_at[name] rows, went on at the next row (resumed, not repeated)."""
+    for client in clients:
+        assert client.error is None and not client.done.is_set(), f"{client.name} was disconnected"
+        assert_in_commit_order_once(client)
+        assert {r.id for r in client.rows} == set(truth)
+        rest = [r for r in client.rows[cut_at[client.name]:] if r.txn == big]
+        assert rest and rest[0].pos == client.rows[cut_at[client.name] - 1].pos + 1  # resumed, not repeated
+
+
 def assert_whole_transactions(rows: list[Row], label: str) -> None:
     sizes = Counter(r.txn for r in rows)
     partial = {(r.txn, sizes[r.txn], r.n) for r in rows if sizes[r.txn] != r.n}
@@ -537,12 +549,7 @@ def test_postgres_restart_fast_and_immediate_mid_stream(pg, testdb, tmp_path, pr
         client.release()
     writer.more(15)
     truth = finish(testdb, writer, clients)
-    for client in clients:
-        assert client.error is None and not client.done.is_set(), f"{client.name} was disconnected"
-        assert_in_commit_order_once(client)
-        assert {r.id for r in client.rows} == set(truth)
-        rest = [r for r in client.rows[cut_at[client.name]:] if r.txn == big]
-        assert rest and rest[0].pos == client.rows[cut_at[client.name] - 1].pos + 1  # resumed, not repeated
+    assert_resumed_inside(clients, truth, big, cut_at)
     wait_confirmed(testdb.dsn, testdb.slot, testdb.wal_lsn(), timeout=WAIT)
     for client in clients:
         client.close()
@@ -685,12 +692,7 @@ def test_network_cut_between_walstream_and_postgres(testdb, tmp_path, procs):
             client.release()
         writer.more(10)
         truth = finish(testdb, writer, clients)
-        for client in clients:
-            assert client.error is None and not client.done.is_set(), f"{client.name} was disconnected"
-            assert_in_commit_order_once(client)
-            assert {r.id for r in client.rows} == set(truth)
-            rest = [r for r in client.rows[cut_at[client.name]:] if r.txn == big]
-            assert rest and rest[0].pos == client.rows[cut_at[client.name] - 1].pos + 1
+        assert_resumed_inside(clients, truth, big, cut_at)
         wait_confirmed(testdb.dsn, testdb.slot, testdb.wal_lsn(), timeout=WAIT)
         for client in clients:
             client.close()
