@@ -533,9 +533,15 @@ def test_invalid_subscriptions_status_and_the_seed_api_alongside(testdb, start_w
     holder = V1Client(ws.addr, auto_ack=False)
     ws.wait_log("connected", count=3)
     testdb.execute("INSERT INTO t SELECT g, repeat('x', 1000) FROM generate_series(10, 1000) g")
-    holder.take(991)
+    held = holder.take(991)
+    commit_lsn = held[-1].event.commit_lsn
     lagging = status(ws.addr)
-    assert lagging.lag_bytes >= 900_000 and lagging.connected_clients == 1
+    # The slot may legitimately confirm into the middle of that transaction (a keepalive while it was still
+    # being written, with nothing pending), but never up to its commit: the whole transaction is held, and
+    # the lag covers at least the rest of it.
+    assert lagging.confirmed_lsn < commit_lsn <= lagging.written_lsn
+    assert lagging.lag_bytes >= commit_lsn - lagging.confirmed_lsn > 0 and lagging.connected_clients == 1
+    assert confirmed_flush(testdb.dsn, testdb.slot) < commit_lsn
     assert ws.stop() == 0
     assert holder.wait_error().code() == grpc.StatusCode.UNAVAILABLE
     holder.channel.close()
