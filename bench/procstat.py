@@ -15,3 +15,13 @@ def cpu_seconds(pid: int) -> float | None:
     except (OSError, IndexError):
         return None
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def syscalls(pid: int) -> tuple[int, int] | None:
+    """(read-type, write-type) system calls a process has made so far, from /proc/<pid>/io, or None."""
+    try:
+        with open(f"/proc/{pid}/io") as f:
+            fields = dict(line.split(": ", 1) for line in f.read().splitlines())
+        return int(fields["syscr"]), int(fields["syscw"])
+    except (OSError, KeyError, ValueError):
+        return None

@@ -13,6 +13,9 @@ end position, then drains exactly that WAL several ways, each from its own copy 
   seed              walstream (over the Unix socket) + a raw client of plugin.PluginService (one event a message)
   grpc-ceiling      (bulk only) a bare grpc.aio server streaming prepared seed messages to the same seed
                     client: what grpcio allows for one event per message, without walstream
+  grpc-ceiling-go   (bulk only) the same bare server drained by the same client written in Go
+                    (bench/go_seed_client): the ceiling without Python on the client side; skipped, with
+                    the reason, where Go and protoc's Go plugins are missing
 
 Methods run in a rotating order within each round; every figure is also given as a ratio to the Unix-socket
 pg_recvlogical of the same round. Then commit->client latency at ~1,000 single-row transactions per second
@@ -45,7 +48,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import psycopg2  # noqa: E402
 import psycopg2.extensions  # noqa: E402
-from procstat import cpu_seconds  # noqa: E402
+from gobuild import build_go_seed_client  # noqa: E402
+from procstat import cpu_seconds, syscalls  # noqa: E402
 from workloads import TABLES, Workload, workloads  # noqa: E402
 
 from walstream.lsn import format_lsn  # noqa: E402
@@ -55,6 +59,8 @@ CLIENTS = Path(__file__).resolve().parent / "clients.py"
 REFERENCE = "recvlogical-unix"
 DRAINS = ["recvlogical-unix", "recvlogical-tcp", "batched", "seed"]
 CEILING = "grpc-ceiling"
+CEILING_GO = "grpc-ceiling-go"
+CEILINGS = (CEILING, CEILING_GO)
 DB = "bench"
 PROTO_VERSION = 3  # what walstream asks PostgreSQL 15 for (walstream.replication.stream.protocol_version)
 # fsync/full_page_writes as a real server has them; the write phase turns fsync and synchronous_commit off.
@@ -77,6 +83,14 @@ def proc_status_kb(pid: int, key: str) -> int | None:
     return None
 
 
+def per_row(before: tuple[int, int] | None, after: tuple[int, int] | None, rows: int) -> dict[str, float]:
+    """The server's read and write system calls per row over a drain (grpcio's cost is per message)."""
+    if before is None or after is None:
+        return {}
+    return {"server_reads_per_row": (after[0] - before[0]) / rows,
+            "server_writes_per_row": (after[1] - before[1]) / rows}
+
+
 def loadavg() -> float:
     return float(Path("/proc/loadavg").read_text().split()[0])
 
@@ -93,6 +107,8 @@ class Bench:
         self.cluster = Cluster(bindir=bindir, settings=dict(CLUSTER_SETTINGS))
         self.tmp = self.cluster.workdir
         self.results: dict[str, Any] = {}
+        self.go_seed_client: Path | None = None  # built on first use (go_client_ready)
+        self.go_unavailable = ""
 
     @property
     def unix_dsn(self) -> str:
@@ -269,9 +285,16 @@ class Bench:
             self.results.setdefault("walstream_logs", []).append(str(log_path))
 
     def client(self, mode: str, cfg: dict[str, Any]) -> subprocess.Popen[str]:
-        proc = subprocess.Popen([sys.executable, str(CLIENTS), mode, json.dumps(cfg)], stdin=subprocess.PIPE,
-                                stdout=subprocess.PIPE, text=True)
-        return proc
+        """A client process of bench/clients.py, or with mode "go-seed" the Go seed client (same protocol)."""
+        cmd = [str(self.go_seed_client)] if mode == "go-seed" else [sys.executable, str(CLIENTS), mode]
+        return subprocess.Popen(cmd + [json.dumps(cfg)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+
+    def go_client_ready(self) -> str:
+        """Build the Go seed client once; "" when it is ready, else why not."""
+        if self.go_seed_client is None and not self.go_unavailable:
+            binary, self.go_unavailable = build_go_seed_client(self.tmp)
+            self.go_seed_client = binary
+        return self.go_unavailable
 
     @staticmethod
     def expect(proc: subprocess.Popen[str], what: str, timeout: float) -> str:
@@ -304,9 +327,11 @@ class Bench:
             sender = self.slot_pid(slot)
             assert client.stdin is not None
             spy = self.profiler(ws.pid, slot)
+            calls0 = syscalls(ws.pid)
             client.stdin.write(json.dumps({"walstream": ws.pid, "walsender": sender}) + "\n")
             client.stdin.flush()
             out = json.loads(self.expect(client, f"{api} drain", self.args.timeout))
+            calls = per_row(calls0, syscalls(ws.pid), rows)
             client.wait(30)
             hwm = proc_status_kb(ws.pid, "VmHWM")
             if spy is not None:
@@ -320,19 +345,21 @@ class Bench:
                 "walstream_cpu": cpu1["walstream"] - cpu0["walstream"],
                 "walsender_cpu": cpu1["walsender"], "walsender_cpu_before_subscribe": cpu0["walsender"],
                 "client_cpu": out["client_cpu"], "walstream_peak_rss_mb": (hwm or 0) / 1024,
-                "batches": out.get("batches")}
+                "batches": out.get("batches"), **calls}
 
-    def drain_ceiling(self, rows: int) -> dict[str, Any]:
+    def drain_ceiling(self, rows: int, client_mode: str) -> dict[str, Any]:
         server = self.client("ceiling", {"rows": rows})
         try:
             port = json.loads(self.expect(server, "ceiling server", 60))["port"]
-            client = self.client("seed", {"rows": rows, "addr": f"127.0.0.1:{port}",
+            client = self.client(client_mode, {"rows": rows, "addr": f"127.0.0.1:{port}",
                                           "ack_every": self.args.seed_ack_every})
             self.expect(client, "client start", 60)
             assert client.stdin is not None
+            calls0 = syscalls(server.pid)
             client.stdin.write(json.dumps({"server": server.pid}) + "\n")
             client.stdin.flush()
             out = json.loads(self.expect(client, "ceiling drain", self.args.timeout))
+            calls = per_row(calls0, syscalls(server.pid), rows)
             client.wait(30)
         finally:
             if server.stdin is not None:
@@ -345,11 +372,12 @@ class Bench:
                 server.kill()
         return {"rows": rows, "seconds": out["seconds"], "rows_per_s": rows / out["seconds"],
                 "walstream_cpu": out["cpu1"]["server"] - out["cpu0"]["server"], "walsender_cpu": None,
-                "client_cpu": out["client_cpu"]}
+                "client_cpu": out["client_cpu"], **calls}
 
     def drain(self, method: str, base: str, end: int, wl: Workload, run: int) -> dict[str, Any]:
-        if method == CEILING:
-            return self.drain_ceiling(min(wl.rows, self.args.ceiling_rows))
+        if method in CEILINGS:
+            return self.drain_ceiling(min(wl.rows, self.args.ceiling_rows),
+                                      "go-seed" if method == CEILING_GO else "seed")
         slot = f"{wl.name}_{method.replace('-', '_')}_{run}"
         self.copy_slot(base, slot)
         try:
@@ -447,7 +475,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                      "pgoutput": {"proto_version": PROTO_VERSION, "messages": True},
                      "note": "fsync and synchronous_commit are off while a workload is written and on (the "
                              "defaults) while it is drained and during the latency test"},
-        "load_start": loadavg(), "workloads": [], "latency": [], "memory": [],
+        "load_start": loadavg(), "workloads": [], "latency": [], "memory": [], "skipped": {},
     }
     log(f"PostgreSQL {bench.pg_version} in {bench.cluster.workdir}; write phase: fsync=off, "
         "synchronous_commit=off; drains and latency: fsync=on, synchronous_commit=on")
@@ -458,8 +486,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             base, end, write_s = bench.write(wl)
             log(f"{wl.name}: wrote {wl.rows} rows in {write_s:.1f} s; end {format_lsn(end)}")
             methods = [m for m in DRAINS if m not in args.skip]
-            if wl.name == "bulk" and CEILING not in args.skip:
-                methods.append(CEILING)
+            if wl.name == "bulk":
+                methods += [m for m in CEILINGS if m not in args.skip]
+                if CEILING_GO in methods and (why := bench.go_client_ready()):
+                    methods.remove(CEILING_GO)
+                    result["skipped"][CEILING_GO] = why
+                    log(f"{CEILING_GO} skipped: {why}")
             runs: dict[str, list[dict[str, Any]]] = {m: [] for m in methods}
             for r in range(args.runs if methods else 0):  # --skip may leave only latency and memory
                 order = methods[r % len(methods):] + methods[:r % len(methods)]
@@ -507,7 +539,8 @@ def summarize_workload(wl: Workload, runs: dict[str, list[dict[str, Any]]], writ
         }
         if ref and len(ref) == len(outs):
             entry["ratio"] = summarize([o["rows_per_s"] / r["rows_per_s"] for o, r in zip(outs, ref, strict=True)])
-        for key in ("walstream_cpu", "walsender_cpu", "consumer_cpu", "client_cpu", "walstream_peak_rss_mb"):
+        for key in ("walstream_cpu", "walsender_cpu", "consumer_cpu", "client_cpu", "walstream_peak_rss_mb",
+                    "server_reads_per_row", "server_writes_per_row"):
             if any(key in o for o in outs):  # None: never sampled (a drain over before the first sample)
                 vals = [o[key] for o in outs if o.get(key) is not None]
                 entry[key] = statistics.median(vals) if vals else None
@@ -523,6 +556,7 @@ LABELS = {
     "batched": "walstream + walstream.v1 client (batched)",
     "seed": "walstream + seed client (1 event/message)",
     CEILING: "bare grpcio, 1 message/event (seed ceiling)",
+    CEILING_GO: "bare grpcio, 1 message/event, Go client (seed ceiling)",
 }
 
 
@@ -541,7 +575,7 @@ def table(result: dict[str, Any]) -> str:
             server_cpu = m.get("walstream_cpu")
             client_cpu = m.get("client_cpu", m.get("consumer_cpu"))
             label = LABELS.get(method, method)
-            if method == CEILING:
+            if method in CEILINGS:
                 label += f": {m['runs'][0]['rows']:,} messages, its server's CPU under walstream"
             lines.append(f"| {wl['name']} ({wl['rows']:,} rows) | {label} | "
                          f"{rps['median']:,.0f} ({rps['min']:,.0f}–{rps['max']:,.0f}) | {ratio_s} | "
@@ -573,7 +607,8 @@ def header(result: dict[str, Any]) -> str:
             f"the end; {result['args']['runs']} run(s) per method, {result['seconds'] / 60:.0f} min in all. "
             "Writes ran with fsync=off and synchronous_commit=off; drains and the latency test with fsync=on "
             f"and synchronous_commit=on. pgoutput protocol {PROTO_VERSION} with messages=true for every method; "
-            f"the seed client acks every {result['args'].get('seed_ack_every', 1)}th event (and the last).")
+            f"the seed client acks every {result['args'].get('seed_ack_every', 1)}th event (and the last)."
+            + "".join(f" Skipped {method}: {why}." for method, why in result.get("skipped", {}).items()))
 
 
 BEGIN, END = "<!-- bench:begin -->", "<!-- bench:end -->"
@@ -594,7 +629,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--runs", type=int, default=3, help="runs of each method per workload (default 3)")
     p.add_argument("--scale", type=float, default=1.0, help="workload size factor (1.0: 1M bulk rows, ...)")
     p.add_argument("--workloads", nargs="*", default=[], help="only these (bulk small update wide)")
-    p.add_argument("--skip", nargs="*", default=[], help="methods to leave out, e.g. seed grpc-ceiling")
+    p.add_argument("--skip", nargs="*", default=[], help="methods to leave out, e.g. seed grpc-ceiling grpc-ceiling-go")
     p.add_argument("--skip-latency", action="store_true")
     p.add_argument("--skip-memory", action="store_true")
     p.add_argument("--seed-ack-every", type=int, default=100,
