@@ -352,7 +352,7 @@ class Bench:
         try:
             port = json.loads(self.expect(server, "ceiling server", 60))["port"]
             client = self.client(client_mode, {"rows": rows, "addr": f"127.0.0.1:{port}",
-                                          "ack_every": self.args.seed_ack_every})
+                                               "ack_every": self.args.seed_ack_every})
             self.expect(client, "client start", 60)
             assert client.stdin is not None
             calls0 = syscalls(server.pid)
