@@ -18,14 +18,12 @@ from dataclasses import dataclass
 import psycopg2
 import psycopg2.extensions
 
-from .errors import WalstreamError
 from .replication import catalog
 
 log = logging.getLogger(__name__)
 
 CHECK_EVERY = 10.0  # seconds between periodic samples (the warning needs no scrape)
 WARN_REPEAT = 300.0  # seconds between repeated warnings while retained WAL stays over the limit
-STATEMENT_TIMEOUT_MS = 5000
 LOCK_WAIT = 2.0  # seconds a scrape waits for a sample in progress before it uses the previous one
 
 
@@ -53,10 +51,8 @@ class SlotMonitor:
         self.warn_bytes = warn_bytes  # 0: never warn
         self.last: Sample | None = None
         self.errors = 0  # samples that failed (PostgreSQL unreachable)
-        self._conn_str = conn_str
-        self._connect = connect
-        self._conn: psycopg2.extensions.connection | None = None
-        self._lock = threading.Lock()
+        self._side = catalog.SideConnection(conn_str, connect)
+        self._lock = threading.Lock()  # one sample at a time: a scrape waiting for one reuses it
         self._warned_at: float | None = None  # monotonic time of the last warning while over the limit
         self._wal_status: str | None = None
 
@@ -90,19 +86,12 @@ class SlotMonitor:
         return sample
 
     def _query(self) -> catalog.SlotState | None:
-        for attempt in (1, 2):  # a connection found broken is replaced once
-            try:
-                if self._conn is None:
-                    self._conn = self._connect(self._conn_str)
-                    with self._conn.cursor() as cur:
-                        cur.execute(f"SET statement_timeout = {STATEMENT_TIMEOUT_MS}")
-                return catalog.slot_state(self._conn, self.slot)
-            except (psycopg2.Error, WalstreamError) as exc:
-                self._close()
-                if attempt == 2 or isinstance(exc, WalstreamError):
-                    self.errors += 1
-                    log.debug("cannot sample replication slot %s: %s", self.slot, catalog.first_line(exc))
-        return None
+        try:
+            return self._side.run(lambda conn: catalog.slot_state(conn, self.slot))
+        except catalog.SideQueryFailed as exc:
+            self.errors += 1
+            log.debug("cannot sample replication slot %s: %s", self.slot, exc)
+            return None
 
     def _check(self, state: catalog.SlotState) -> bool:
         """Log the warnings: retained WAL over the limit (on crossing, then every WARN_REPEAT seconds), and
@@ -135,17 +124,8 @@ class SlotMonitor:
             log.warning("replication slot %s: %s; clients must acknowledge to release it", self.slot, why)
         return True
 
-    def _close(self) -> None:
-        if self._conn is not None:
-            try:
-                self._conn.close()
-            except psycopg2.Error:
-                pass
-            self._conn = None
-
     def close(self) -> None:
-        with self._lock:
-            self._close()
+        self._side.close()
 
     # -- the periodic check (on the event loop) --------------------------------------------------------
 

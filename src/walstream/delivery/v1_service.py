@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import threading
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable
@@ -27,7 +26,6 @@ from google.protobuf.message import DecodeError
 from .. import __version__
 from .._proto import walstream_v1_pb2 as pb
 from .._proto import walstream_v1_pb2_grpc
-from ..errors import WalstreamError
 from ..processing.events import RelationInfo
 from ..processing.v1wire import varint
 from ..replication import catalog
@@ -279,35 +277,24 @@ class ServerStatus:
     def __init__(self, hub: Hub, pipeline: PipelineView, slot: str, temporary: bool, conn_str: str,
                  connect: Callable[[str], psycopg2.extensions.connection] = catalog.connect) -> None:
         self.hub, self.pipeline, self.slot, self.temporary = hub, pipeline, slot, temporary
-        self._conn_str = conn_str
-        self._connect = connect
-        self._conn: psycopg2.extensions.connection | None = None
-        self._lock = threading.Lock()
+        self._side = catalog.SideConnection(conn_str, connect)
 
     def positions(self) -> tuple[int, int] | None:
         """(the server's WAL position, the slot's confirmed_flush_lsn), or None when PostgreSQL cannot be
         reached."""
-        with self._lock:
-            for attempt in (1, 2):  # a connection found broken is replaced once
-                try:
-                    if self._conn is None:
-                        self._conn = self._connect(self._conn_str)
-                        with self._conn.cursor() as cur:
-                            cur.execute("SET statement_timeout = 5000")
-                    with self._conn.cursor() as cur:
-                        cur.execute(_WAL_SQL, (self.slot,))
-                        row = cur.fetchone()
-                    if row is None or row[0] is None:
-                        return None
-                    return int(row[0]), int(row[1] or 0)
-                except (psycopg2.Error, WalstreamError) as exc:
-                    if self._conn is not None:
-                        self._conn.close()
-                        self._conn = None
-                    if attempt == 2 or isinstance(exc, WalstreamError):
-                        log.debug("Status: cannot read the server's WAL position: %s", catalog.first_line(exc))
-                        return None
-        return None
+        try:
+            return self._side.run(self._query_positions)
+        except catalog.SideQueryFailed as exc:
+            log.debug("Status: cannot read the server's WAL position: %s", exc)
+            return None
+
+    def _query_positions(self, conn: psycopg2.extensions.connection) -> tuple[int, int] | None:
+        with conn.cursor() as cur:
+            cur.execute(_WAL_SQL, (self.slot,))
+            row = cur.fetchone()
+        if row is None or row[0] is None:
+            return None
+        return int(row[0]), int(row[1] or 0)
 
     async def __call__(self) -> pb.StatusResponse:
         positions = await asyncio.to_thread(self.positions)
@@ -328,7 +315,4 @@ class ServerStatus:
         )
 
     def close(self) -> None:
-        with self._lock:
-            if self._conn is not None:
-                self._conn.close()
-                self._conn = None
+        self._side.close()

@@ -8,15 +8,17 @@ from __future__ import annotations
 
 import datetime
 import decimal
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import psycopg2
 import psycopg2.errors
 import psycopg2.extensions
 
 from ..dsn import parse_connection, plain_dsn, redact
-from ..errors import ErrorKind, SourceError
+from ..errors import ErrorKind, SourceError, WalstreamError
 from ..lsn import parse_lsn
 
 Connection = psycopg2.extensions.connection
@@ -55,6 +57,54 @@ def connect(conn_str: str) -> Connection:
         raise SourceError(f"cannot connect to PostgreSQL: {first_line(exc)}", ErrorKind.CONNECTION) from None
     conn.autocommit = True
     return conn
+
+
+T = TypeVar("T")
+STATEMENT_TIMEOUT_MS = 5000  # a side query must never hang a Status call or a metrics scrape
+
+
+class SideQueryFailed(Exception):
+    """PostgreSQL could not answer a side query; the message is libpq's reason (password redacted)."""
+
+
+class SideConnection:
+    """A plain connection of its own for short queries made off the event loop (Status, the slot monitor):
+    opened on first use with a statement timeout, and replaced once when a query finds it broken. One
+    query at a time (a lock), so worker and HTTP threads may share it."""
+
+    def __init__(self, conn_str: str, connect: Callable[[str], Connection] = connect) -> None:
+        self._conn_str = conn_str
+        self._connect = connect
+        self._conn: Connection | None = None
+        self._lock = threading.Lock()
+
+    def run(self, query: Callable[[Connection], T]) -> T:
+        """query(connection); SideQueryFailed when PostgreSQL cannot be reached or the query fails twice."""
+        with self._lock:
+            for attempt in (1, 2):
+                try:
+                    if self._conn is None:
+                        self._conn = self._connect(self._conn_str)
+                        with self._conn.cursor() as cur:
+                            cur.execute(f"SET statement_timeout = {STATEMENT_TIMEOUT_MS}")
+                    return query(self._conn)
+                except (psycopg2.Error, WalstreamError) as exc:
+                    self._close()
+                    if attempt == 2 or isinstance(exc, WalstreamError):
+                        raise SideQueryFailed(first_line(exc)) from None
+        raise AssertionError("not reached")
+
+    def close(self) -> None:
+        with self._lock:
+            self._close()
+
+    def _close(self) -> None:
+        if self._conn is not None:
+            try:
+                self._conn.close()
+            except psycopg2.Error:
+                pass
+            self._conn = None
 
 
 def _query(conn: Connection, sql: str, params: tuple[Any, ...] = ()) -> list[dict[str, Any]]:
