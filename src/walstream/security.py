@@ -80,14 +80,23 @@ def _reason(exc: ssl.SSLError) -> str:
             "no start line": "not PEM (no -----BEGIN line)"}.get(reason, reason)
 
 
+def bad_token_character(token: str) -> int | None:
+    """The index of the first character a bearer token may not hold (it is sent as gRPC metadata: visible
+    ASCII only), else None. The server's options and the client library share this rule."""
+    for index, char in enumerate(token):
+        if not "!" <= char <= "~":
+            return index
+    return None
+
+
 def check_token(token: str, source: str) -> None:
     """A bearer token is sent as gRPC metadata: visible ASCII only. `source` names where it came from."""
     if not token:
         raise ConfigError(f"empty auth token from {source}: give a token, or leave it out for no authentication")
-    for index, char in enumerate(token):
-        if not "!" <= char <= "~":
-            raise ConfigError(f"invalid auth token from {source}: character {index + 1} is not allowed; "
-                              "use printable ASCII without spaces (e.g. `openssl rand -hex 32`)")
+    index = bad_token_character(token)
+    if index is not None:
+        raise ConfigError(f"invalid auth token from {source}: character {index + 1} is not allowed; "
+                          "use printable ASCII without spaces (e.g. `openssl rand -hex 32`)")
 
 
 def read_token_file(path: str) -> str:

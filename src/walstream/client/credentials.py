@@ -8,6 +8,8 @@ from pathlib import Path
 
 import grpc
 
+from ..security import bad_token_character
+
 PathArg = str | os.PathLike[str]
 
 
@@ -39,7 +41,7 @@ def with_token(metadata: Iterable[tuple[str, str]], token: str | None) -> list[t
     items = list(metadata)
     if token is None:
         return items
-    if not token or any(not "!" <= char <= "~" for char in token):
+    if not token or bad_token_character(token) is not None:
         raise ValueError("token: expected printable ASCII without spaces")  # never echo a secret
     if any(key.lower() == "authorization" for key, _ in items):
         raise ValueError("token: metadata already has an authorization entry; give one or the other")
