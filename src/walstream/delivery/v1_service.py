@@ -27,7 +27,7 @@ from .. import __version__
 from .._proto import walstream_v1_pb2 as pb
 from .._proto import walstream_v1_pb2_grpc
 from ..processing.events import RelationInfo
-from ..processing.v1wire import varint
+from ..processing.v1wire import field
 from ..replication import catalog
 from .hub import Client, Hub, finish_requests
 from .v1_adapter import Encoder, InvalidSubscription, Subscription, V1Adapter, V1Item, same_relation
@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 Context = grpc.aio.ServicerContext[pb.SubscribeRequest, pb.SubscribeResponse]
 IDLE_TURNS = 2  # turns of the event loop without new events after which the replication stream is dry
 MID_TRANSACTION_WAIT = 0.005  # seconds a batch waits for more of a transaction it holds part of
+SUBSCRIBE_RESPONSE_BATCH = 1 << 3 | 2  # SubscribeResponse.batch: field 1, length-delimited
 
 
 class _Batcher:
@@ -102,8 +103,7 @@ class _Batcher:
         # Batch.events field, so the batch is one join (building messages would copy each event twice).
         parts = [self.encoder.relation_bytes(r) for r in rels.values()]
         parts.extend([i.data for i in batch])
-        body = b"".join(parts)
-        return b"\x0a" + varint(len(body)) + body
+        return field(SUBSCRIBE_RESPONSE_BATCH, b"".join(parts))
 
     def _fill(self, batch: list[V1Item], rels: dict[int, RelationInfo]) -> bool:
         """Move what is already queued into the batch, without waiting; True when the batch is full."""
