@@ -19,7 +19,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
-from support import SeedClient, WalstreamProcess, autocommit_connection, confirmed_flush, run_cli
+from support import SeedClient, WalstreamProcess, autocommit_connection, confirmed_flush, execute, run_cli
 
 from walstream._proto import walstream_v1_pb2 as pb
 from walstream._proto import walstream_v1_pb2_grpc
@@ -118,12 +118,6 @@ def slot_row(conn: psycopg2.extensions.connection, slot: str) -> tuple[object, .
         cur.execute("SELECT wal_status, active_pid, restart_lsn FROM pg_replication_slots WHERE slot_name = %s",
                     (slot,))
         return cur.fetchone()
-
-
-def exec_sql(conn: psycopg2.extensions.connection, *statements: str) -> None:
-    with conn.cursor() as cur:
-        for sql in statements:
-            cur.execute(sql)
 
 
 def walsender_pid(conn: psycopg2.extensions.connection, slot: str) -> int:
@@ -344,7 +338,7 @@ def capped_db(capped_pg: Cluster) -> Iterator[psycopg2.extensions.connection]:
 def invalidate(conn: psycopg2.extensions.connection, slot: str, table: str) -> None:
     """Write WAL past max_slot_wal_keep_size and checkpoint until PostgreSQL invalidates the slot."""
     for i in range(20):
-        exec_sql(conn, f"INSERT INTO {table} VALUES ({1000 + i})", "SELECT pg_switch_wal()",
+        execute(conn, f"INSERT INTO {table} VALUES ({1000 + i})", "SELECT pg_switch_wal()",
                  f"INSERT INTO {table} VALUES ({2000 + i})", "SELECT pg_switch_wal()", "CHECKPOINT")
         row = slot_row(conn, slot)
         if row is not None and row[0] == "lost":
@@ -355,7 +349,7 @@ def invalidate(conn: psycopg2.extensions.connection, slot: str, table: str) -> N
 
 def test_invalidated_slot_is_refused_at_start(capped_pg, capped_db, unique_name):
     slot, table = unique_name, f"t_{unique_name}"
-    exec_sql(capped_db, f"CREATE TABLE {table} (id int PRIMARY KEY)", f"CREATE PUBLICATION p_{slot} FOR ALL TABLES",
+    execute(capped_db, f"CREATE TABLE {table} (id int PRIMARY KEY)", f"CREATE PUBLICATION p_{slot} FOR ALL TABLES",
              f"SELECT pg_create_logical_replication_slot('{slot}', 'pgoutput')")
     invalidate(capped_db, slot, table)
     result = run_cli("--connection", capped_pg.dsn, "start", "--publication", f"p_{slot}", "--slot", slot,
@@ -370,12 +364,12 @@ def test_invalidated_slot_is_refused_at_start(capped_pg, capped_db, unique_name)
 
 def test_slot_invalidated_while_streaming_stops_walstream(capped_pg, capped_db, unique_name, tmp_path):
     slot, table = unique_name, f"t_{unique_name}"
-    exec_sql(capped_db, f"CREATE TABLE {table} (id int PRIMARY KEY)", f"CREATE PUBLICATION p_{slot} FOR ALL TABLES")
+    execute(capped_db, f"CREATE TABLE {table} (id int PRIMARY KEY)", f"CREATE PUBLICATION p_{slot} FOR ALL TABLES")
     ws = WalstreamProcess(capped_pg.dsn, f"p_{slot}", slot, log_dir=tmp_path)
     try:
         ws.start()
         ws.wait_log("streaming slot")
-        exec_sql(capped_db, f"INSERT INTO {table} VALUES (1)")  # no client: it waits in the slot
+        execute(capped_db, f"INSERT INTO {table} VALUES (1)")  # no client: it waits in the slot
         invalidate(capped_db, slot, table)
         assert ws.proc is not None
         assert ws.proc.wait(20) == 1
@@ -388,7 +382,7 @@ def test_slot_invalidated_while_streaming_stops_walstream(capped_pg, capped_db, 
         assert slot_row(capped_db, slot)[:2] == ("lost", None)  # type: ignore[index]
     finally:
         ws.kill()
-        exec_sql(capped_db, f"SELECT pg_drop_replication_slot('{slot}')")
+        execute(capped_db, f"SELECT pg_drop_replication_slot('{slot}')")
 
 
 def test_permanent_slot_dropped_while_streaming_is_not_recreated(testdb, tmp_path):
