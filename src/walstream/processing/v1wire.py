@@ -117,18 +117,15 @@ def _cached(encode: ValueEncoder, size: int = 512) -> ValueEncoder:
     return cached
 
 
-def _timestamp_us(data: bytes) -> int:
-    us = parse_timestamp(data.decode("ascii"))
+def _timestamp_us(data: bytes, with_tz: bool = False) -> int:
+    us = parse_timestamp(data.decode("ascii"), with_tz)
     if us == INT64_MAX and data[-1:] != b"y":
         raise ValueError("beyond int64 microseconds")  # the message path sends it as text
     return us
 
 
 def _timestamptz_us(data: bytes) -> int:
-    us = parse_timestamp(data.decode("ascii"), True)
-    if us == INT64_MAX and data[-1:] != b"y":
-        raise ValueError("beyond int64 microseconds")
-    return us
+    return _timestamp_us(data, True)
 
 
 def _date_days(data: bytes) -> int:
@@ -218,7 +215,7 @@ class RowEncoder:
             log.warning("%s value does not parse (%s); sending its text: %.80r", typing.columns[index].type_name,
                         exc, text)
             utf8 = text.encode()
-            return _framed(b"\x3a" + varint(len(utf8)) + utf8)
+            return _framed(field(7 << 3 | 2, utf8))  # Value.text
 
     def row(self, cells: TupleData, key_only: bool = False) -> bytes:
         parts: list[bytes] = []
