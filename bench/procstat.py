@@ -1,4 +1,5 @@
-"""CPU time of a process from /proc, for the harness (bench/run.py) and its clients (bench/clients.py)."""
+"""CPU time and system calls of a process from /proc, for the harness (bench/run.py) and its clients
+(bench/clients.py)."""
 
 from __future__ import annotations
 
