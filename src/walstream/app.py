@@ -8,7 +8,6 @@ the final status update and close replication (a temporary slot is dropped with 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import signal
 from collections.abc import Mapping
@@ -139,11 +138,17 @@ async def serve(config: StartConfig, ready: asyncio.Event | None = None) -> int:
     await ops.shutting_down()  # health NOT_SERVING first: load balancers stop sending clients here
     hub.accepting = False
     pipeline.stopping.set()
-    with contextlib.suppress(Exception):
+    failure: BaseException | None = None
+    try:
         await runner
+    except Exception as exc:  # noqa: BLE001 (re-raised below, once the server is down)
+        failure = exc
     hub.close()
     await server.stop(1.0)
     status.close()
     await ops.close()
+    if failure is not None:
+        log.error("the replication stream failed while shutting down")
+        raise failure  # the CLI reports it and exits non-zero: a failed shutdown is not a clean one
     log.info("stopped")
     return 0

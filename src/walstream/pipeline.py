@@ -15,15 +15,13 @@ import time
 from collections.abc import Callable
 from functools import partial
 
-import psycopg2.extras
-
 from .config import StartConfig
 from .delivery.hub import Hub
 from .errors import SlotInUseError, WalstreamError
 from .lsn import format_lsn
 from .processing.assembler import Assembler, ConverterSource
 from .replication.decoder import decode_message, plain_insert
-from .replication.stream import ReplicationStream
+from .replication.stream import ReplicationStream, StreamInfo
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +54,7 @@ class Pipeline:
         self._sent_flush = -1
         self._last_status = 0.0
         self._opened_once = False
-        self._held: psycopg2.extras.ReplicationMessage | None = None  # read while paused, not yet handled
+        self._held: tuple[int, bytes] | None = None  # read while paused, not yet handled
         self._slot_seen = False  # the permanent slot is known to exist: never create it again
         self._standby_holder: int | None = -1  # the PID last logged as holding the slot
         # Counters for the metrics.
@@ -74,7 +72,7 @@ class Pipeline:
                 stream = ReplicationStream(self.dsn, self.config.slot, self.config.publication,
                                            self.config.temporary, create=create)
                 try:
-                    info = await stream.open()
+                    opened = await self._open(stream)
                 except SlotInUseError as exc:
                     self._slot_seen = True
                     self._set_state(STANDBY)
@@ -94,10 +92,12 @@ class Pipeline:
                     log.warning("reconnect attempt %d failed: %s; next try in %.1f s", failures, exc, delay)
                     await self._sleep(delay)
                     continue
+                if opened is None:
+                    break  # stopping: the attempt is abandoned (it closes itself if it still succeeds)
+                info = opened
                 self._on_open(info.created_slot, info.encoding, info.proto_version, info.server_version)
-                # psycopg2 moves the flush position itself on a keepalive read right after a message whose
-                # start LSN is 0 (Relation, Type): PostgreSQL sends such keepalives mid-transaction only
-                # when it has had no status update for half its wal_sender_timeout. Report well before.
+                # Report well inside wal_sender_timeout even when no keepalive asks for it: the walsender
+                # ends a stream that has been silent for that long.
                 if info.sender_timeout > 0:
                     self.status_interval = min(self.config.status_interval, max(1.0, info.sender_timeout / 4))
                 failures = 0
@@ -144,6 +144,18 @@ class Pipeline:
         log.info("streaming slot %s (pgoutput protocol %d, PostgreSQL %d)", self.config.slot, proto,
                  server_version)
 
+    async def _open(self, stream: ReplicationStream) -> StreamInfo | None:
+        """stream.open(), or None if walstream is asked to stop first: an unreachable host can hold a
+        connection attempt for the whole connect_timeout, longer than the shutdown grace."""
+        opening = asyncio.ensure_future(stream.open())
+        stop = asyncio.ensure_future(self.stopping.wait())
+        await asyncio.wait({opening, stop}, return_when=asyncio.FIRST_COMPLETED)
+        stop.cancel()
+        if opening.done():
+            return opening.result()
+        opening.cancel()
+        return None
+
     async def _sleep(self, seconds: float) -> None:
         try:
             await asyncio.wait_for(self.stopping.wait(), seconds)
@@ -171,7 +183,7 @@ class Pipeline:
                     await self._wait(hub.capacity.wait(), PAUSED_KEEPALIVE)
                     self._status(stream, force=time.monotonic() - self._last_status >= PAUSED_KEEPALIVE)
                     continue
-            msg: psycopg2.extras.ReplicationMessage | None = None
+            msg: tuple[int, bytes] | None = None
             size = 0
             for _ in range(YIELD_EVERY):
                 if self._held is not None:
@@ -180,14 +192,14 @@ class Pipeline:
                     msg = read()
                 if msg is None:
                     break
-                if msg.data_start > self.written_lsn:
-                    self.written_lsn = msg.data_start
-                data = msg.payload
+                lsn, data = msg
+                if lsn > self.written_lsn:
+                    self.written_lsn = lsn
                 size += len(data)
                 if data[0] == 0x49 and (row := plain_insert(data)) is not None:  # an Insert: no message object
-                    insert(row[0], row[1], msg.data_start)
+                    insert(row[0], row[1], lsn)
                 else:
-                    handle(decode_message(data), msg.data_start)
+                    handle(decode_message(data), lsn)
                 if not hub.can_accept():
                     break
             else:
@@ -237,7 +249,8 @@ class Pipeline:
         now = time.monotonic()
         confirmed = self.hub.tracker.confirmed_lsn
         since = now - self._last_status
-        if force or since >= self.status_interval or (confirmed != self._sent_flush and since >= MIN_STATUS_GAP):
+        if (force or stream.reply_requested or since >= self.status_interval
+                or (confirmed != self._sent_flush and since >= MIN_STATUS_GAP)):
             stream.send_status(max(self.written_lsn, confirmed), confirmed)
             self._sent_flush, self._last_status = confirmed, now
             self.status_updates_sent += 1

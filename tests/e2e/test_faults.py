@@ -403,7 +403,9 @@ def slot_inactive(testdb, timeout: float = 30) -> None:
 
 class TcpProxy:
     """Forwards 127.0.0.1:port to PostgreSQL. cut() closes every proxied connection and refuses (accepts and
-    resets) new ones until restore()."""
+    resets) new ones until restore(). With `black_hole` set, new connections are accepted and never answered
+    (a host that drops packets); `swallowed` counts the replication connections among them (with sslmode and
+    gssencmode disabled the client's first packet is its startup message, which names the replication)."""
 
     def __init__(self, target_port: int) -> None:
         self.target = target_port
@@ -411,6 +413,8 @@ class TcpProxy:
         self.port = self.server.getsockname()[1]
         self.up = True
         self.cuts = 0
+        self.black_hole = False
+        self.swallowed = 0
         self._lock = threading.Lock()
         self._socks: list[socket.socket] = []
         threading.Thread(target=self._accept, daemon=True).start()
@@ -421,6 +425,11 @@ class TcpProxy:
                 conn, _ = self.server.accept()
             except OSError:
                 return
+            if self.black_hole:
+                with self._lock:
+                    self._socks.append(conn)
+                threading.Thread(target=self._swallow, args=(conn,), daemon=True).start()
+                continue
             if not self.up:
                 conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
                 conn.close()
@@ -435,6 +444,14 @@ class TcpProxy:
                 self._socks += [conn, upstream]
             for src, dst in ((conn, upstream), (upstream, conn)):
                 threading.Thread(target=self._pump, args=(src, dst), daemon=True).start()
+
+    def _swallow(self, conn: socket.socket) -> None:
+        try:
+            startup = conn.recv(1 << 16)
+        except OSError:
+            return
+        if b"replication\x00database" in startup:
+            self.swallowed += 1
 
     @staticmethod
     def _pump(src: socket.socket, dst: socket.socket) -> None:
@@ -700,6 +717,31 @@ def test_network_cut_between_walstream_and_postgres(testdb, tmp_path, procs):
         assert "Traceback" not in ws.log()
         report(testdb, "network_cut", faults=proxy.cuts, rows=len(truth), transactions=writer.committed,
                clients=len(clients), lost=0, duplicates=0, mid_transaction=big)
+    finally:
+        proxy.close()
+
+
+def test_stop_while_reconnecting_to_a_host_that_does_not_answer(testdb, tmp_path, procs):
+    """The connection to PostgreSQL is lost and the host stops answering: walstream's reconnect attempt waits
+    (libpq's connect_timeout), yet SIGTERM still stops walstream within the shutdown grace."""
+    testdb.execute(*SCHEMA)
+    proxy = TcpProxy(testdb.cluster.port)
+    try:
+        dsn = (f"host=127.0.0.1 port={proxy.port} user=postgres dbname={testdb.name} "
+               "sslmode=disable gssencmode=disable")
+        ws = start_ws(procs, testdb, tmp_path, "--shutdown-grace", "2", dsn=dsn)
+        proxy.black_hole = True
+        proxy.cut()
+        ws.wait_log("reconnecting", timeout=WAIT)
+        deadline = time.monotonic() + WAIT
+        while proxy.swallowed == 0:  # the replication connection's new attempt reached the silent host
+            assert time.monotonic() < deadline, "walstream did not try to reconnect"
+            time.sleep(0.05)
+        started = time.monotonic()
+        assert ws.stop(timeout=WAIT) == 0
+        took = time.monotonic() - started
+        assert took < 2 + 3, f"walstream took {took:.1f} s to stop (grace 2 s)"
+        assert "Traceback" not in ws.log()
     finally:
         proxy.close()
 

@@ -124,6 +124,16 @@ def test_idle_advance_only_when_nothing_is_open_or_pending():
     assert t.idle_advance(500) and t.confirmed_lsn == 500
 
 
+def test_idle_advance_waits_for_an_unacknowledged_message_outside_transactions():
+    """A non-transactional logical message belongs to no transaction, yet it holds the slot until acked."""
+    t: AckTracker[str] = AckTracker(confirmed_lsn=50)
+    c = ClientLedger[str]("c")
+    t.deliver(c, 70, None, "message@70")
+    assert t.idle_advance(500) is False and t.confirmed_lsn == 50
+    t.ack(c, 70)
+    assert t.idle_advance(500) and t.confirmed_lsn == 500
+
+
 def test_random_histories_never_confirm_an_unacked_transaction():
     rng = random.Random(7)
     for _ in range(300):

@@ -121,8 +121,9 @@ class AckTracker(Generic[P]):
         self.outstanding += 1
 
     def idle_advance(self, wal_end: int) -> bool:
-        """Nothing open or pending: everything up to the server's WAL end is confirmed."""
-        if self._txns or self._orphans or wal_end <= self.confirmed_lsn:
+        """Nothing open or pending: everything up to the server's WAL end is confirmed. A pending delivery
+        outside any transaction (a non-transactional logical message) holds it like a transaction does."""
+        if self._txns or self._orphans or self.outstanding or wal_end <= self.confirmed_lsn:
             return False
         self.confirmed_lsn = wal_end
         return True

@@ -1,7 +1,9 @@
 """One replication connection: create the slot, START_REPLICATION with pgoutput, read, send status updates.
 
 Blocking libpq calls (connect, slot creation, START_REPLICATION) run in a worker thread; reading never
-blocks (psycopg2's read_message returns None when the socket is drained) and runs on the event loop.
+blocks (CopyBoth.read returns None when the socket is drained) and runs on the event loop. Once streaming,
+the connection is read and answered by walstream.replication.copyboth, never by psycopg2's read_message
+(which would report a flush position of its own choosing).
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import threading
 from dataclasses import dataclass
 
 import psycopg2
@@ -16,9 +19,11 @@ import psycopg2.errors
 import psycopg2.extensions
 import psycopg2.extras
 
+from ..dsn import parse_connection
 from ..errors import ErrorKind, SlotInUseError, SourceError
 from ..lsn import format_lsn, parse_lsn
-from .catalog import first_line
+from .catalog import CONNECT_TIMEOUT, first_line
+from .copyboth import CopyBoth, CopyBothError
 
 log = logging.getLogger(__name__)
 
@@ -75,16 +80,45 @@ class ReplicationStream:
         self.temporary = temporary
         self.create = create
         self._conn: psycopg2.extras.LogicalReplicationConnection | None = None
-        self._cur: psycopg2.extras.ReplicationCursor | None = None
+        self._wire: CopyBoth | None = None
 
     # -- opening --------------------------------------------------------------------------------------
 
     async def open(self) -> StreamInfo:
-        return await asyncio.to_thread(self._open)
+        """Connect and start streaming in a daemon thread: a caller that stops waiting (walstream is
+        stopping while a host does not answer) is not held up by it, nor is the process's exit."""
+        loop = asyncio.get_running_loop()
+        opened: asyncio.Future[StreamInfo] = loop.create_future()
+
+        def settle(result: StreamInfo | None, error: BaseException | None) -> None:
+            if opened.cancelled():
+                self.close()  # nobody waits for this connection any more
+            elif error is not None:
+                opened.set_exception(error)
+            else:
+                opened.set_result(result)  # type: ignore[arg-type]
+
+        def connect() -> None:
+            result: StreamInfo | None = None
+            error: BaseException | None = None
+            try:
+                result = self._open()
+            except BaseException as exc:  # noqa: BLE001 (handed to the waiting task)
+                error = exc
+            try:
+                loop.call_soon_threadsafe(settle, result, error)
+            except RuntimeError:  # the event loop is gone: walstream has stopped
+                self.close()
+
+        threading.Thread(target=connect, name="walstream-replication-connect", daemon=True).start()
+        return await opened
 
     def _open(self) -> StreamInfo:
+        dsn = self.dsn
+        if "connect_timeout" not in parse_connection(dsn):  # libpq waits forever on a black-holed host
+            dsn = psycopg2.extensions.make_dsn(dsn, connect_timeout=CONNECT_TIMEOUT)
         try:
-            conn = psycopg2.connect(self.dsn, connection_factory=psycopg2.extras.LogicalReplicationConnection)
+            conn = psycopg2.connect(dsn, connection_factory=psycopg2.extras.LogicalReplicationConnection)
         except psycopg2.OperationalError as exc:
             raise SourceError(f"cannot connect to PostgreSQL: {first_line(exc)}") from None
         self._conn = conn
@@ -100,7 +134,7 @@ class ReplicationStream:
             if version >= 140000:
                 options["messages"] = "true"
             try:
-                cur.start_replication(slot_name=self.slot, decode=False, options=options, status_interval=10)
+                cur.start_replication(slot_name=self.slot, decode=False, options=options)
             except psycopg2.errors.UndefinedObject as exc:
                 if not created and not self.create and self.slot in first_line(exc):
                     raise slot_gone(self.slot) from None
@@ -110,7 +144,9 @@ class ReplicationStream:
         except BaseException:
             self.close()
             raise
-        self._cur = cur
+        pgconn = conn.pgconn_ptr
+        assert pgconn is not None  # an open connection has one
+        self._wire = CopyBoth(pgconn)
         encoding = psycopg2.extensions.encodings.get(conn.encoding, "utf-8")
         return StreamInfo(version, proto, encoding, created, start_lsn, sender_timeout)
 
@@ -139,30 +175,35 @@ class ReplicationStream:
         assert self._conn is not None
         return int(self._conn.fileno())
 
-    def read(self) -> psycopg2.extras.ReplicationMessage | None:
-        assert self._cur is not None
+    def read(self) -> tuple[int, bytes] | None:
+        """(the message's start LSN, the pgoutput message), or None when nothing more has arrived."""
+        assert self._wire is not None
         try:
-            return self._cur.read_message()
-        except psycopg2.Error as exc:
-            raise _classify(exc, self.slot) from None
+            return self._wire.read()
+        except CopyBothError as exc:
+            raise _stream_ended(exc, self.slot) from None
 
     @property
     def wal_end(self) -> int:
         """The server's WAL end from the last keepalive; meaningful only when no transaction is open."""
-        assert self._cur is not None
-        return int(self._cur.wal_end)
+        assert self._wire is not None
+        return self._wire.wal_end
+
+    @property
+    def reply_requested(self) -> bool:
+        """A keepalive asked for a status update: send one now, or the walsender times the stream out."""
+        return self._wire is not None and self._wire.reply_requested
 
     def send_status(self, write_lsn: int, flush_lsn: int) -> None:
-        assert self._cur is not None
+        assert self._wire is not None
         try:
-            self._cur.send_feedback(  # type: ignore[no-untyped-call]
-                write_lsn=write_lsn, flush_lsn=flush_lsn, force=True)
-        except psycopg2.Error as exc:
-            raise _classify(exc, self.slot) from None
+            self._wire.send_status(write_lsn, flush_lsn)
+        except CopyBothError as exc:
+            raise _stream_ended(exc, self.slot) from None
         log.debug("status update: write %s flush %s", format_lsn(write_lsn), format_lsn(flush_lsn))
 
     def close(self) -> None:
-        conn, self._conn, self._cur = self._conn, None, None
+        conn, self._conn, self._wire = self._conn, None, None
         if conn is not None:
             try:
                 conn.close()
@@ -189,23 +230,34 @@ def slot_invalidated(slot: str, why: str) -> SourceError:
 
 def _classify(exc: psycopg2.Error, slot: str) -> Exception:
     """Map a psycopg2 error to walstream's error kinds (retryable or not)."""
-    message = first_line(exc)
-    if isinstance(exc, psycopg2.errors.ObjectInUse):
+    detail = getattr(exc.diag, "message_detail", None) or ""
+    return classify(exc.pgcode or "", first_line(exc), detail, slot)
+
+
+def _stream_ended(exc: CopyBothError, slot: str) -> Exception:
+    if exc.server is None:
+        return SourceError(f"replication connection lost: {exc}", ErrorKind.CONNECTION)
+    return classify(exc.server.sqlstate, exc.server.message, exc.server.detail, slot)
+
+
+def classify(sqlstate: str, message: str, detail: str, slot: str) -> Exception:
+    """An error PostgreSQL reported (SQLSTATE, message, detail) as walstream's error kinds."""
+    if sqlstate == "55006":  # object_in_use
         match = _PID_RE.search(message)
         return SlotInUseError(slot, int(match.group(1)) if match else None)
-    if isinstance(exc, psycopg2.errors.InsufficientPrivilege):
+    if sqlstate == "42501":  # insufficient_privilege
         return SourceError(message, ErrorKind.PERMISSION)
-    if isinstance(exc, psycopg2.errors.UndefinedObject):
-        return SourceError(message, ErrorKind.SERVER_SETUP)  # e.g. the publication was dropped
-    if isinstance(exc, psycopg2.errors.ObjectNotInPrerequisiteState):
+    if sqlstate == "42704":  # undefined_object, e.g. the publication was dropped
+        return SourceError(message, ErrorKind.SERVER_SETUP)
+    if sqlstate == "55000":  # object_not_in_prerequisite_state
         # PostgreSQL 13-15: "cannot read from logical replication slot", 16-17: "can no longer get changes
         # from replication slot", 18: "can no longer access replication slot"; the detail says why.
-        detail = " ".join((getattr(exc.diag, "message_detail", None) or "").split())
+        detail = " ".join(detail.split())
         if "invalidated" in detail or "can no longer" in message:
             return slot_invalidated(slot, detail.rstrip(".") or message)
         return SourceError(f"replication slot {slot} cannot be used: {message}", ErrorKind.SLOT_STATE)
-    if isinstance(exc, psycopg2.errors.ConfigurationLimitExceeded):
+    if sqlstate == "53400":  # configuration_limit_exceeded
         return SourceError(message, ErrorKind.SERVER_SETUP)
-    if isinstance(exc, (psycopg2.OperationalError, psycopg2.InterfaceError, psycopg2.DatabaseError)):
-        return SourceError(f"replication connection lost: {message}", ErrorKind.CONNECTION)
-    return SourceError(message, ErrorKind.PROTOCOL)
+    # Anything else (connection failures, shutdowns, a walsender that errored out) ends this connection
+    # only: a new one resumes at the confirmed position.
+    return SourceError(f"replication connection lost: {message}", ErrorKind.CONNECTION)
