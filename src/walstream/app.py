@@ -79,7 +79,7 @@ class _CatalogConnection:
 
 
 async def serve(config: StartConfig, ready: asyncio.Event | None = None) -> int:
-    hub = Hub(AckTracker(), config.client_queue_size, config.max_unacked)
+    hub = Hub(AckTracker(), config.client_queue_size, config.max_unacked, config.max_unacked_bytes)
     catalog_conn = _CatalogConnection(config.connection)
     types = TypeCatalog(lookup=catalog_conn.lookup)
     pipeline = Pipeline(config, dsnlib.replication_dsn(config.connection), hub, types)

@@ -207,6 +207,9 @@ def build_parser() -> argparse.ArgumentParser:
     start.add_argument("--max-unacked", type=_positive_int, default=StartConfig.max_unacked, metavar="N",
                        help="unacknowledged messages over all clients before reading pauses "
                        "[default: %(default)s]")
+    start.add_argument("--max-unacked-bytes", type=_size, default=StartConfig.max_unacked_bytes, metavar="SIZE",
+                       help="memory held by unacknowledged messages over all clients before reading pauses, "
+                       "e.g. 256MB [default: 256MB]")
     start.add_argument("--shutdown-grace", type=_seconds, default=StartConfig.shutdown_grace, metavar="SECONDS",
                        help="on SIGINT/SIGTERM, how long to wait for clients' acks [default: %(default)s]")
     _security_arguments(start)
@@ -372,6 +375,7 @@ def cmd_start(args: argparse.Namespace) -> int:
         temporary=args.temporary,
         client_queue_size=args.client_queue_size,
         max_unacked=args.max_unacked,
+        max_unacked_bytes=args.max_unacked_bytes,
         shutdown_grace=args.shutdown_grace,
         tls_cert=args.tls_cert,
         tls_key=args.tls_key,

@@ -62,6 +62,8 @@ class StartConfig:
     # Events delivered but not yet acknowledged, over all clients; reading pauses at this bound, which
     # also bounds the memory held to replay them to the next client.
     max_unacked: int = 20_000
+    # The same bound in bytes (each delivery counted as the memory it holds: delivery/hub.py HELD_PER_BYTE).
+    max_unacked_bytes: int = 256 * 1024**2
     # Seconds a graceful shutdown waits for clients to acknowledge what they were sent.
     shutdown_grace: float = 3.0
     # Seconds between status updates to PostgreSQL when nothing changed (PostgreSQL's own default is 10).
@@ -85,7 +87,7 @@ class StartConfig:
         validate_port(self.port)
         if not self.host:
             raise ConfigError("invalid host '': give an address to listen on, e.g. 0.0.0.0 or 127.0.0.1")
-        for name in ("client_queue_size", "max_unacked"):
+        for name in ("client_queue_size", "max_unacked", "max_unacked_bytes"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"invalid {name} {getattr(self, name)}: must be at least 1")
         security.check_tls(self.tls_cert, self.tls_key, self.tls_client_ca)

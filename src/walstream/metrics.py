@@ -59,6 +59,8 @@ class WalstreamCollector(Collector):
                      sum(len(c.queue) for c in clients))
         yield _gauge("walstream_unacked_messages", "messages sent (or queued) and not yet acknowledged",
                      tracker.outstanding)
+        yield _gauge("walstream_unacked_bytes", "memory held by those messages, as counted against "
+                     "--max-unacked-bytes", tracker.outstanding_bytes)
         yield _gauge("walstream_confirmed_lsn", "the slot's confirmed position as walstream has it (an LSN as a "
                      "number)", tracker.confirmed_lsn)
         yield _gauge("walstream_written_lsn", "how far walstream has read the stream (an LSN as a number)",

@@ -16,6 +16,8 @@ clients acknowledge here, and the slot's confirmed position is derived from noth
   (then an event of which only part was acknowledged, such as one table of a seed TRUNCATE, goes whole).
 - With nothing pending and no transaction open, the confirmed position may move to the server's WAL end
   (idle_advance), so a slot on quiet tables does not hold WAL.
+- Each delivery carries a size (the memory it holds until acknowledged); `outstanding_bytes` sums them, so
+  the reader can bound memory by bytes as well as by count.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from __future__ import annotations
 from collections import Counter, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 P = TypeVar("P")  # what a delivery carries for replay (the API's ready-to-send message)
 Expand = Callable[[object], Sequence[tuple[int, P]]]  # event -> (lsn, message) in a client's API
@@ -43,6 +45,7 @@ class Delivery(Generic[P]):
     txn: TxnRecord | None
     payload: P
     event: object = None  # the event the payload was made from, to re-express it in another API
+    size: int = 0
 
 
 COMPACT_AT = 4096  # acknowledged entries kept at the front of a ledger's lists before they are dropped
@@ -54,8 +57,8 @@ class ClientLedger(Generic[P]):
 
     Parallel lists rather than an object per delivery: recording a delivery is four appends, and an ack
     finds its entry with list.index (both in C), which is most of what a busy stream costs here.
-    Acknowledged entries are dropped from the front once there are COMPACT_AT of them and they are at least
-    half the lists.
+    Acknowledged entries lose their message and event at once, and are dropped from the front once there are
+    COMPACT_AT of them and they are at least half the lists.
     """
 
     name: str
@@ -64,6 +67,7 @@ class ClientLedger(Generic[P]):
     txns: list[TxnRecord | None] = field(default_factory=list)
     payloads: list[P] = field(default_factory=list)
     events: list[object] = field(default_factory=list)
+    sizes: list[int] = field(default_factory=list)
     head: int = 0
     acked: int = 0
     rejected: int = 0
@@ -76,17 +80,21 @@ class ClientLedger(Generic[P]):
     def pending(self) -> list[Delivery[P]]:
         """The unacknowledged deliveries, oldest first (a copy)."""
         h = self.head
-        return [Delivery(lsn, txn, payload, event) for lsn, txn, payload, event
-                in zip(self.lsns[h:], self.txns[h:], self.payloads[h:], self.events[h:], strict=True)]
+        return [Delivery(lsn, txn, payload, event, size) for lsn, txn, payload, event, size
+                in zip(self.lsns[h:], self.txns[h:], self.payloads[h:], self.events[h:], self.sizes[h:],
+                       strict=True)]
 
     def clear(self) -> None:
-        for entries in (self.lsns, self.txns, self.payloads, self.events):
+        for entries in self._lists():
             entries.clear()
         self.head = 0
 
+    def _lists(self) -> tuple[list[Any], ...]:
+        return self.lsns, self.txns, self.payloads, self.events, self.sizes
+
     def _drop_acknowledged(self) -> None:
         h = self.head
-        for entries in (self.lsns, self.txns, self.payloads, self.events):
+        for entries in self._lists():
             del entries[:h]
         self.head = 0
 
@@ -98,6 +106,7 @@ class AckTracker(Generic[P]):
         self._orphans: list[Delivery[P]] = []
         self._orphans_api = ""
         self.outstanding = 0  # pending deliveries over all clients (and orphans)
+        self.outstanding_bytes = 0  # their sizes
 
     # -- the stream side ------------------------------------------------------------------------------
 
@@ -111,14 +120,16 @@ class AckTracker(Generic[P]):
         return self._advance()
 
     def deliver(self, client: ClientLedger[P], lsn: int, txn: TxnRecord | None, payload: P,
-                event: object = None) -> None:
+                event: object = None, size: int = 0) -> None:
         client.lsns.append(lsn)
         client.txns.append(txn)
         client.payloads.append(payload)
         client.events.append(event)
+        client.sizes.append(size)
         if txn is not None:
             txn.outstanding += 1
         self.outstanding += 1
+        self.outstanding_bytes += size
 
     def idle_advance(self, wal_end: int) -> bool:
         """Nothing open or pending: everything up to the server's WAL end is confirmed. A pending delivery
@@ -157,6 +168,12 @@ class AckTracker(Generic[P]):
             for txn, n in Counter(txns[head:end]).items():
                 if txn is not None:
                     txn.outstanding -= n
+        self.outstanding_bytes -= sum(client.sizes[head:end])
+        # Drop the acknowledged messages and events now (the entries themselves go at the next compaction):
+        # kept until then, 4,096 acknowledged 1 MB rows would hold 8 GB.
+        nothing = [None] * count
+        client.payloads[head:end] = nothing  # type: ignore[assignment]
+        client.events[head:end] = nothing
         client.head = end
         if end >= COMPACT_AT and end * 2 >= len(txns):
             client._drop_acknowledged()
@@ -174,14 +191,17 @@ class AckTracker(Generic[P]):
                 if txn is not None:
                     txn.outstanding -= 1
             self.outstanding -= client.pending_count
+            self.outstanding_bytes -= sum(client.sizes[client.head:])
             self._advance()
         client.clear()
 
-    def adopt_orphans(self, client: ClientLedger[P], expand: Expand[P]) -> list[P]:
+    def adopt_orphans(self, client: ClientLedger[P], expand: Expand[P],
+                      size: Callable[[P], int] = lambda payload: 0) -> list[P]:
         """Hand what the last client left unacknowledged to a new client; returns the payloads to resend.
 
         `expand` turns an event into the new client's messages; it is used when the APIs differ (and may
         return nothing, e.g. for an event the new client filters out: then it stops holding the slot).
+        `size` gives the size of such a message.
         """
         orphans, self._orphans = self._orphans, []
         same_api = client.api == self._orphans_api
@@ -189,15 +209,16 @@ class AckTracker(Generic[P]):
         previous: object = None
         for old in orphans:
             self.outstanding -= 1
+            self.outstanding_bytes -= old.size
             if old.txn is not None:
                 old.txn.outstanding -= 1
             if same_api or old.event is None:
-                self.deliver(client, old.lsn, old.txn, old.payload, old.event)
+                self.deliver(client, old.lsn, old.txn, old.payload, old.event, old.size)
                 resend.append(old.payload)
             elif old.event is not previous:
                 previous = old.event
                 for lsn, payload in expand(old.event):
-                    self.deliver(client, lsn, old.txn, payload, old.event)
+                    self.deliver(client, lsn, old.txn, payload, old.event, size(payload))
                     resend.append(payload)
         self._advance()
         return resend

@@ -3,7 +3,8 @@
 The replication side calls begin/publish/commit; each client's adapter turns an event into the messages of
 its API (zero or more, each with the LSN it will be acknowledged by). The reader asks `can_accept()` before
 every message: it reads from PostgreSQL only while at least one client is connected, every client's queue
-has room, and the number of unacknowledged deliveries is under the bound.
+has room, and the unacknowledged deliveries are under both bounds, in number and in bytes. One message is
+always let through, so a single change larger than the byte bound still flows (then reading pauses).
 """
 
 from __future__ import annotations
@@ -31,6 +32,20 @@ class Adapter(Protocol):
     def expand(self, event: ChangeEvent) -> Sequence[tuple[int, object]]:
         """The messages this API sends for an event, each as (lsn to acknowledge it by, message)."""
         ...
+
+    def size(self, message: object) -> int:
+        """The encoded size of one of its messages, in bytes."""
+        ...
+
+
+# Until acknowledged, a delivery holds its encoded message and (shared by every client it went to) the
+# decoded change it was made from, about as large again: count each as twice its encoded size, plus the
+# fixed cost of the ledger entry and the objects around it.
+HELD_PER_BYTE, HELD_FIXED = 2, 200
+
+
+def held(size: int) -> int:
+    return HELD_PER_BYTE * size + HELD_FIXED
 
 
 class Client:
@@ -65,10 +80,12 @@ class Client:
 
 
 class Hub:
-    def __init__(self, tracker: AckTracker[object], queue_size: int, max_unacked: int) -> None:
+    def __init__(self, tracker: AckTracker[object], queue_size: int, max_unacked: int,
+                 max_unacked_bytes: int = 256 * 1024**2) -> None:
         self.tracker = tracker
         self.queue_size = queue_size
         self.max_unacked = max_unacked
+        self.max_unacked_bytes = max_unacked_bytes
         self.clients: list[Client] = []
         self.accepting = True
         self.capacity = asyncio.Event()  # set whenever can_accept() may have become true
@@ -87,7 +104,9 @@ class Hub:
         self.clients.append(client)
         if self.tracker.has_orphans:
             before = self.tracker.confirmed_lsn
-            resent = self.tracker.adopt_orphans(client.ledger, client.adapter.expand)  # type: ignore[arg-type]
+            adapter = client.adapter
+            resent = self.tracker.adopt_orphans(client.ledger, adapter.expand,  # type: ignore[arg-type]
+                                                lambda message: held(adapter.size(message)))
             if self.tracker.confirmed_lsn != before:
                 self.on_confirmed(self.tracker.confirmed_lsn)
             for payload in resent:
@@ -141,7 +160,9 @@ class Hub:
 
     def can_accept(self) -> bool:
         clients = self.clients
-        if not clients or self.tracker.outstanding >= self.max_unacked:
+        tracker = self.tracker
+        if (not clients or tracker.outstanding >= self.max_unacked
+                or tracker.outstanding_bytes >= self.max_unacked_bytes):
             return False
         size = self.queue_size
         for client in clients:  # asked before every message read: a loop, not all() over a generator
@@ -156,9 +177,9 @@ class Hub:
         """Queue the event's messages for every client; wake() then lets their senders run."""
         deliver = self.tracker.deliver
         for client in self.clients:
-            append = client.queue.append
-            for lsn, payload in client.adapter.expand(event):
-                deliver(client.ledger, lsn, txn, payload, event)
+            append, adapter = client.queue.append, client.adapter
+            for lsn, payload in adapter.expand(event):
+                deliver(client.ledger, lsn, txn, payload, event, held(adapter.size(payload)))
                 append(payload)
         self.unwoken = True
 

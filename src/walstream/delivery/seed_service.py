@@ -23,6 +23,10 @@ class SeedAdapter:
     def expand(self, event: ChangeEvent) -> Sequence[tuple[int, object]]:
         return _expand_once(event)
 
+    @staticmethod
+    def size(message: object) -> int:
+        return message.ByteSize()  # type: ignore[attr-defined, no-any-return]  # a plugin_pb2.ServerMessage
+
 
 # Every client expands the same event in turn: build its messages once and share them.
 _last: tuple[ChangeEvent | None, Sequence[tuple[int, object]]] = (None, ())

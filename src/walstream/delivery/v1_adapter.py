@@ -295,6 +295,10 @@ class V1Adapter:
         self._last = (rel, wanted)
         return wanted
 
+    @staticmethod
+    def size(message: object) -> int:
+        return message.size  # type: ignore[attr-defined, no-any-return]  # a V1Item
+
     def expand(self, event: ChangeEvent) -> Sequence[tuple[int, object]]:
         op, sub = event.op, self.sub
         if op is Op.BEGIN:
