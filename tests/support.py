@@ -163,8 +163,9 @@ def expect_nothing_from(items: queue.Queue[T], wait: float, fail: Callable[[T], 
 class SeedClient:
     """A client of plugin.PluginService/Session. With auto_ack it acks every event after receiving it."""
 
-    def __init__(self, addr: str, auto_ack: bool = True) -> None:
-        self.channel = grpc.insecure_channel(addr)
+    def __init__(self, addr: str, auto_ack: bool = True,
+                 options: tuple[tuple[str, int], ...] = ()) -> None:
+        self.channel = grpc.insecure_channel(addr, options=options)
         self.stub = plugin_pb2_grpc.PluginServiceStub(self.channel)
         self.auto_ack = auto_ack
         self.events: queue.Queue[Event] = queue.Queue()

@@ -67,6 +67,18 @@ class RedactFilter(logging.Filter):
         return True
 
 
+class ClientGoneFilter(logging.Filter):
+    """grpc logs a message written to a call whose client has gone (cancelled, or refused a message over its
+    receive limit) as an ERROR with grpc's own traceback. For walstream that is a client leaving: one line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.name.startswith("grpc._cython") and record.exc_info and "ExecuteBatchError" in record.getMessage():
+            record.msg, record.args = "a client went away while a message was being sent to it", ()
+            record.levelno, record.levelname = logging.INFO, "INFO"
+            record.exc_info = record.exc_text = None
+        return True
+
+
 def _install_record_factory() -> None:
     # Redacting at creation also protects handlers we do not own (a library's, pytest's caplog).
     old = logging.getLogRecordFactory()
@@ -138,6 +150,7 @@ def setup_logging(level: str = "info", fmt: str = "text") -> None:
         root.removeHandler(old)
     handler = _StderrHandler()
     handler.addFilter(RedactFilter())
+    handler.addFilter(ClientGoneFilter())
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
     root.addHandler(handler)
     root.setLevel(level.upper())

@@ -178,3 +178,24 @@ def test_passwords_never_logged(capsys: pytest.CaptureFixture[str], caplog: pyte
     assert err.count("********") >= 5
     # Messages are redacted when the record is made, so even handlers we do not own never see them.
     assert all(SECRET not in r.getMessage() for r in caplog.records) and len(caplog.records) == 4
+
+
+def test_grpc_write_to_a_gone_client_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    """grpc's ERROR + traceback for a write to a call whose client left becomes one INFO line."""
+    setup_logging("info", "json")
+
+    class ExecuteBatchError(Exception):
+        pass
+
+    try:
+        raise ExecuteBatchError('Failed "execute_batch"')
+    except ExecuteBatchError:
+        logging.getLogger("grpc._cython.cygrpc").exception(
+            "ExecuteBatchError raised in core by servicer method [/plugin.PluginService/Session]")
+    try:
+        raise KeyError("other")
+    except KeyError:
+        logging.getLogger("grpc._cython.cygrpc").exception("Unexpected [KeyError] raised by servicer method")
+    lines = [orjson.loads(line) for line in capsys.readouterr().err.splitlines()]
+    assert lines[0]["level"] == "info" and "went away" in lines[0]["msg"] and "exc" not in lines[0]
+    assert lines[1]["level"] == "error" and "KeyError" in lines[1]["exc"]  # anything else is kept as it is

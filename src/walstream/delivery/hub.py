@@ -42,6 +42,7 @@ class Adapter(Protocol):
 # decoded change it was made from, about as large again: count each as twice its encoded size, plus the
 # fixed cost of the ledger entry and the objects around it.
 HELD_PER_BYTE, HELD_FIXED = 2, 200
+CLIENT_RECEIVE_LIMIT = 4 * 1024 * 1024  # gRPC clients' default max_receive_message_length
 
 
 def held(size: int) -> int:
@@ -92,6 +93,8 @@ class Hub:
         self.acks_rejected = 0
         self.unwoken = False  # publish() queued messages that no sender was woken for yet
         self.acks_received = 0  # every ack, matched or not (read by walstream.metrics)
+        self.oversized_sent = 0  # changes whose message exceeds gRPC's default client receive limit
+        self._oversized: ChangeEvent | None = None
         self._ids = itertools.count(1)
         self.on_confirmed: Callable[[int], None] = lambda lsn: None
 
@@ -179,9 +182,25 @@ class Hub:
         for client in self.clients:
             append, adapter = client.queue.append, client.adapter
             for lsn, payload in adapter.expand(event):
-                deliver(client.ledger, lsn, txn, payload, event, held(adapter.size(payload)))
+                size = adapter.size(payload)
+                if size > CLIENT_RECEIVE_LIMIT:
+                    self._warn_oversized(event, lsn, size)
+                deliver(client.ledger, lsn, txn, payload, event, held(size))
                 append(payload)
         self.unwoken = True
+
+    def _warn_oversized(self, event: ChangeEvent, lsn: int, size: int) -> None:
+        """Once per change: a client with gRPC's default receive limit will fail on this message (it ends
+        its call with RESOURCE_EXHAUSTED; the other clients are not held up by it)."""
+        if self._oversized is event:
+            return
+        self._oversized = event
+        self.oversized_sent += 1
+        rel = event.relation
+        table = f"{rel.schema}.{rel.table}" if rel is not None else event.op.value
+        log.warning("a %s change of %s at %s is %d bytes, over gRPC's default 4 MiB receive limit: clients must "
+                    "raise theirs (grpc.max_receive_message_length; docs/client.md) or they fail on it", event.op.value,
+                    table, format_lsn(lsn), size)
 
     def wake(self) -> None:
         """Wake the senders of clients with newly queued messages. The reader calls this before it yields
