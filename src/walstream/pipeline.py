@@ -13,13 +13,13 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
-from functools import partial
 
 from .config import StartConfig
 from .delivery.hub import Hub
 from .errors import SlotInUseError, WalstreamError
 from .lsn import format_lsn
 from .processing.assembler import Assembler, ConverterSource
+from .processing.text import text_decoder
 from .replication.decoder import decode_message, plain_insert
 from .replication.stream import ReplicationStream, StreamInfo
 
@@ -40,7 +40,7 @@ class Pipeline:
         self.config = config
         self.dsn = dsn
         self.hub = hub
-        self.assembler = Assembler(hub, types, partial(bytes.decode, encoding="utf-8"))
+        self.assembler = Assembler(hub, types, text_decoder("utf-8"))
         self.stopping = _StopEvent(self._wake_reader)  # set() also ends the reader's wait for data
         self._reader_wait: asyncio.Future[None] | None = None
         self.first_attempt = asyncio.Event()  # the slot exists (or is held elsewhere) or start failed
@@ -123,7 +123,7 @@ class Pipeline:
             self.on_state(state)
 
     def _on_open(self, created: bool, encoding: str, proto: int, server_version: int) -> None:
-        self.assembler.text_decoder = partial(bytes.decode, encoding=encoding)
+        self.assembler.text_decoder = text_decoder(encoding)
         if self._opened_once:
             if created and self.config.temporary:
                 log.warning("the temporary slot %s was lost with the connection and created again: changes "

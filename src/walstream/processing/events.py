@@ -16,6 +16,7 @@ import orjson
 
 from ..replication.messages import COLUMN_NULL, COLUMN_TEXT, RelationColumn, TupleData
 from . import values
+from .text import undecodable
 
 Converter = Callable[[str], object]
 _Fragment = orjson.Fragment
@@ -90,7 +91,10 @@ class RelationInfo:
         for i in self.key_indexes if key_only else range(len(cells)):
             kind, data = cells[i]
             if kind == COLUMN_TEXT:
-                row[names[i]] = convert[i](data)  # type: ignore[arg-type]
+                try:
+                    row[names[i]] = convert[i](data)  # type: ignore[arg-type]
+                except UnicodeDecodeError:  # only a SQL_ASCII database lets such bytes in
+                    row[names[i]] = self.converters[i](undecodable(self.schema, self.table, names[i], data))  # type: ignore[arg-type]
             elif kind == COLUMN_NULL:
                 row[names[i]] = None
             elif kind != "u":  # binary values are never requested: walstream streams in text mode

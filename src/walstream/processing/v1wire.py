@@ -19,6 +19,7 @@ import struct
 from collections.abc import Callable
 
 from ..replication.messages import COLUMN_NULL, COLUMN_TEXT, COLUMN_UNCHANGED_TOAST, TupleData
+from .text import undecodable
 from .typed import INT64_MAX, RelationTyping, ValueConverter, parse_date, parse_time, parse_timestamp, to_value
 
 log = logging.getLogger(__name__)
@@ -208,7 +209,11 @@ class RowEncoder:
         """Text that does not parse as its type (which pgoutput should never send): its Value from the
         converter where that takes it (a timestamp beyond int64 microseconds), else the text, logged."""
         typing = self.typing
-        text = typing.decode(data)
+        if isinstance(exc, UnicodeDecodeError):  # only a SQL_ASCII database lets such bytes in
+            rel = typing.relation
+            text = undecodable(rel.schema, rel.table, typing.columns[index].name, data)
+        else:
+            text = typing.decode(data)
         try:
             return _framed(to_value(typing.converters[index], text).SerializeToString())
         except (ValueError, KeyError, IndexError):

@@ -22,6 +22,7 @@ import psycopg2.extras
 from ..dsn import parse_connection
 from ..errors import ErrorKind, SlotInUseError, SourceError
 from ..lsn import format_lsn, parse_lsn
+from ..processing.text import SQL_ASCII
 from .catalog import CONNECT_TIMEOUT, first_line
 from .copyboth import CopyBoth, CopyBothError
 
@@ -62,7 +63,7 @@ def quote_publication(name: str) -> str:
 class StreamInfo:
     server_version: int
     proto_version: int
-    encoding: str  # Python codec of the server encoding: pgoutput sends text in it
+    encoding: str  # Python codec of the server encoding (pgoutput sends text in it), or text.SQL_ASCII
     created_slot: bool
     start_lsn: int  # consistent point of a new slot, else 0
     sender_timeout: float  # the server's wal_sender_timeout in seconds (0: disabled)
@@ -147,7 +148,10 @@ class ReplicationStream:
         pgconn = conn.pgconn_ptr
         assert pgconn is not None  # an open connection has one
         self._wire = CopyBoth(pgconn)
-        encoding = psycopg2.extensions.encodings.get(conn.encoding, "utf-8")
+        if conn.encoding.replace("_", "") == "SQLASCII":  # no encoding at all: processing/text.py has the rule
+            encoding = SQL_ASCII
+        else:
+            encoding = psycopg2.extensions.encodings.get(conn.encoding, "utf-8")
         return StreamInfo(version, proto, encoding, created, start_lsn, sender_timeout)
 
     def _ensure_slot(self, cur: psycopg2.extras.ReplicationCursor) -> tuple[bool, int]:
