@@ -10,11 +10,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-from collections.abc import Mapping
 
 import grpc
-import psycopg2
-import psycopg2.extensions
 
 from . import dsn as dsnlib
 from . import security
@@ -26,12 +23,12 @@ from .delivery.hub import Hub
 from .delivery.seed_service import SeedService
 from .delivery.v1_adapter import Encoder
 from .delivery.v1_service import ServerStatus, WalstreamServicer
-from .errors import ConfigError, SourceError
+from .errors import ConfigError
 from .operations import Operations
 from .pipeline import Pipeline
 from .processing.typed import TypedCatalog
-from .processing.values import TypeCatalog, TypeInfo, catalog_lookup
-from .replication import catalog
+from .processing.values import TypeCatalog
+from .replication.type_lookup import TypeLookup
 
 log = logging.getLogger(__name__)
 
@@ -40,49 +37,11 @@ def run_start(config: StartConfig) -> int:
     return asyncio.run(serve(config))
 
 
-class _CatalogConnection:
-    """A plain connection for type look-ups, opened on first use and again if lost."""
-
-    def __init__(self, conn_str: str) -> None:
-        self.conn_str = conn_str
-        self.held: list[psycopg2.extensions.connection] = []
-
-    def lookup(self, oids: list[int]) -> Mapping[int, TypeInfo]:
-        """User-defined types (a TypeCatalog Lookup)."""
-        try:
-            return catalog_lookup(self._conn())(oids)
-        except psycopg2.Error as exc:
-            self._drop()
-            raise SourceError(f"cannot look up column types: {catalog.first_line(exc)}") from None
-
-    def schema_of(self, type_oid: int) -> str | None:
-        """The schema of a type, for walstream.v1 type names; None if it cannot be read."""
-        try:
-            with self._conn().cursor() as cur:
-                cur.execute("SELECT n.nspname::text FROM pg_catalog.pg_type t JOIN pg_catalog.pg_namespace n "
-                            "ON n.oid = t.typnamespace WHERE t.oid = %s", (type_oid,))
-                row = cur.fetchone()
-            return str(row[0]) if row else None
-        except (psycopg2.Error, SourceError) as exc:
-            self._drop()
-            log.warning("cannot look up the schema of type %d: %s", type_oid, catalog.first_line(exc))
-            return None
-
-    def _conn(self) -> psycopg2.extensions.connection:
-        if not self.held:
-            self.held.append(catalog.connect(self.conn_str))
-        return self.held[0]
-
-    def _drop(self) -> None:
-        if self.held:
-            self.held.pop().close()
-
-
 async def serve(config: StartConfig, ready: asyncio.Event | None = None) -> int:
     hub = Hub(AckTracker(), config.client_queue_size, config.max_unacked, config.max_unacked_bytes)
-    catalog_conn = _CatalogConnection(config.connection)
-    types = TypeCatalog(lookup=catalog_conn.lookup)
-    pipeline = Pipeline(config, dsnlib.replication_dsn(config.connection), hub, types)
+    type_lookup = TypeLookup(config.connection)
+    types = TypeCatalog()  # user types are added by the pipeline, fetched off the event loop
+    pipeline = Pipeline(config, dsnlib.replication_dsn(config.connection), hub, types, type_lookup.fetch)
     ops = Operations(config, hub, pipeline)  # health, reflection, slot monitor, metrics
 
     # The guard checks the token and the client limit before any servicer code runs (delivery/auth.py).
@@ -90,7 +49,7 @@ async def serve(config: StartConfig, ready: asyncio.Event | None = None) -> int:
                              options=auth.server_options(config))
     plugin_pb2_grpc.add_PluginServiceServicer_to_server(SeedService(hub), server)  # type: ignore[no-untyped-call]
     status = ServerStatus(hub, pipeline, config.slot, config.temporary, config.connection)
-    v1 = WalstreamServicer(hub, Encoder(TypedCatalog(types, catalog_conn.schema_of)), status)
+    v1 = WalstreamServicer(hub, Encoder(TypedCatalog(types, pipeline.type_schemas.get)), status)
     v1_service.add_to_server(v1, server)
     address = f"{config.host}:{config.port}"
     try:
@@ -146,6 +105,7 @@ async def serve(config: StartConfig, ready: asyncio.Event | None = None) -> int:
     hub.close()
     await server.stop(1.0)
     status.close()
+    type_lookup.close()
     await ops.close()
     if failure is not None:
         log.error("the replication stream failed while shutting down")

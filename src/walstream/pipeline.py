@@ -12,16 +12,19 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from .config import StartConfig
 from .delivery.hub import Hub
 from .errors import SlotInUseError, WalstreamError
 from .lsn import format_lsn
-from .processing.assembler import Assembler, ConverterSource
+from .processing.assembler import Assembler
 from .processing.text import text_decoder
+from .processing.values import TypeCatalog, TypeInfo
 from .replication.decoder import decode_message, plain_insert
+from .replication.messages import Relation
 from .replication.stream import ReplicationStream, StreamInfo
+from .threads import in_daemon_thread
 
 log = logging.getLogger(__name__)
 
@@ -35,11 +38,19 @@ PAUSED_KEEPALIVE = 1.0  # seconds between status updates while not reading (keep
 YIELD_EVERY = 256  # messages read before letting the gRPC side run
 
 
+# Reads user-defined types and their schemas from the catalog (blocking: run in a worker thread).
+FetchTypes = Callable[[list[int]], tuple[Mapping[int, TypeInfo], Mapping[int, str]]]
+
+
 class Pipeline:
-    def __init__(self, config: StartConfig, dsn: str, hub: Hub, types: ConverterSource) -> None:
+    def __init__(self, config: StartConfig, dsn: str, hub: Hub, types: TypeCatalog,
+                 fetch_types: FetchTypes | None = None) -> None:
         self.config = config
         self.dsn = dsn
         self.hub = hub
+        self.types = types
+        self.fetch_types = fetch_types
+        self.type_schemas: dict[int, str] = {}  # filled with the types fetched: the v1 type names' schemas
         self.assembler = Assembler(hub, types, text_decoder("utf-8"))
         self.stopping = _StopEvent(self._wake_reader)  # set() also ends the reader's wait for data
         self._reader_wait: asyncio.Future[None] | None = None
@@ -156,6 +167,17 @@ class Pipeline:
         opening.cancel()
         return None
 
+    async def _fetch_types(self, relation: Relation) -> None:
+        """Read the relation's user-defined column types not known yet, in a worker thread: the event loop
+        (the clients, Status, health) goes on meanwhile; the stream itself waits, as its next changes need
+        them."""
+        missing = self.types.missing(c.type_oid for c in relation.columns)
+        if missing and self.fetch_types is not None:
+            fetch = self.fetch_types
+            infos, schemas = await in_daemon_thread(lambda: fetch(missing), "walstream-type-lookup")
+            self.types.add(infos, missing)
+            self.type_schemas.update(schemas)
+
     async def _sleep(self, seconds: float) -> None:
         try:
             await asyncio.wait_for(self.stopping.wait(), seconds)
@@ -199,7 +221,10 @@ class Pipeline:
                 if data[0] == 0x49 and (row := plain_insert(data)) is not None:  # an Insert: no message object
                     insert(row[0], row[1], lsn)
                 else:
-                    handle(decode_message(data), lsn)
+                    decoded = decode_message(data)
+                    if type(decoded) is Relation and self.fetch_types is not None:
+                        await self._fetch_types(decoded)
+                    handle(decoded, lsn)
                 if not hub.can_accept():
                     break
             else:

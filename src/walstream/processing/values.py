@@ -254,6 +254,19 @@ class TypeCatalog:
             conv = self._build(type_oid, ())
         return conv
 
+    def missing(self, oids: Iterable[int]) -> list[int]:
+        """The OIDs among these that are neither built in nor known yet: fetch them (off the event loop)
+        and add() them before asking for their converters."""
+        return sorted({o for o in oids if o not in BUILTIN and o not in self._infos})
+
+    def add(self, infos: Mapping[int, TypeInfo], asked: Iterable[int]) -> None:
+        """Types read elsewhere, as a lookup of `asked` would have returned them."""
+        for oid, info in infos.items():
+            if oid not in BUILTIN:
+                self._infos[oid] = info
+        for oid in asked:
+            self._infos.setdefault(oid, None)
+
     def invalidate(self, type_oid: int) -> None:
         """Forget a type (pgoutput sent a Type message: it may have changed), the user types it is built
         from, and every type built from any of those."""

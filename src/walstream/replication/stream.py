@@ -8,10 +8,8 @@ the connection is read and answered by walstream.replication.copyboth, never by 
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import re
-import threading
 from dataclasses import dataclass
 
 import psycopg2
@@ -23,6 +21,7 @@ from ..dsn import parse_connection
 from ..errors import ErrorKind, SlotInUseError, SourceError
 from ..lsn import format_lsn, parse_lsn
 from ..processing.text import SQL_ASCII
+from ..threads import in_daemon_thread
 from .catalog import CONNECT_TIMEOUT, first_line
 from .copyboth import CopyBoth, CopyBothError
 
@@ -86,33 +85,9 @@ class ReplicationStream:
     # -- opening --------------------------------------------------------------------------------------
 
     async def open(self) -> StreamInfo:
-        """Connect and start streaming in a daemon thread: a caller that stops waiting (walstream is
-        stopping while a host does not answer) is not held up by it, nor is the process's exit."""
-        loop = asyncio.get_running_loop()
-        opened: asyncio.Future[StreamInfo] = loop.create_future()
-
-        def settle(result: StreamInfo | None, error: BaseException | None) -> None:
-            if opened.cancelled():
-                self.close()  # nobody waits for this connection any more
-            elif error is not None:
-                opened.set_exception(error)
-            else:
-                opened.set_result(result)  # type: ignore[arg-type]
-
-        def connect() -> None:
-            result: StreamInfo | None = None
-            error: BaseException | None = None
-            try:
-                result = self._open()
-            except BaseException as exc:  # noqa: BLE001 (handed to the waiting task)
-                error = exc
-            try:
-                loop.call_soon_threadsafe(settle, result, error)
-            except RuntimeError:  # the event loop is gone: walstream has stopped
-                self.close()
-
-        threading.Thread(target=connect, name="walstream-replication-connect", daemon=True).start()
-        return await opened
+        """Connect and start streaming off the event loop; a caller that stops waiting (walstream is
+        stopping while a host does not answer) is held up neither here nor at exit."""
+        return await in_daemon_thread(self._open, "walstream-replication-connect", lambda info: self.close())
 
     def _open(self) -> StreamInfo:
         dsn = self.dsn
