@@ -46,15 +46,26 @@ async fn stopped(stop: &mut watch::Receiver<bool>) {
 fn describe(msg: &ServerMessage) -> Option<(u64, String)> {
     use server_message::Msg;
     Some(match msg.msg.as_ref()? {
-        Msg::Insert(e) => (e.pg_lsn, format!("INSERT {}.{}: {}", e.schema, e.table, e.json_payload)),
-        Msg::Update(e) => (e.pg_lsn, format!("UPDATE {}.{}: {}", e.schema, e.table, e.json_payload)),
-        Msg::Delete(e) => (e.pg_lsn, format!("DELETE {}.{}: {}", e.schema, e.table, e.json_payload)),
+        Msg::Insert(e) => (
+            e.pg_lsn,
+            format!("INSERT {}.{}: {}", e.schema, e.table, e.json_payload),
+        ),
+        Msg::Update(e) => (
+            e.pg_lsn,
+            format!("UPDATE {}.{}: {}", e.schema, e.table, e.json_payload),
+        ),
+        Msg::Delete(e) => (
+            e.pg_lsn,
+            format!("DELETE {}.{}: {}", e.schema, e.table, e.json_payload),
+        ),
         Msg::Truncate(e) => (e.pg_lsn, format!("TRUNCATE {}.{}", e.schema, e.table)),
     })
 }
 
 fn ack(pg_lsn: u64) -> ClientMessage {
-    ClientMessage { msg: Some(client_message::Msg::Ack(ClientAck { pg_lsn })) }
+    ClientMessage {
+        msg: Some(client_message::Msg::Ack(ClientAck { pg_lsn })),
+    }
 }
 
 /// Runs one Session call on a fresh connection until the server ends it, it fails, or a stop is
