@@ -45,7 +45,7 @@ want_pkgs=""
 wants ts && want_pkgs+=" $PROTOC_PKGS"
 wants go && want_pkgs+=" $PROTOC_PKGS"
 wants rust && want_pkgs+=" $PROTOC_PKGS"
-# Node.js and cargo may come from elsewhere (nodesource, rustup): only install Debian's if absent.
+# Node.js may come from elsewhere (nodesource): only install Debian's if absent.
 if wants js || wants ts; then
     command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1 || want_pkgs+=" $NODE_PKGS"
 fi
@@ -135,7 +135,7 @@ fi
 if wants rust; then
     cargo="$(cargo_bin)"
     if [ -z "$cargo" ]; then
-        miss rust "cargo (rustup's; Rust 1.85 or newer) not on PATH nor in ~/.cargo/bin"
+        miss rust "cargo (rustup's; Rust 1.88 or newer) not on PATH nor in ~/.cargo/bin"
     elif ! command -v protoc >/dev/null 2>&1 && [ -z "${PROTOC:-}" ]; then
         miss rust "protoc (Debian: protobuf-compiler), or PROTOC=/path/to/protoc${apt_failed:+: $apt_failed}"
     else
