@@ -109,8 +109,12 @@ if wants ts && ! command -v protoc >/dev/null 2>&1; then
 fi
 
 if wants go; then
+    go_needed="$(sed -n 's/^go \([0-9.]*\)$/\1/p' "$EXAMPLES/go-client/go.mod")"
+    go_found="$(go env GOVERSION 2>/dev/null)"; go_found="${go_found#go}"
     if ! command -v go >/dev/null 2>&1; then
-        miss go "go (1.26 or newer, as examples/go-client/go.mod says) not on PATH"
+        miss go "go ($go_needed or newer, as examples/go-client/go.mod says) not on PATH"
+    elif [ "$(printf '%s\n' "$go_needed" "$go_found" | sort -V | head -1)" != "$go_needed" ]; then
+        miss go "go $go_needed or newer (examples/go-client/go.mod); $(command -v go) is ${go_found:-too old}"
     elif ! command -v protoc >/dev/null 2>&1; then
         miss go "protoc (Debian: protobuf-compiler)${apt_failed:+: $apt_failed}"
     else
