@@ -5,9 +5,13 @@
 #
 #   scripts/install_example_toolchains.sh [python] [js] [ts] [go] [rust]
 #
-# Installs Debian packages with apt-get (as root, or with passwordless sudo), runs `npm ci` in
-# examples/js-client and examples/ts-client, and `pip install` for the Python example into
-# $PYTHON (default python3) if it lacks grpcio/grpcio-tools.
+# Uses the machine's Go and Rust (rustup's cargo) and the registries: protoc from Debian's
+# protobuf-compiler (apt-get, as root or with passwordless sudo; ts, go and rust generate code with
+# it), `npm ci` in examples/js-client and examples/ts-client, `pip install` for the Python example
+# into $PYTHON (default python3) if it lacks grpcio/grpcio-tools, protoc-gen-go and
+# protoc-gen-go-grpc by `go install` from the Go module proxy (into $(go env GOPATH)/bin) plus
+# `go mod download` for examples/go-client, and `cargo fetch --locked` for examples/rust-client
+# from crates.io.
 #
 # Ends with one line per language, "READY <lang>" or "MISSING <lang>: <what is missing>", and
 # exits non-zero if any language is MISSING. tests/e2e/test_examples.py reads those lines.
@@ -19,13 +23,11 @@ PYTHON="${PYTHON:-python3}"
 LANGS=("$@")
 [ ${#LANGS[@]} -eq 0 ] && LANGS=(python js ts go rust)
 
-# Debian packages per language (bookworm names).
+# Debian packages (bookworm names).
 PROTOC_PKGS="protobuf-compiler"
 NODE_PKGS="nodejs npm"
-GO_PKGS="golang-go golang-google-grpc-dev golang-google-protobuf-dev golang-github-golang-protobuf-1-5-dev
-         protoc-gen-go protoc-gen-go-grpc"
-RUST_CRATE_PKGS="librust-bytes-dev librust-h2-dev librust-http-dev librust-prost-dev librust-prost-build-dev
-                 librust-tokio-dev"
+# The code generators for Go; protoc-gen-go's version is the protobuf-go that go.mod requires.
+PROTOC_GEN_GO_GRPC_VERSION="v1.6.2"
 
 APT_LOG="${TMPDIR:-/tmp}/install_example_toolchains.apt.log"
 
@@ -35,19 +37,18 @@ declare -A MISSING=()
 miss() { MISSING[$1]="${MISSING[$1]:+${MISSING[$1]}; }$2"; }
 wants() { local l; for l in "${LANGS[@]}"; do [ "$l" = "$1" ] && return 0; done; return 1; }
 
-have_cargo() { command -v cargo >/dev/null 2>&1 || [ -x "$HOME/.cargo/bin/cargo" ]; }
+cargo_bin() { command -v cargo 2>/dev/null || { [ -x "$HOME/.cargo/bin/cargo" ] && echo "$HOME/.cargo/bin/cargo"; }; }
 pkg_installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }
 
 # ---- 1. Debian packages ------------------------------------------------------------------
 want_pkgs=""
 wants ts && want_pkgs+=" $PROTOC_PKGS"
-wants go && want_pkgs+=" $PROTOC_PKGS $GO_PKGS"
-wants rust && want_pkgs+=" $PROTOC_PKGS $RUST_CRATE_PKGS"
-# Node.js and cargo may come from elsewhere (nodesource, rustup): only install Debian's if absent.
+wants go && want_pkgs+=" $PROTOC_PKGS"
+wants rust && want_pkgs+=" $PROTOC_PKGS"
+# Node.js may come from elsewhere (nodesource): only install Debian's if absent.
 if wants js || wants ts; then
     command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1 || want_pkgs+=" $NODE_PKGS"
 fi
-wants rust && ! have_cargo && want_pkgs+=" cargo"
 
 need_pkgs=""
 if command -v dpkg-query >/dev/null 2>&1; then
@@ -76,12 +77,6 @@ if [ -n "${need_pkgs// /}" ]; then
             || apt_failed="apt-get install$need_pkgs failed (see $APT_LOG)"
     fi
 fi
-
-missing_pkgs() {  # the packages among "$@" still not installed
-    local out="" p
-    for p in "$@"; do pkg_installed "$p" || out+=" $p"; done
-    echo "$out"
-}
 
 # ---- 2. per language -----------------------------------------------------------------
 if wants python; then
@@ -114,14 +109,44 @@ if wants ts && ! command -v protoc >/dev/null 2>&1; then
 fi
 
 if wants go; then
-    m=$(missing_pkgs $PROTOC_PKGS $GO_PKGS)
-    [ -n "$m" ] && miss go "Debian packages:$m${apt_failed:+ ($apt_failed)}"
+    go_needed="$(sed -n 's/^go \([0-9.]*\)$/\1/p' "$EXAMPLES/go-client/go.mod")"
+    go_found="$(go env GOVERSION 2>/dev/null)"; go_found="${go_found#go}"
+    if ! command -v go >/dev/null 2>&1; then
+        miss go "go ($go_needed or newer, as examples/go-client/go.mod says) not on PATH"
+    elif [ "$(printf '%s\n' "$go_needed" "$go_found" | sort -V | head -1)" != "$go_needed" ]; then
+        miss go "go $go_needed or newer (examples/go-client/go.mod); $(command -v go) is ${go_found:-too old}"
+    elif ! command -v protoc >/dev/null 2>&1; then
+        miss go "protoc (Debian: protobuf-compiler)${apt_failed:+: $apt_failed}"
+    else
+        gobin="$(go env GOBIN)"; gobin="${gobin:-$(go env GOPATH | cut -d: -f1)/bin}"
+        # The versions the generated code should come from; a plugin already there at that version stays.
+        pb_version="$(cd "$EXAMPLES/go-client" && go list -m -f '{{.Version}}' google.golang.org/protobuf 2>/dev/null)"
+        pb_version="${pb_version:-latest}"
+        plugin_ok() { [ -x "$gobin/$1" ] && "$gobin/$1" --version 2>/dev/null | grep -q -- "${2#v}\$"; }
+        for plugin in "protoc-gen-go google.golang.org/protobuf/cmd/protoc-gen-go $pb_version" \
+                      "protoc-gen-go-grpc google.golang.org/grpc/cmd/protoc-gen-go-grpc $PROTOC_GEN_GO_GRPC_VERSION"; do
+            read -r name pkg version <<<"$plugin"
+            plugin_ok "$name" "$version" && continue
+            log "go install $pkg@$version"
+            go install "$pkg@$version" >&2 || miss go "go install $pkg@$version failed (is the Go module proxy reachable?)"
+        done
+        log "go mod download in examples/go-client"
+        (cd "$EXAMPLES/go-client" && go mod download) >&2 \
+            || miss go "go mod download in examples/go-client failed (is the Go module proxy reachable?)"
+    fi
 fi
 
 if wants rust; then
-    m=$(missing_pkgs $PROTOC_PKGS $RUST_CRATE_PKGS)
-    [ -n "$m" ] && miss rust "Debian packages:$m${apt_failed:+ ($apt_failed)}"
-    have_cargo || miss rust "cargo (Debian: cargo, or rustup)${apt_failed:+ ($apt_failed)}"
+    cargo="$(cargo_bin)"
+    if [ -z "$cargo" ]; then
+        miss rust "cargo (rustup's; Rust 1.88 or newer) not on PATH nor in ~/.cargo/bin"
+    elif ! command -v protoc >/dev/null 2>&1 && [ -z "${PROTOC:-}" ]; then
+        miss rust "protoc (Debian: protobuf-compiler), or PROTOC=/path/to/protoc${apt_failed:+: $apt_failed}"
+    else
+        log "cargo fetch --locked in examples/rust-client"
+        (cd "$EXAMPLES/rust-client" && "$cargo" fetch --locked -q) >&2 \
+            || miss rust "cargo fetch --locked in examples/rust-client failed (is crates.io reachable?)"
+    fi
 fi
 
 # ---- 3. report -------------------------------------------------------------------------

@@ -5,8 +5,8 @@
 //	go_seed_client '<json config: addr, rows, ack_every>'
 //
 // Same protocol as bench/clients.py: connect, print `ready`, read one line of JSON on stdin (the PIDs to
-// account CPU for), subscribe, print the result as one line of JSON. The stubs are generated into this
-// package at build time from proto/plugin.proto (bench/run.py does it; not committed).
+// account CPU for), subscribe, print the result as one line of JSON. A Go module of its own; package pluginpb
+// is generated from proto/plugin.proto by `go generate ./...` (bench/gobuild.py does it; not committed).
 package main
 
 import (
@@ -21,6 +21,10 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/connectivity"
+	"google.golang.org/grpc/credentials/insecure"
+
+	pb "walstream.bench/go_seed_client/pluginpb"
 )
 
 type config struct {
@@ -63,6 +67,19 @@ func fail(format string, args ...interface{}) {
 	os.Exit(1)
 }
 
+// waitReady connects conn and waits until it is ready, or fails after timeout.
+func waitReady(conn *grpc.ClientConn, timeout time.Duration) error {
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	conn.Connect()
+	for state := conn.GetState(); state != connectivity.Ready; state = conn.GetState() {
+		if !conn.WaitForStateChange(ctx, state) {
+			return fmt.Errorf("still %s after %s", state, timeout)
+		}
+	}
+	return nil
+}
+
 func main() {
 	var cfg config
 	if len(os.Args) != 2 || json.Unmarshal([]byte(os.Args[1]), &cfg) != nil || cfg.Addr == "" || cfg.Rows <= 0 {
@@ -71,13 +88,15 @@ func main() {
 	if cfg.AckEvery < 1 {
 		cfg.AckEvery = 1
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	conn, err := grpc.DialContext(ctx, cfg.Addr, grpc.WithInsecure(), grpc.WithBlock())
-	cancel()
+	conn, err := grpc.NewClient(cfg.Addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
-		fail("cannot connect to %s: %v", cfg.Addr, err)
+		fail("bad address %s: %v", cfg.Addr, err)
 	}
 	defer conn.Close()
+	// Connected before `ready`, so the timed part starts on an open connection.
+	if err := waitReady(conn, 30*time.Second); err != nil {
+		fail("cannot connect to %s: %v", cfg.Addr, err)
+	}
 
 	fmt.Println("ready")
 	pids := map[string]int{}
@@ -90,7 +109,7 @@ func main() {
 
 	cpu0, my0 := cpus(pids), ownCPU()
 	t0 := time.Now()
-	stream, err := NewPluginServiceClient(conn).Session(context.Background())
+	stream, err := pb.NewPluginServiceClient(conn).Session(context.Background())
 	if err != nil {
 		fail("Session: %v", err)
 	}
@@ -107,13 +126,13 @@ func main() {
 		var lsn uint64
 		var payload string
 		switch m := msg.GetMsg().(type) {
-		case *ServerMessage_Insert:
+		case *pb.ServerMessage_Insert:
 			lsn, payload = m.Insert.PgLsn, m.Insert.JsonPayload
-		case *ServerMessage_Update:
+		case *pb.ServerMessage_Update:
 			lsn, payload = m.Update.PgLsn, m.Update.JsonPayload
-		case *ServerMessage_Delete:
+		case *pb.ServerMessage_Delete:
 			lsn, payload = m.Delete.PgLsn, m.Delete.JsonPayload
-		case *ServerMessage_Truncate:
+		case *pb.ServerMessage_Truncate:
 			lsn = m.Truncate.PgLsn
 		default:
 			continue
@@ -126,7 +145,7 @@ func main() {
 			rows++
 		}
 		if rows%cfg.AckEvery == 0 || rows >= cfg.Rows {
-			if err := stream.Send(&ClientMessage{Msg: &ClientMessage_Ack{Ack: &ClientAck{PgLsn: lsn}}}); err != nil {
+			if err := stream.Send(&pb.ClientMessage{Msg: &pb.ClientMessage_Ack{Ack: &pb.ClientAck{PgLsn: lsn}}}); err != nil {
 				fail("ack: %v", err)
 			}
 		}

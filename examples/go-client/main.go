@@ -4,8 +4,8 @@
 // stream ends or fails; on Ctrl-C / SIGTERM it half-closes the stream and waits for the server
 // to finish the call, so the last acks are delivered, then exits.
 //
-// plugin.pb.go and plugin_grpc.pb.go are generated into this package from ../../proto/plugin.proto
-// (see README.md).
+// Package pluginpb holds the messages and client generated from ../../proto/plugin.proto by
+// `go generate ./...` (see README.md).
 package main
 
 import (
@@ -20,6 +20,9 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+
+	pb "walstream.example/go-client/pluginpb"
 )
 
 const (
@@ -28,18 +31,18 @@ const (
 )
 
 // describe returns the event's pg_lsn and the line to print for it; ok is false for an unknown kind.
-func describe(msg *ServerMessage) (lsn uint64, line string, ok bool) {
+func describe(msg *pb.ServerMessage) (lsn uint64, line string, ok bool) {
 	switch m := msg.GetMsg().(type) {
-	case *ServerMessage_Insert:
+	case *pb.ServerMessage_Insert:
 		e := m.Insert
 		return e.PgLsn, fmt.Sprintf("INSERT %s.%s: %s", e.Schema, e.Table, e.JsonPayload), true
-	case *ServerMessage_Update:
+	case *pb.ServerMessage_Update:
 		e := m.Update
 		return e.PgLsn, fmt.Sprintf("UPDATE %s.%s: %s", e.Schema, e.Table, e.JsonPayload), true
-	case *ServerMessage_Delete:
+	case *pb.ServerMessage_Delete:
 		e := m.Delete
 		return e.PgLsn, fmt.Sprintf("DELETE %s.%s: %s", e.Schema, e.Table, e.JsonPayload), true
-	case *ServerMessage_Truncate:
+	case *pb.ServerMessage_Truncate:
 		e := m.Truncate
 		return e.PgLsn, fmt.Sprintf("TRUNCATE %s.%s", e.Schema, e.Table), true
 	}
@@ -47,7 +50,7 @@ func describe(msg *ServerMessage) (lsn uint64, line string, ok bool) {
 }
 
 // runSession handles one Session call until the server ends it, it fails, or stop is closed.
-func runSession(client PluginServiceClient, stop <-chan struct{}) error {
+func runSession(client pb.PluginServiceClient, stop <-chan struct{}) error {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	stream, err := client.Session(ctx)
@@ -56,7 +59,7 @@ func runSession(client PluginServiceClient, stop <-chan struct{}) error {
 	}
 
 	// One goroutine receives; this one handles events and is the only one that sends.
-	events := make(chan *ServerMessage)
+	events := make(chan *pb.ServerMessage)
 	finished := make(chan error, 1) // io.EOF: the server ended the call with OK
 	go func() {
 		for {
@@ -82,7 +85,7 @@ func runSession(client PluginServiceClient, stop <-chan struct{}) error {
 			}
 			fmt.Println(line) // os.Stdout is unbuffered
 			// On a broken stream Send returns io.EOF; the real error then comes from Recv.
-			_ = stream.Send(&ClientMessage{Msg: &ClientMessage_Ack{Ack: &ClientAck{PgLsn: lsn}}})
+			_ = stream.Send(&pb.ClientMessage{Msg: &pb.ClientMessage_Ack{Ack: &pb.ClientAck{PgLsn: lsn}}})
 		case err := <-finished:
 			return err
 		case <-stop:
@@ -108,14 +111,14 @@ func runSession(client PluginServiceClient, stop <-chan struct{}) error {
 // off on its own, up to minutes, failing calls meanwhile; a new one per attempt keeps the
 // reconnect delay at reconnectDelay.)
 func dialAndRun(addr string, stop <-chan struct{}) error {
-	// grpc.WithInsecure: plaintext, as the server listens without TLS. (grpc-go >= 1.34 also
-	// offers grpc.WithTransportCredentials(insecure.NewCredentials()).)
-	conn, err := grpc.Dial(addr, grpc.WithInsecure())
+	// Plaintext, as the server listens without TLS. grpc.NewClient does not connect yet: the
+	// Session call below does, and fails if the server is not there.
+	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		return err
 	}
 	defer conn.Close()
-	return runSession(NewPluginServiceClient(conn), stop)
+	return runSession(pb.NewPluginServiceClient(conn), stop)
 }
 
 func main() {

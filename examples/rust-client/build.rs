@@ -1,6 +1,9 @@
-// Generates the message structs (prost) from the repository's one copy of the contract.
-// prost-build runs protoc: from $PROTOC, else from PATH (Debian: protobuf-compiler).
-fn main() -> std::io::Result<()> {
-    println!("cargo:rerun-if-changed=../../proto/plugin.proto");
-    prost_build::compile_protos(&["../../proto/plugin.proto"], &["../../proto"])
+// Generates the messages (prost) and the client (tonic) from the repository's one copy of the
+// contract, into OUT_DIR; src/main.rs includes them with tonic::include_proto!. Runs protoc: from
+// $PROTOC, else from PATH (Debian: protobuf-compiler). Reruns when the proto file changes.
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    tonic_prost_build::configure()
+        .build_server(false)
+        .compile_protos(&["../../proto/plugin.proto"], &["../../proto"])?;
+    Ok(())
 }
