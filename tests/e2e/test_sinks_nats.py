@@ -1,0 +1,200 @@
+"""walstream start --sink nats://...: a real nats-server with JetStream, read back by an independent client.
+
+Proof: a pgbench workload streamed through the sink replays into the same tables PostgreSQL has, each
+change exactly once in the stream; after kill -9 of walstream, after the broker is killed and restarted
+mid-stream, and with the broker down at start. Oversized changes stop walstream with a clear error and
+the slot keeps them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+from collections import Counter
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import nats
+import orjson
+import pytest
+from brokers import NatsServer
+from sinkcheck import (
+    PGBENCH_KEYS,
+    Message,
+    confirmed_flush,
+    pgbench_init,
+    replay,
+    run_pgbench,
+    snapshot,
+    wait_pgbench,
+    wait_until,
+)
+from support import WalstreamProcess
+
+if TYPE_CHECKING:
+    from conftest import TestDB
+
+pytestmark = [pytest.mark.slow, pytest.mark.parametrize("pg", ["15"], indirect=True, ids=["pg15"])]
+
+STREAM = "WALSTREAM"
+
+
+async def _read_stream(url: str, stream: str = STREAM) -> list[Message]:
+    nc = await nats.connect(url)
+    try:
+        js = nc.jetstream()
+        try:
+            info = await js.stream_info(stream)
+        except nats.js.errors.NotFoundError:
+            return []
+        out = []
+        for seq in range(info.state.first_seq, info.state.last_seq + 1):
+            raw = await js.get_msg(stream, seq)
+            out.append(Message(dict(raw.headers or {}), orjson.loads(raw.data or b"{}"), raw.subject))
+        return out
+    finally:
+        await nc.close()
+
+
+def read_stream(url: str) -> list[Message]:
+    return asyncio.run(_read_stream(url))
+
+
+def stream_count(url: str) -> int:
+    async def count() -> int:
+        nc = await nats.connect(url)
+        try:
+            return int((await nc.jetstream().stream_info(STREAM)).state.messages)
+        except nats.js.errors.NotFoundError:
+            return 0
+        finally:
+            await nc.close()
+    return asyncio.run(count())
+
+
+@pytest.fixture
+def nats_server(tmp_path: Path):  # type: ignore[no-untyped-def]
+    server = NatsServer(tmp_path / "nats").start()
+    yield server
+    server.stop()
+
+
+def _walstream(db: TestDB, url: str, tmp_path: Path, *extra: str) -> WalstreamProcess:
+    return WalstreamProcess(db.dsn, "pub", db.slot, temporary=False, log_dir=tmp_path,
+                            extra=("--sink", url, *extra))
+
+
+def _all_stored(db: TestDB, url: str, end_lsn: int, expected: int | None = None) -> bool:
+    """The slot confirmed the end of the workload: every change of it is acknowledged by the broker."""
+    return confirmed_flush(db, db.slot) >= end_lsn and (expected is None or stream_count(url) >= expected)
+
+
+def _check(db: TestDB, url: str, initial: dict[str, Counter[str]]) -> list[Message]:
+    messages = read_stream(url)
+    positions = Counter(m.position for m in messages)
+    dups = [p for p, n in positions.items() if n > 1]
+    assert not dups, f"{len(dups)} changes are in the stream more than once, e.g. {dups[:3]}"
+    ids = Counter(m.headers["Nats-Msg-Id"] for m in messages)
+    assert max(ids.values()) == 1
+    assert replay(initial, messages, PGBENCH_KEYS) == snapshot(db), "the stream does not replay into the tables"
+    return messages
+
+
+def test_pgbench_through_nats_replays_identically(testdb: TestDB, nats_server: NatsServer, tmp_path: Path) -> None:
+    pgbench_init(testdb, "pub")
+    initial = snapshot(testdb)
+    with _walstream(testdb, nats_server.url, tmp_path) as ws:
+        ws.wait_log("streaming slot")
+        wait_pgbench(run_pgbench(testdb, 4, 150))  # 600 transactions, 2400 changes
+        end = testdb.wal_lsn()
+        wait_until("the slot to confirm the workload", lambda: _all_stored(testdb, nats_server.url, end), 120, ws.log)
+        assert ws.stop() == 0
+    messages = _check(testdb, nats_server.url, initial)
+    assert len(messages) == 2400
+    first = next(m for m in messages if m.body["table"] == "pgbench_accounts")
+    assert first.where == "walstream.public.pgbench_accounts"
+    assert first.headers["op"] == "UPDATE" and first.headers["Nats-Msg-Id"].startswith(f"{testdb.slot}:")
+    assert set(first.body) >= {"op", "schema", "table", "lsn", "commit_lsn", "ordinal", "xid", "commit_time",
+                               "new", "old"}
+
+
+def test_kill9_walstream_mid_stream_no_loss_no_duplicates(testdb: TestDB, nats_server: NatsServer,
+                                                          tmp_path: Path) -> None:
+    pgbench_init(testdb, "pub")
+    initial = snapshot(testdb)
+    first = _walstream(testdb, nats_server.url, tmp_path).start()
+    first.wait_log("streaming slot")
+    bench = run_pgbench(testdb, 2, 1000)  # 2000 transactions, 8000 changes
+    wait_until("changes in the stream", lambda: stream_count(nats_server.url) >= 1500, 120, first.log)
+    first.kill()  # SIGKILL: no shutdown, acknowledgements in flight are lost
+    acked_before = confirmed_flush(testdb, testdb.slot)
+    second = _walstream(testdb, nats_server.url, tmp_path).start()
+    try:
+        wait_pgbench(bench)
+        end = testdb.wal_lsn()
+        wait_until("the slot to confirm the workload", lambda: _all_stored(testdb, nats_server.url, end), 180,
+                   second.log)
+        assert second.stop() == 0
+    finally:
+        second.kill()
+    messages = _check(testdb, nats_server.url, initial)
+    assert len(messages) == 8000
+    assert acked_before < end
+    # The restart published again what the slot had not confirmed; JetStream dropped those (Nats-Msg-Id).
+    dropped = re.search(r"(\d+) duplicates dropped by the broker", second.log())
+    assert dropped is not None and int(dropped.group(1)) > 0, second.log()[-3000:]
+
+
+def test_broker_lost_mid_stream_and_down_at_start(testdb: TestDB, tmp_path: Path) -> None:
+    pgbench_init(testdb, "pub")
+    initial = snapshot(testdb)
+    server = NatsServer(tmp_path / "nats")  # not started: walstream waits for it
+    with _walstream(testdb, server.url, tmp_path) as ws:
+        ws.wait_log("cannot connect")
+        bench = run_pgbench(testdb, 2, 600)  # 1200 transactions, 4800 changes
+        time.sleep(0)  # the workload runs while the broker is still down
+        server.start()
+        try:
+            wait_until("changes in the stream", lambda: stream_count(server.url) >= 1000, 120, ws.log)
+            server.kill()  # lost mid-stream: no shutdown, nothing flushed
+            ws.wait_log("connection lost")
+            server.start()  # the same port and store
+            wait_pgbench(bench)
+            end = testdb.wal_lsn()
+            wait_until("the slot to confirm the workload", lambda: _all_stored(testdb, server.url, end), 180, ws.log)
+            assert ws.stop() == 0
+            messages = _check(testdb, server.url, initial)
+            assert len(messages) == 4800
+        finally:
+            server.stop()
+
+
+def test_oversized_change_stops_with_a_clear_error_and_the_slot_keeps_it(testdb: TestDB, tmp_path: Path) -> None:
+    testdb.execute("CREATE TABLE docs (id int PRIMARY KEY, body text)", "CREATE PUBLICATION pub FOR TABLE docs")
+    server = NatsServer(tmp_path / "nats", max_payload=16384).start()
+    try:
+        ws = _walstream(testdb, server.url, tmp_path).start()
+        ws.wait_log("streaming slot")
+        testdb.execute("INSERT INTO docs VALUES (1, 'small')")
+        before_big = testdb.wal_lsn()
+        testdb.execute("INSERT INTO docs VALUES (2, repeat('x', 40000))")
+        testdb.execute("INSERT INTO docs VALUES (3, 'after')")
+        assert ws.proc is not None
+        code = ws.proc.wait(60)
+        assert code == 1
+        log = ws.log()
+        assert "INSERT on public.docs at LSN" in log and "over the broker's limit of 16384 bytes" in log, log[-3000:]
+        assert [m.body["new"]["id"] for m in read_stream(server.url)] == [1]
+        assert confirmed_flush(testdb, testdb.slot) <= before_big  # the big change is still in the slot
+        # The rule's way out: a larger limit, and a restart delivers it and what followed.
+        server.stop()
+        server.max_payload = 1 << 20
+        server.start()
+        with _walstream(testdb, server.url, tmp_path) as again:
+            end = testdb.wal_lsn()
+            wait_until("the rest", lambda: _all_stored(testdb, server.url, end, 3), 60, again.log)
+            assert again.stop() == 0
+        assert [m.body["new"]["id"] for m in read_stream(server.url)] == [1, 2, 3]
+    finally:
+        server.stop()
