@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import re
+import subprocess
+import sys
+import threading
 import time
 from collections import Counter
 from pathlib import Path
@@ -30,7 +33,7 @@ from sinkcheck import (
     wait_pgbench,
     wait_until,
 )
-from support import WalstreamProcess
+from support import WalstreamProcess, walstream_env
 
 if TYPE_CHECKING:
     from conftest import TestDB
@@ -106,12 +109,27 @@ def test_pgbench_through_nats_replays_identically(testdb: TestDB, nats_server: N
     initial = snapshot(testdb)
     with _walstream(testdb, nats_server.url, tmp_path) as ws:
         ws.wait_log("streaming slot")
-        wait_pgbench(run_pgbench(testdb, 4, 150))  # 600 transactions, 2400 changes
-        end = testdb.wal_lsn()
-        wait_until("the slot to confirm the workload", lambda: _all_stored(testdb, nats_server.url, end), 120, ws.log)
+        # A gRPC client beside the sink: `walstream tail --format json` prints the objects the sink publishes.
+        tail = subprocess.Popen([sys.executable, "-m", "walstream", "tail", "--server", ws.addr, "--format", "json"],
+                                stdout=subprocess.PIPE, env=walstream_env())
+        assert tail.stdout is not None
+        lines: list[bytes] = []
+        reader = threading.Thread(target=lambda: lines.extend(tail.stdout or ()), daemon=True)
+        reader.start()  # tail acknowledges what it printed: it must not block on a full pipe
+        try:
+            ws.wait_log("connected", count=2)  # the sink and tail
+            wait_pgbench(run_pgbench(testdb, 4, 150))  # 600 transactions, 2400 changes
+            end = testdb.wal_lsn()
+            wait_until("the slot to confirm the workload", lambda: _all_stored(testdb, nats_server.url, end), 120,
+                       ws.log)
+            printed = [orjson.loads(line) for line in lines[:2400]]
+        finally:
+            tail.terminate()
+            tail.wait(10)
         assert ws.stop() == 0
     messages = _check(testdb, nats_server.url, initial)
     assert len(messages) == 2400
+    assert [m.body for m in messages] == printed  # the same objects, in the same order
     first = next(m for m in messages if m.body["table"] == "pgbench_accounts")
     assert first.where == "walstream.public.pgbench_accounts"
     assert first.headers["op"] == "UPDATE" and first.headers["Nats-Msg-Id"].startswith(f"{testdb.slot}:")

@@ -33,6 +33,14 @@ MAX_MESSAGE_BYTES = 1_000_000  # librdkafka's default message.max.bytes; brokers
 CONNECT_TIMEOUT = 3.0
 
 
+class _LibrdkafkaLog:
+    """librdkafka's own log (a line per failed connection attempt, 20 a second while a broker is down) at
+    debug level: the runner logs what the operator needs, once per lost broker."""
+
+    def log(self, level: int, fmt: str, *args: object) -> None:
+        log.debug(fmt, *args)
+
+
 class KafkaSink:
     def __init__(self, spec: SinkSpec) -> None:
         if not AVAILABLE:
@@ -60,7 +68,7 @@ class KafkaSink:
                 "enable.idempotence": True, "acks": "all", "linger.ms": 5,
                 "message.max.bytes": MAX_MESSAGE_BYTES, "message.timeout.ms": timeout_ms,
                 "socket.connection.setup.timeout.ms": int(CONNECT_TIMEOUT * 1000),
-                "reconnect.backoff.max.ms": 2000, "error_cb": self._on_error, "logger": log})
+                "reconnect.backoff.max.ms": 2000, "error_cb": self._on_error, "logger": _LibrdkafkaLog()})
             self._running = True
             self._poller = threading.Thread(target=self._poll, name=f"walstream {self.name}", daemon=True)
             self._poller.start()

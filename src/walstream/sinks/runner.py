@@ -123,37 +123,33 @@ class SinkRunner:
     # -- the loop --------------------------------------------------------------------------------------
 
     async def _stream(self) -> bool:
-        """Publish and acknowledge until the hub closes the client (True) or the broker fails (raises)."""
+        """Publish and acknowledge until the hub closes the client (True) or the broker fails (raises).
+
+        The queue is only ever taken through one next_batch() at a time, so records go out in queue order."""
         client, pending = self.client, self.pending
         batch_task: asyncio.Task[list[object] | None] | None = None
         try:
             while True:
                 room = self.max_in_flight - len(pending)
-                if room > 0 and client.queue:
-                    taken = [client.queue.popleft() for _ in range(min(room, len(client.queue)))]
-                    await self._send_new(taken)
-                    continue
-                if not pending:
-                    batch = await client.next_batch(self.max_in_flight)
-                    if batch is None:
-                        return True
-                    await self._send_new(batch)
-                    continue
-                head = pending[0]
-                assert head.future is not None
-                wait: set[asyncio.Future[object]] = {head.future}  # type: ignore[arg-type]
-                if room > 0:
-                    if batch_task is None:
-                        batch_task = asyncio.ensure_future(client.next_batch(room))
+                if room > 0 and batch_task is None:
+                    batch_task = asyncio.ensure_future(client.next_batch(room))
+                wait: set[asyncio.Future[object]] = set()
+                if batch_task is not None:
                     wait.add(batch_task)  # type: ignore[arg-type]
-                timeout = head.sent_at + self.ack_timeout - time.monotonic()
-                if timeout <= 0:
-                    raise BrokerUnavailable(f"no acknowledgement within {self.ack_timeout:g} s")
+                timeout: float | None = None
+                if pending:
+                    head = pending[0]
+                    assert head.future is not None
+                    wait.add(head.future)  # type: ignore[arg-type]
+                    timeout = head.sent_at + self.ack_timeout - time.monotonic()
+                    if timeout <= 0:
+                        raise BrokerUnavailable(f"no acknowledgement within {self.ack_timeout:g} s")
                 await asyncio.wait(wait, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
                 if batch_task is not None and batch_task.done():
                     batch, batch_task = batch_task.result(), None
-                    if batch:
-                        await self._send_new(batch)
+                    if batch is None:
+                        return True
+                    await self._send_new(batch)
                 self._acknowledge()
         finally:
             if batch_task is not None:
@@ -176,7 +172,9 @@ class SinkRunner:
             if future.cancelled() or future.exception() is not None:
                 raise _failure(future, pending[0].record)
             entry = pending.popleft()
-            self.hub.ack(self.client, entry.lsn)
+            if not self.hub.ack(self.client, entry.lsn):
+                raise SinkError(f"sink {self.sink.name}: the hub refused the acknowledgement of the "
+                                f"{entry.record.describe()} (a bug: please report it)")
             stats.acked += 1
             stats.acked_commit_time_us = entry.record.commit_time_us
             self._backoff = BACKOFF_FIRST
