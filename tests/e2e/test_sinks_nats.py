@@ -9,11 +9,14 @@ the slot keeps them.
 from __future__ import annotations
 
 import asyncio
+import base64
 import re
+import signal
 import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -34,6 +37,9 @@ from sinkcheck import (
     wait_until,
 )
 from support import WalstreamProcess, walstream_env
+
+from walstream._proto import walstream_v1_pb2 as pb
+from walstream.pgcluster import free_port
 
 if TYPE_CHECKING:
     from conftest import TestDB
@@ -216,3 +222,69 @@ def test_oversized_change_stops_with_a_clear_error_and_the_slot_keeps_it(testdb:
         assert [m.body["new"]["id"] for m in read_stream(server.url)] == [1, 2, 3]
     finally:
         server.stop()
+
+
+def _metrics(port: int) -> dict[str, float]:
+    """The walstream_sink_* samples of /metrics by name (one sink: the label is left out)."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    samples = {}
+    for line in text.splitlines():
+        if line.startswith("walstream_sink_"):
+            name_labels, value = line.rsplit(" ", 1)
+            samples[name_labels.split("{")[0]] = float(value)
+    return samples
+
+
+def test_slow_broker_bounded_memory_metrics_and_protobuf(testdb: TestDB, nats_server: NatsServer,
+                                                          tmp_path: Path) -> None:
+    """A broker that stops answering (SIGSTOP): the sink keeps at most --sink-max-in-flight records out and
+    reading pauses at --client-queue-size; once it answers again every change arrives once."""
+    testdb.execute("CREATE TABLE items (id int PRIMARY KEY, note text)", "CREATE PUBLICATION pub FOR TABLE items")
+    mport = free_port()
+    ws = _walstream(testdb, nats_server.url, tmp_path, "--sink-format", "protobuf", "--client-queue-size", "300",
+                    "--sink-max-in-flight", "50", "--sink-ack-timeout", "2", "--metrics-port", str(mport),
+                    "--metrics-host", "127.0.0.1")
+    with ws:
+        ws.wait_log("streaming slot")
+        assert nats_server.proc is not None
+        nats_server.proc.send_signal(signal.SIGSTOP)
+        try:
+            for start in range(0, 3000, 100):
+                testdb.execute(f"INSERT INTO items SELECT g, 'note ' || g FROM generate_series({start + 1}, "
+                               f"{start + 100}) g")
+            end = testdb.wal_lsn()
+            ws.wait_log("no acknowledgement within 2 s", timeout=30)
+            sample = _metrics(mport)
+            assert sample["walstream_sink_in_flight"] <= 50
+            assert 0 < sample["walstream_sink_queued"] <= 300
+            assert sample["walstream_sink_connected"] == 0 and sample["walstream_sink_retries_total"] >= 1
+            assert sample["walstream_sink_lag_seconds"] > 0
+            assert confirmed_flush(testdb, testdb.slot) < end
+        finally:
+            nats_server.proc.send_signal(signal.SIGCONT)
+        wait_until("the slot to confirm the inserts", lambda: _all_stored(testdb, nats_server.url, end), 120, ws.log)
+        sample = _metrics(mport)
+        assert sample["walstream_sink_acked_total"] == 3000 and sample["walstream_sink_in_flight"] == 0
+        assert ws.stop() == 0
+
+    async def read() -> list[tuple[pb.Event, pb.Relation, dict[str, str]]]:
+        nc = await nats.connect(nats_server.url)
+        js = nc.jetstream()
+        out = []
+        for seq in range(1, (await js.stream_info(STREAM)).state.last_seq + 1):
+            raw = await js.get_msg(STREAM, seq)
+            headers = dict(raw.headers or {})
+            out.append((pb.Event.FromString(raw.data or b""),
+                        pb.Relation.FromString(base64.b64decode(headers["relation"])), headers))
+        await nc.close()
+        return out
+
+    records = asyncio.run(read())
+    assert len(records) == 3000
+    event, relation, headers = records[0]
+    assert headers["content-type"].startswith("application/x-protobuf")
+    assert (relation.schema, relation.table, [c.name for c in relation.columns]) == ("public", "items", ["id", "note"])
+    assert event.op == pb.INSERT and event.relation_id == relation.relation_id
+    assert sorted(e.new.values[0].int64 for e, _, _ in records) == list(range(1, 3001))
+    assert Counter(h["Nats-Msg-Id"] for _, _, h in records).most_common(1)[0][1] == 1
