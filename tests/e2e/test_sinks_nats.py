@@ -21,6 +21,7 @@ from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import grpc
 import nats
 import orjson
 import pytest
@@ -39,6 +40,7 @@ from sinkcheck import (
 from support import WalstreamProcess, walstream_env
 
 from walstream._proto import walstream_v1_pb2 as pb
+from walstream._proto import walstream_v1_pb2_grpc
 from walstream.pgcluster import free_port
 
 if TYPE_CHECKING:
@@ -236,6 +238,11 @@ def _metrics(port: int) -> dict[str, float]:
     return samples
 
 
+def _status(addr: str) -> pb.StatusResponse:
+    with grpc.insecure_channel(addr) as channel:
+        return walstream_v1_pb2_grpc.WalstreamStub(channel).Status(pb.StatusRequest(), timeout=10)
+
+
 def test_slow_broker_bounded_memory_metrics_and_protobuf(testdb: TestDB, nats_server: NatsServer,
                                                           tmp_path: Path) -> None:
     """A broker that stops answering (SIGSTOP): the sink keeps at most --sink-max-in-flight records out and
@@ -261,11 +268,17 @@ def test_slow_broker_bounded_memory_metrics_and_protobuf(testdb: TestDB, nats_se
             assert sample["walstream_sink_connected"] == 0 and sample["walstream_sink_retries_total"] >= 1
             assert sample["walstream_sink_lag_seconds"] > 0
             assert confirmed_flush(testdb, testdb.slot) < end
+            status = _status(ws.addr)
+            assert status.connected_clients == 1 and len(status.sinks) == 1
+            assert status.sinks[0].url == nats_server.url and not status.sinks[0].connected
+            assert status.sinks[0].in_flight <= 50 and status.sinks[0].queued <= 300
         finally:
             nats_server.proc.send_signal(signal.SIGCONT)
         wait_until("the slot to confirm the inserts", lambda: _all_stored(testdb, nats_server.url, end), 120, ws.log)
         sample = _metrics(mport)
         assert sample["walstream_sink_acked_total"] == 3000 and sample["walstream_sink_in_flight"] == 0
+        sink = _status(ws.addr).sinks[0]
+        assert sink.connected and sink.acked == 3000 and sink.retries >= 1
         assert ws.stop() == 0
 
     async def read() -> list[tuple[pb.Event, pb.Relation, dict[str, str]]]:
