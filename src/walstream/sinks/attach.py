@@ -80,6 +80,8 @@ class Sinks:
                     return
                 tasks = [t for t in tasks if t not in done]
         finally:
+            if not main_task.done():  # this task was cancelled: so is the pipeline
+                main_task.cancel()
             for task in tasks:
                 task.cancel()
             for task in tasks:
