@@ -136,12 +136,13 @@ def kafka_lib() -> Path:
 class KafkaBroker(_Process):
     """A single-node KRaft Kafka (broker and controller in one JVM) on 127.0.0.1, data in `workdir`."""
 
-    def __init__(self, workdir: Path, partitions: int = 3) -> None:
+    def __init__(self, workdir: Path, partitions: int = 3, max_message_bytes: int | None = None) -> None:
         self.workdir = workdir
         self.port, self.controller_port = free_port(), free_port()
         self.bootstrap = f"127.0.0.1:{self.port}"
         self.url = f"kafka://{self.bootstrap}"
         self.partitions = partitions
+        self.max_message_bytes = max_message_bytes
         self.log = workdir / "kafka.log"
         self.lib = kafka_lib()
         self._formatted = False
@@ -165,6 +166,7 @@ class KafkaBroker(_Process):
             "transaction.state.log.replication.factor=1", "transaction.state.log.min.isr=1",
             "share.coordinator.state.topic.replication.factor=1", "share.coordinator.state.topic.min.isr=1",
             "group.initial.rebalance.delay.ms=0", "auto.create.topics.enable=true",
+            *([f"message.max.bytes={self.max_message_bytes}"] if self.max_message_bytes else []),
         ]) + "\n")
         if not self._formatted:
             cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()

@@ -40,7 +40,9 @@ pytestmark = [pytest.mark.slow, pytest.mark.parametrize("pg", ["15"], indirect=T
 
 @pytest.fixture(scope="module")
 def kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaBroker]:
-    broker = KafkaBroker(tmp_path_factory.mktemp("kafka")).start()
+    # The broker takes records up to 256 KiB (librdkafka's own limit is 1 MB): the oversized test needs the
+    # broker, not the client, to refuse.
+    broker = KafkaBroker(tmp_path_factory.mktemp("kafka"), max_message_bytes=256 * 1024).start()
     yield broker
     broker.stop()
 
@@ -143,3 +145,21 @@ def test_kill9_walstream_and_broker_lost_nothing_lost(testdb: TestDB, kafka: Kaf
     copies = Counter(m.position for m in messages)
     print(f"kafka after kill -9 and a broker restart: {len(messages)} records, "
           f"{len(messages) - len(distinct)} duplicates of {sum(1 for n in copies.values() if n > 1)} changes")
+
+
+def test_record_the_broker_refuses_stops_walstream_and_the_slot_keeps_it(testdb: TestDB, kafka: KafkaBroker,
+                                                                         tmp_path: Path) -> None:
+    testdb.execute("CREATE TABLE docs (id int PRIMARY KEY, body text)", "CREATE PUBLICATION pub FOR TABLE docs")
+    prefix = f"ws{uuid.uuid4().hex[:8]}"
+    ws = _walstream(testdb, kafka.url, tmp_path, prefix).start()
+    ws.wait_log("streaming slot")
+    testdb.execute("INSERT INTO docs VALUES (1, 'small')")
+    before_big = testdb.wal_lsn()
+    # 600 kB of random hex: under librdkafka's 1 MB, over the broker's 256 KiB (random: no compression helps)
+    testdb.execute("INSERT INTO docs SELECT 2, string_agg(md5(random()::text), '') FROM generate_series(1, 19000)")
+    assert ws.proc is not None
+    assert ws.proc.wait(120) == 1
+    log = ws.log()
+    assert "Kafka refused the INSERT on public.docs at LSN" in log and "bytes)" in log, log[-3000:]
+    assert [m.body["new"]["id"] for m in read_topics(kafka.bootstrap, prefix, 1)] == [1]
+    assert confirmed_flush(testdb, testdb.slot) <= before_big

@@ -120,7 +120,9 @@ class KafkaSink:
             future.set_result(None)
         elif err.code() in (KafkaError.MSG_SIZE_TOO_LARGE, KafkaError.INVALID_RECORD) or err.fatal():
             future.set_exception(SinkError(f"sink {self.name}: Kafka refused the {record.describe()} "
-                                           f"({record.size} bytes): {err.str()}"))
+                                           f"({record.size} bytes): {err.str()}; walstream stops here (the slot "
+                                           "keeps the change): raise the topic's max.message.bytes, or exclude "
+                                           "the table from the publication"))
         else:
             future.set_exception(BrokerUnavailable(f"delivery failed: {err.str()}"))
 

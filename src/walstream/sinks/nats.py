@@ -45,6 +45,7 @@ class NatsSink:
         self._stream_max = 0
         self._outstanding: set[asyncio.Future[None]] = set()  # published, not yet acknowledged
         self._closing = False
+        self._subjects: dict[tuple[str, str], str] = {}
 
     @property
     def max_message_size(self) -> int:
@@ -92,8 +93,7 @@ class NatsSink:
         headers = dict(record.headers)
         headers["Nats-Msg-Id"] = record.msg_id
         try:
-            inner = await self._js.publish_async(nats_subject(record.schema, record.table), record.value,
-                                                 headers=headers)
+            inner = await self._js.publish_async(self._subject(record), record.value, headers=headers)
         except nats.errors.MaxPayloadError:
             raise SinkError(f"sink {self.name}: the {record.describe()} is over the server's max_payload "
                             f"({self.max_message_size} bytes)") from None
@@ -105,6 +105,13 @@ class NatsSink:
         outer.add_done_callback(self._outstanding.discard)
         self._outstanding.add(outer)
         return outer
+
+    def _subject(self, record: Record) -> str:
+        key = (record.schema, record.table)
+        subject = self._subjects.get(key)
+        if subject is None:
+            subject = self._subjects[key] = nats_subject(record.schema, record.table)
+        return subject
 
     def _settle(self, outer: asyncio.Future[None], inner: asyncio.Future[Any], record: Record) -> None:
         if outer.done():
