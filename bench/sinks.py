@@ -62,8 +62,8 @@ def walstream_sink(dsn: str, slot: str, end: int, url: str, log: Path) -> float:
         # SINK_PROFILE=FILE: run walstream under cProfile (the stats are written when it stops).
         profile = ["-m", "cProfile", "-o", os.environ["SINK_PROFILE"]] if os.environ.get("SINK_PROFILE") else []
         proc = subprocess.Popen([sys.executable, *profile, "-m", "walstream", "--connection", dsn, "start",
-                                 "--publication", "pub", "--slot", slot, "--temporary", "false", "--port", "0", "--host",
-                                 "127.0.0.1", "--sink", url], stdout=out, stderr=subprocess.STDOUT,
+                                 "--publication", "pub", "--slot", slot, "--temporary", "false", "--port", "0",
+                                 "--host", "127.0.0.1", "--sink", url], stdout=out, stderr=subprocess.STDOUT,
                                 env={**os.environ, "PYTHONPATH": str(ROOT / "src")})
     try:
         t0 = wait_active(dsn, slot)
