@@ -41,6 +41,7 @@ from support import WalstreamProcess, walstream_env
 
 from walstream._proto import walstream_v1_pb2 as pb
 from walstream._proto import walstream_v1_pb2_grpc
+from walstream.client import Client, SinkStatus
 from walstream.pgcluster import free_port
 
 if TYPE_CHECKING:
@@ -279,6 +280,9 @@ def test_slow_broker_bounded_memory_metrics_and_protobuf(testdb: TestDB, nats_se
         assert sample["walstream_sink_acked_total"] == 3000 and sample["walstream_sink_in_flight"] == 0
         sink = _status(ws.addr).sinks[0]
         assert sink.connected and sink.acked == 3000 and sink.retries >= 1
+        with Client(ws.addr) as client:  # the client library's Status has them too
+            assert client.status().sinks == (SinkStatus(nats_server.url, True, sink.published, 3000, sink.retries,
+                                                         0, 0),)
         assert ws.stop() == 0
 
     async def read() -> list[tuple[pb.Event, pb.Relation, dict[str, str]]]:
