@@ -305,3 +305,35 @@ def test_slow_broker_bounded_memory_metrics_and_protobuf(testdb: TestDB, nats_se
     assert event.op == pb.INSERT and event.relation_id == relation.relation_id
     assert sorted(e.new.values[0].int64 for e, _, _ in records) == list(range(1, 3001))
     assert Counter(h["Nats-Msg-Id"] for _, _, h in records).most_common(1)[0][1] == 1
+
+
+def test_transactions_marked_with_commit_records(testdb: TestDB, nats_server: NatsServer, tmp_path: Path) -> None:
+    """--sink-transactions: after a transaction's records, one COMMIT record on walstream.commit that says
+    how many there were, so a consumer can rebuild whole transactions."""
+    testdb.execute("CREATE TABLE a (id int PRIMARY KEY, v text)", "CREATE TABLE b (id int PRIMARY KEY)",
+                   "CREATE TABLE unpublished (id int)", "CREATE PUBLICATION pub FOR TABLE a, b")
+    with _walstream(testdb, nats_server.url, tmp_path, "--sink-transactions") as ws:
+        ws.wait_log("streaming slot")
+        testdb.execute("BEGIN; INSERT INTO a VALUES (1, 'x'), (2, 'y'); COMMIT")
+        testdb.execute("BEGIN; UPDATE a SET v = 'z' WHERE id = 1; DELETE FROM a WHERE id = 2; "
+                       "INSERT INTO b VALUES (7); COMMIT")
+        testdb.execute("INSERT INTO unpublished VALUES (1)")  # no records: no COMMIT record either
+        testdb.execute("TRUNCATE a, b")
+        end = testdb.wal_lsn()
+        wait_until("the slot to confirm", lambda: _all_stored(testdb, nats_server.url, end, 10), 60, ws.log)
+        assert ws.stop() == 0
+    messages = read_stream(nats_server.url)
+    ops = [(m.where, m.body["op"], m.headers.get("changes")) for m in messages]
+    assert ops == [
+        ("walstream.public.a", "INSERT", None), ("walstream.public.a", "INSERT", None),
+        ("walstream.commit", "COMMIT", "2"),
+        ("walstream.public.a", "UPDATE", None), ("walstream.public.a", "DELETE", None),
+        ("walstream.public.b", "INSERT", None), ("walstream.commit", "COMMIT", "3"),
+        ("walstream.public.a", "TRUNCATE", None), ("walstream.public.b", "TRUNCATE", None),
+        ("walstream.commit", "COMMIT", "2"),
+    ]
+    for commit in (m for m in messages if m.body["op"] == "COMMIT"):
+        same = [m for m in messages if m.headers["commit_lsn"] == commit.headers["commit_lsn"]]
+        assert len(same) == int(commit.headers["changes"]) + 1
+        assert commit.body["end_lsn"] == commit.headers["end_lsn"] and commit.body["xid"] == int(commit.headers["xid"])
+        assert commit.headers["Nats-Msg-Id"].endswith(":commit")

@@ -51,7 +51,7 @@ class Sinks:
         for spec in config.sinks:
             sink = make_sink(spec)
             stats = SinkStats(spec.name)
-            adapter = SinkAdapter(spec.name, stats)
+            adapter = SinkAdapter(spec.name, stats, spec.transactions)
             adapter.sink = sink  # type: ignore[attr-defined]  # read by the metrics
             client = hub.connect(adapter, "(sink)")
             assert client is not None  # the hub takes clients until shutdown

@@ -50,7 +50,8 @@ class Record:
         return len(self.value) + len(self.key or b"") + head
 
     def describe(self) -> str:
-        return (f"{self.headers['op']} on {self.schema}.{self.table} at LSN {format_lsn(self.lsn)} "
+        where = f"{self.schema}.{self.table}" if self.table else "its transaction"
+        return (f"{self.headers['op']} on {where} at LSN {format_lsn(self.lsn)} "
                 f"(commit {format_lsn(self.commit_lsn)}, ordinal {self.ordinal})")
 
 
@@ -102,6 +103,22 @@ class BodyBuilder:
                 key = orjson.dumps(jsonable(row_key))
         return Record(rel.schema, rel.table, value, key, headers, msg_id, event.lsn, txn.commit_lsn,
                       event.ordinal, commit_time_us)
+
+    def commit_record(self, event: ChangeEvent, changes: int) -> Record:
+        """A transaction's COMMIT (--sink-transactions): the object `walstream tail --transactions` prints for
+        it, with the number of records this sink published for the transaction in the `changes` header."""
+        txn = event.txn
+        assert txn is not None
+        proto = self.encoder.item(event).event
+        change = decode_event(proto, {})
+        commit_time_us = txn.commit_ts + PG_EPOCH_US
+        headers = {"op": "COMMIT", "lsn": format_lsn(event.end_lsn), "commit_lsn": format_lsn(txn.commit_lsn),
+                   "end_lsn": format_lsn(event.end_lsn), "ordinal": str(event.ordinal), "xid": str(txn.xid),
+                   "commit_time_us": str(commit_time_us), "changes": str(changes),
+                   "content-type": CONTENT_TYPES[self.format]}
+        value = json_line(change)[:-1] if self.format == "json" else proto.SerializeToString()
+        return Record("", "", value, None, headers, f"{self.source}:{format_lsn(txn.commit_lsn)}:commit",
+                      event.end_lsn, txn.commit_lsn, event.ordinal, commit_time_us)
 
     def _view(self, rel: RelationInfo) -> _RelationView:
         view = self._relations.get(rel.relation_id)

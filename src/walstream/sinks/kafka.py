@@ -16,7 +16,7 @@ from typing import Any
 
 from . import BrokerUnavailable, SinkError
 from .body import Record
-from .naming import kafka_topic
+from .naming import KAFKA_COMMIT_TOPIC, kafka_topic
 from .spec import SinkSpec
 
 try:
@@ -110,7 +110,8 @@ class KafkaSink:
         key = (record.schema, record.table)
         topic = self._topics.get(key)
         if topic is None:
-            topic = self._topics[key] = kafka_topic(self.spec.kafka_topic, record.schema, record.table)
+            topic = self._topics[key] = (kafka_topic(self.spec.kafka_topic, record.schema, record.table)
+                                         if record.table else KAFKA_COMMIT_TOPIC)
         return topic
 
     def _settle(self, future: asyncio.Future[None], err: Any, record: Record) -> None:

@@ -16,6 +16,10 @@ import re
 import string
 
 NATS_PREFIX = "walstream"
+# --sink-transactions: COMMIT records go to a subject/topic of two parts, which no table's can be (a table's
+# subject has three tokens; the default topic template gives three dot-separated parts, dots being escaped).
+NATS_COMMIT_SUBJECT = "walstream.commit"
+KAFKA_COMMIT_TOPIC = "walstream.commit"
 KAFKA_MAX_TOPIC = 249
 DEFAULT_KAFKA_TOPIC = "walstream.{schema}.{table}"
 

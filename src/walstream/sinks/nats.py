@@ -13,7 +13,7 @@ from typing import Any
 
 from . import BrokerUnavailable, SinkError
 from .body import Record
-from .naming import NATS_PREFIX, nats_subject
+from .naming import NATS_COMMIT_SUBJECT, NATS_PREFIX, nats_subject
 from .spec import SinkSpec
 
 try:
@@ -110,7 +110,8 @@ class NatsSink:
         key = (record.schema, record.table)
         subject = self._subjects.get(key)
         if subject is None:
-            subject = self._subjects[key] = nats_subject(record.schema, record.table)
+            subject = self._subjects[key] = (nats_subject(record.schema, record.table) if record.table
+                                             else NATS_COMMIT_SUBJECT)
         return subject
 
     def _settle(self, outer: asyncio.Future[None], inner: asyncio.Future[Any], record: Record) -> None:

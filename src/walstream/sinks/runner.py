@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import cast
 
 from ..delivery.hub import Client, Hub
-from ..processing.events import ChangeEvent, RelationInfo
+from ..processing.events import ChangeEvent, Op, RelationInfo, TxnInfo
 from . import BrokerUnavailable, Sink, SinkError
 from .body import BodyBuilder, Record
 
@@ -116,8 +116,11 @@ class SinkRunner:
         build = self.builder.record
         entries = []
         for payload in payloads:
-            event, rel = cast("tuple[ChangeEvent, RelationInfo]", payload)  # SinkAdapter's
-            entries.append(_Entry(event.lsn, build(event, rel)))
+            event, rel, changes = cast("tuple[ChangeEvent, RelationInfo | None, int]", payload)  # SinkAdapter's
+            if rel is None:  # a transaction's COMMIT record, acknowledged by its end LSN
+                entries.append(_Entry(event.end_lsn, self.builder.commit_record(event, changes)))
+            else:
+                entries.append(_Entry(event.lsn, build(event, rel)))
         return entries
 
     # -- the loop --------------------------------------------------------------------------------------
@@ -197,18 +200,29 @@ def _failure(future: asyncio.Future[None], record: Record) -> BaseException:
 
 class SinkAdapter:
     """The hub adapter of a sink: one message per row change, one per table of a TRUNCATE, each as
-    (event, relation) and acknowledged by the change's LSN. BEGIN/COMMIT and logical messages are not
-    published (every record carries xid, commit_lsn and ordinal)."""
+    (event, relation, 0) and acknowledged by the change's LSN. With `transactions`, also one COMMIT record
+    per transaction that had any, as (event, None, number of records), acknowledged by its end LSN. BEGIN
+    and logical messages are not published (every record carries xid, commit_lsn and ordinal)."""
 
-    def __init__(self, name: str, stats: SinkStats) -> None:
+    def __init__(self, name: str, stats: SinkStats, transactions: bool = False) -> None:
         self.api = f"sink {name}"
         self.sink_stats = stats
+        self.transactions = transactions
+        self._txn: TxnInfo | None = None  # the transaction the count is of
+        self._count = 0
 
     def expand(self, event: ChangeEvent) -> tuple[tuple[int, object], ...]:
-        rel = event.relation
-        if rel is not None and event.txn is not None:
-            return ((event.lsn, (event, rel)),)
-        if event.truncated:
-            return tuple((event.lsn, (event, r)) for r in event.truncated)
-        return ()
-
+        rel, txn = event.relation, event.txn
+        if rel is not None and txn is not None:
+            out: tuple[tuple[int, object], ...] = ((event.lsn, (event, rel, 0)),)
+        elif event.truncated:
+            out = tuple((event.lsn, (event, r, 0)) for r in event.truncated)
+        elif event.op is Op.COMMIT and self.transactions and txn is not None and txn is self._txn and self._count:
+            count, self._txn, self._count = self._count, None, 0
+            return ((event.end_lsn, (event, None, count)),)
+        else:
+            return ()
+        if txn is not self._txn:
+            self._txn, self._count = txn, 0
+        self._count += len(out)
+        return out

@@ -27,6 +27,7 @@ class SinkSpec:
     kafka_topic: str = DEFAULT_KAFKA_TOPIC
     max_in_flight: int = DEFAULT_MAX_IN_FLIGHT  # records published and not yet acknowledged by the broker
     ack_timeout: float = DEFAULT_ACK_TIMEOUT  # seconds without the oldest ack before the sink re-publishes
+    transactions: bool = False  # also a COMMIT record per transaction (walstream.commit)
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -85,6 +86,9 @@ def add_arguments(start: argparse.ArgumentParser) -> None:
                        help="topic per table, with {schema} and {table} [default: %(default)s]")
     start.add_argument("--sink-max-in-flight", type=int, default=DEFAULT_MAX_IN_FLIGHT, metavar="N",
                        help="records a sink publishes ahead of the broker's acks [default: %(default)s]")
+    start.add_argument("--sink-transactions", action="store_true",
+                       help="also publish a COMMIT record per transaction to walstream.commit, with the number of "
+                       "its records in the `changes` header")
     start.add_argument("--sink-ack-timeout", type=float, default=DEFAULT_ACK_TIMEOUT, metavar="SECONDS",
                        help="wait this long for a broker ack before re-publishing [default: %(default)s]")
 
@@ -94,5 +98,5 @@ def from_arguments(args: argparse.Namespace) -> tuple[SinkSpec, ...]:
     for url in args.sink:
         kind, servers = parse_url(url)
         specs.append(SinkSpec(kind, servers, args.sink_format, args.nats_stream, args.kafka_topic,
-                              args.sink_max_in_flight, args.sink_ack_timeout))
+                              args.sink_max_in_flight, args.sink_ack_timeout, args.sink_transactions))
     return tuple(specs)
