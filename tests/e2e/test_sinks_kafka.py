@@ -75,9 +75,9 @@ def read_topics(bootstrap: str, prefix: str, until: int, idle: float = 3.0, time
         consumer.close()
 
 
-def _walstream(db: TestDB, url: str, tmp_path: Path, prefix: str) -> WalstreamProcess:
+def _walstream(db: TestDB, url: str, tmp_path: Path, prefix: str, *extra: str) -> WalstreamProcess:
     return WalstreamProcess(db.dsn, "pub", db.slot, temporary=False, log_dir=tmp_path,
-                            extra=("--sink", url, "--kafka-topic", prefix + ".{schema}.{table}"))
+                            extra=("--sink", url, "--kafka-topic", prefix + ".{schema}.{table}", *extra))
 
 
 def _wait_confirmed(db: TestDB, end: int, ws: WalstreamProcess, timeout: float = 180) -> None:
@@ -98,7 +98,7 @@ def test_pgbench_through_kafka_replays_identically(testdb: TestDB, kafka: KafkaB
     pgbench_init(testdb, "pub")
     initial = snapshot(testdb)
     prefix = f"ws{uuid.uuid4().hex[:8]}"
-    with _walstream(testdb, kafka.url, tmp_path, prefix) as ws:
+    with _walstream(testdb, kafka.url, tmp_path, prefix, "--sink-transactions") as ws:
         ws.wait_log("streaming slot")
         wait_pgbench(run_pgbench(testdb, 4, 150))  # 600 transactions, 2400 changes
         _wait_confirmed(testdb, testdb.wal_lsn(), ws)
@@ -113,6 +113,12 @@ def test_pgbench_through_kafka_replays_identically(testdb: TestDB, kafka: KafkaB
     assert account.headers["op"] == "UPDATE" and account.headers["lsn"] == account.body["lsn"]
     history = next(m for m in messages if m.body["table"] == "pgbench_history")
     assert history.headers["key"] == ""  # no replica identity key: no record key
+    # --sink-transactions: one COMMIT record per transaction on walstream.commit (only this test uses it)
+    commits = read_topics(kafka.bootstrap, "walstream", 600)
+    assert len(commits) == 600 and {(m.where, m.body["op"], m.headers["changes"]) for m in commits} == {
+        ("walstream.commit", "COMMIT", "4")}
+    by_commit = Counter(m.headers["commit_lsn"] for m in messages)
+    assert all(by_commit[m.headers["commit_lsn"]] == 4 for m in commits)
 
 
 def test_kill9_walstream_and_broker_lost_nothing_lost(testdb: TestDB, kafka: KafkaBroker, tmp_path: Path) -> None:
