@@ -127,7 +127,7 @@ def test_kill9_walstream_and_broker_lost_nothing_lost(testdb: TestDB, kafka: Kaf
     prefix = f"ws{uuid.uuid4().hex[:8]}"
     first = _walstream(testdb, kafka.url, tmp_path, prefix).start()
     first.wait_log("streaming slot")
-    bench = run_pgbench(testdb, 2, 800)  # 1600 transactions, 6400 changes
+    bench = run_pgbench(testdb, 2, 800)  # 1600 transactions, 6400 changes (and 800 more below)
     deadline = time.monotonic() + 120
     while confirmed_flush(testdb, testdb.slot) == 0 or first.log().count("status update") < 3:
         assert time.monotonic() < deadline, first.log()[-3000:]
@@ -137,16 +137,18 @@ def test_kill9_walstream_and_broker_lost_nothing_lost(testdb: TestDB, kafka: Kaf
     try:
         second.wait_log("streaming slot")
         kafka.kill()  # the broker is lost mid-stream, then comes back on the same port and data
-        second.wait_log("publishing them again")  # the sink saw the broker go
+        more = run_pgbench(testdb, 2, 100)  # 200 transactions, 800 changes, written while it is away
+        second.wait_log("publishing them again", timeout=60)  # the sink saw the broker go
         kafka.start()
         wait_pgbench(bench)
+        wait_pgbench(more)
         _wait_confirmed(testdb, testdb.wal_lsn(), second)
         assert second.stop() == 0
     finally:
         second.kill()
-    messages = read_topics(kafka.bootstrap, prefix, 6400)
+    messages = read_topics(kafka.bootstrap, prefix, 7200)
     distinct = _distinct(messages)
-    assert len(distinct) == 6400
+    assert len(distinct) == 7200
     assert replay(initial, distinct, PGBENCH_KEYS) == snapshot(testdb)
     copies = Counter(m.position for m in messages)
     print(f"kafka after kill -9 and a broker restart: {len(messages)} records, "
