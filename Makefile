@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup test lint proto check-proto clean demo bench
+.PHONY: setup test lint proto check-proto clean demo bench bench-sinks
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +32,10 @@ demo: setup
 # BENCH_ARGS passes options, e.g. make bench BENCH_ARGS='--runs 5 --workloads bulk'.
 bench: setup
 	$(PY) bench/run.py $(BENCH_ARGS)
+
+# Broker sinks (NATS, Kafka) against pg_recvlogical: rows/s into the broker, acknowledged (a few minutes).
+bench-sinks: setup
+	$(PY) bench/sinks.py $(BENCH_ARGS)
 
 proto: setup
 	$(PY) scripts/gen_proto.py

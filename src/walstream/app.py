@@ -29,6 +29,7 @@ from .pipeline import Pipeline
 from .processing.typed import TypedCatalog
 from .processing.values import TypeCatalog
 from .replication.type_lookup import TypeLookup
+from .sinks.attach import Sinks
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +44,7 @@ async def serve(config: StartConfig, ready: asyncio.Event | None = None) -> int:
     types = TypeCatalog()  # user types are added by the pipeline, fetched off the event loop
     pipeline = Pipeline(config, dsnlib.replication_dsn(config.connection), hub, types, type_lookup.fetch)
     ops = Operations(config, hub, pipeline)  # health, reflection, slot monitor, metrics
+    sinks = Sinks.connect(config, hub, types, pipeline.type_schemas.get)  # broker sinks: clients from the start
 
     # The guard checks the token and the client limit before any servicer code runs (delivery/auth.py).
     server = grpc.aio.server(interceptors=[auth.Guard(config.auth_token, config.max_clients)],
@@ -65,7 +67,7 @@ async def serve(config: StartConfig, ready: asyncio.Event | None = None) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
 
-    runner = asyncio.create_task(pipeline.run())
+    runner = asyncio.create_task(sinks.run_with(pipeline.run()))
     ops.start()
     # The slot is created before any client can connect. A standby (the slot is held by another process)
     # serves at once: health says NOT_SERVING, and its clients receive nothing until it takes over.

@@ -25,6 +25,7 @@ from .dsn import parse_connection, redact
 from .errors import ConfigError, WalstreamError
 from .logs import FORMATS, LEVELS, setup_logging
 from .replication import catalog
+from .sinks import spec as sink_spec
 
 log = logging.getLogger(__name__)
 
@@ -214,6 +215,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="on SIGINT/SIGTERM, how long to wait for clients' acks [default: %(default)s]")
     _security_arguments(start)
     _operations_arguments(start)
+    sink_spec.add_arguments(start)
     start.add_argument("positional", nargs="*", help=argparse.SUPPRESS)
     start.set_defaults(handler=cmd_start)
 
@@ -386,6 +388,7 @@ def cmd_start(args: argparse.Namespace) -> int:
         metrics_port=args.metrics_port,
         metrics_host=args.metrics_host,
         retained_wal_warning=args.retained_wal_warning,
+        sinks=sink_spec.from_arguments(args),
     )
     # Check what we can over plain SQL first: a missing publication or privilege is reported in one line
     # before anything is created or any port is opened.

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 from . import security
 from .errors import ConfigError
+from .sinks.spec import SinkSpec
 
 # PostgreSQL's rule for replication slot names (ReplicationSlotValidateName).
 _SLOT_RE = re.compile(r"^[a-z0-9_]{1,63}$")
@@ -80,6 +81,8 @@ class StartConfig:
     metrics_port: int | None = None
     metrics_host: str | None = None
     retained_wal_warning: int = 1024**3
+    # Broker sinks (docs/sinks.md): each is one more consumer under the ack contract.
+    sinks: tuple[SinkSpec, ...] = ()
 
     def __post_init__(self) -> None:
         validate_slot_name(self.slot)

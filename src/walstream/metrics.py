@@ -25,6 +25,7 @@ from .delivery.v1_service import WalstreamServicer
 from .errors import ConfigError
 from .pipeline import Pipeline
 from .processing.events import PG_EPOCH_US
+from .sinks.attach import metric_families as sink_metric_families
 from .slot_monitor import SlotMonitor
 
 SAMPLE_MAX_AGE = 1.0  # seconds: a scrape reuses a slot sample younger than this
@@ -74,6 +75,7 @@ class WalstreamCollector(Collector):
                          "transaction read", commit_time)
             yield _gauge("walstream_lag_seconds", "seconds since the commit time of the newest transaction read",
                          max(0.0, time.time() - commit_time))
+        yield from sink_metric_families(clients)
         yield from self._slot()
 
     def _changes(self) -> Metric:

@@ -234,7 +234,7 @@ class StatusRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class StatusResponse(_message.Message):
-    __slots__ = ("slot", "temporary", "confirmed_lsn", "written_lsn", "lag_bytes", "connected_clients", "server_version", "walstream_version", "streaming", "pgoutput_version")
+    __slots__ = ("slot", "temporary", "confirmed_lsn", "written_lsn", "lag_bytes", "connected_clients", "server_version", "walstream_version", "streaming", "pgoutput_version", "sinks")
     SLOT_FIELD_NUMBER: _ClassVar[int]
     TEMPORARY_FIELD_NUMBER: _ClassVar[int]
     CONFIRMED_LSN_FIELD_NUMBER: _ClassVar[int]
@@ -245,6 +245,7 @@ class StatusResponse(_message.Message):
     WALSTREAM_VERSION_FIELD_NUMBER: _ClassVar[int]
     STREAMING_FIELD_NUMBER: _ClassVar[int]
     PGOUTPUT_VERSION_FIELD_NUMBER: _ClassVar[int]
+    SINKS_FIELD_NUMBER: _ClassVar[int]
     slot: str
     temporary: bool
     confirmed_lsn: int
@@ -255,4 +256,23 @@ class StatusResponse(_message.Message):
     walstream_version: str
     streaming: bool
     pgoutput_version: int
-    def __init__(self, slot: _Optional[str] = ..., temporary: _Optional[bool] = ..., confirmed_lsn: _Optional[int] = ..., written_lsn: _Optional[int] = ..., lag_bytes: _Optional[int] = ..., connected_clients: _Optional[int] = ..., server_version: _Optional[str] = ..., walstream_version: _Optional[str] = ..., streaming: _Optional[bool] = ..., pgoutput_version: _Optional[int] = ...) -> None: ...
+    sinks: _containers.RepeatedCompositeFieldContainer[SinkStatus]
+    def __init__(self, slot: _Optional[str] = ..., temporary: _Optional[bool] = ..., confirmed_lsn: _Optional[int] = ..., written_lsn: _Optional[int] = ..., lag_bytes: _Optional[int] = ..., connected_clients: _Optional[int] = ..., server_version: _Optional[str] = ..., walstream_version: _Optional[str] = ..., streaming: _Optional[bool] = ..., pgoutput_version: _Optional[int] = ..., sinks: _Optional[_Iterable[_Union[SinkStatus, _Mapping]]] = ...) -> None: ...
+
+class SinkStatus(_message.Message):
+    __slots__ = ("url", "connected", "published", "acked", "retries", "in_flight", "queued")
+    URL_FIELD_NUMBER: _ClassVar[int]
+    CONNECTED_FIELD_NUMBER: _ClassVar[int]
+    PUBLISHED_FIELD_NUMBER: _ClassVar[int]
+    ACKED_FIELD_NUMBER: _ClassVar[int]
+    RETRIES_FIELD_NUMBER: _ClassVar[int]
+    IN_FLIGHT_FIELD_NUMBER: _ClassVar[int]
+    QUEUED_FIELD_NUMBER: _ClassVar[int]
+    url: str
+    connected: bool
+    published: int
+    acked: int
+    retries: int
+    in_flight: int
+    queued: int
+    def __init__(self, url: _Optional[str] = ..., connected: _Optional[bool] = ..., published: _Optional[int] = ..., acked: _Optional[int] = ..., retries: _Optional[int] = ..., in_flight: _Optional[int] = ..., queued: _Optional[int] = ...) -> None: ...

@@ -24,7 +24,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from .._proto import walstream_v1_pb2 as pb
-from .model import Batch, Change, Column, LogicalMessage, Truncate
+from .model import Batch, Change, Column, LogicalMessage, SinkStatus, Truncate
 from .values import row_to_dict
 
 log = logging.getLogger("walstream.client")
@@ -317,7 +317,9 @@ def status_from(response: pb.StatusResponse) -> dict[str, Any]:
                 written_lsn=response.written_lsn, lag_bytes=response.lag_bytes,
                 connected_clients=response.connected_clients, server_version=response.server_version,
                 walstream_version=response.walstream_version, streaming=response.streaming,
-                pgoutput_version=response.pgoutput_version)
+                pgoutput_version=response.pgoutput_version,
+                sinks=tuple(SinkStatus(s.url, s.connected, s.published, s.acked, s.retries, s.in_flight, s.queued)
+                            for s in response.sinks))
 
 
 def metadata_list(options: Options) -> Sequence[tuple[str, str]] | None:

@@ -9,7 +9,7 @@ from typing import Any
 
 from ..lsn import format_lsn
 
-__all__ = ["Batch", "Change", "Column", "LogicalMessage", "Status", "Truncate", "format_lsn"]
+__all__ = ["Batch", "Change", "Column", "LogicalMessage", "SinkStatus", "Status", "Truncate", "format_lsn"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,3 +121,17 @@ class Status:
     walstream_version: str
     streaming: bool  # the replication connection is up and this walstream holds the slot
     pgoutput_version: int
+    sinks: tuple[SinkStatus, ...] = ()  # broker sinks (`walstream start --sink`), also in connected_clients
+
+
+@dataclass(frozen=True, slots=True)
+class SinkStatus:
+    """One broker sink of the server (docs/sinks.md)."""
+
+    url: str
+    connected: bool  # the broker is reachable
+    published: int  # records published, re-publishes included
+    acked: int  # records the broker acknowledged (stored)
+    retries: int  # times the broker was lost (or an ack timed out) and the sink started over
+    in_flight: int  # published, not yet acknowledged
+    queued: int  # changes waiting for the sink

@@ -29,6 +29,7 @@ from .._proto import walstream_v1_pb2_grpc
 from ..processing.events import RelationInfo
 from ..processing.v1wire import field
 from ..replication import catalog
+from ..sinks.attach import status_of as sink_status
 from .hub import Client, Hub, finish_requests
 from .v1_adapter import Encoder, InvalidSubscription, Subscription, V1Adapter, V1Item, same_relation
 
@@ -312,6 +313,7 @@ class ServerStatus:
             walstream_version=__version__,
             streaming=pipeline.streaming and positions is not None,
             pgoutput_version=pipeline.pgoutput_version,
+            sinks=[pb.SinkStatus(**sink) for sink in sink_status(self.hub.clients)],
         )
 
     def close(self) -> None:

@@ -1,0 +1,122 @@
+"""Broker sinks against pg_recvlogical: rows/s from the slot into the broker, durably acknowledged.
+
+    .venv/bin/python bench/sinks.py [--rows 200000] [--per-txn 1000] [--sinks nats,kafka]
+
+One throwaway PostgreSQL 15; one workload written once behind a base slot; each method drains its own copy
+of that slot to the workload's end: pg_recvlogical (to /dev/null) as the floor, then `walstream start
+--sink URL` (no gRPC client) into a real broker (tests/brokers.py starts them). A sink's time runs from the
+walsender taking the slot to the slot's confirmed_flush_lsn reaching the end, i.e. every row stored by the
+broker. Not part of `make test`; the ratio is the number to read, on a quiet machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import psycopg2
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(ROOT / "src"), str(ROOT / "tests")]
+
+from brokers import KafkaBroker, NatsServer  # noqa: E402
+
+from walstream.lsn import format_lsn  # noqa: E402
+from walstream.pgcluster import Cluster, find_bindir  # noqa: E402
+
+
+def sql(dsn: str, *statements: str) -> list[tuple[object, ...]]:
+    conn = psycopg2.connect(dsn)
+    conn.autocommit = True
+    rows: list[tuple[object, ...]] = []
+    with conn.cursor() as cur:
+        for statement in statements:
+            cur.execute(statement)
+            if cur.description is not None:
+                rows = cur.fetchall()
+    conn.close()
+    return rows
+
+
+def wait_active(dsn: str, slot: str) -> float:
+    while not sql(dsn, f"SELECT active_pid FROM pg_replication_slots WHERE slot_name = '{slot}'")[0][0]:
+        time.sleep(0.002)
+    return time.perf_counter()
+
+
+def recvlogical(bindir: Path, dsn: str, slot: str, end: int) -> float:
+    t0 = time.perf_counter()
+    subprocess.run([str(bindir / "pg_recvlogical"), "-d", dsn, "--slot", slot, "--start", "--no-loop",
+                    "-o", "proto_version=1", "-o", "publication_names=pub", "-f", "/dev/null",
+                    "-E", format_lsn(end)], check=True)
+    return time.perf_counter() - t0
+
+
+def walstream_sink(dsn: str, slot: str, end: int, url: str, log: Path) -> float:
+    with open(log, "wb") as out:
+        # SINK_PROFILE=FILE: run walstream under cProfile (the stats are written when it stops).
+        profile = ["-m", "cProfile", "-o", os.environ["SINK_PROFILE"]] if os.environ.get("SINK_PROFILE") else []
+        proc = subprocess.Popen([sys.executable, *profile, "-m", "walstream", "--connection", dsn, "start",
+                                 "--publication", "pub", "--slot", slot, "--temporary", "false", "--port", "0",
+                                 "--host", "127.0.0.1", "--sink", url], stdout=out, stderr=subprocess.STDOUT,
+                                env={**os.environ, "PYTHONPATH": str(ROOT / "src")})
+    try:
+        t0 = wait_active(dsn, slot)
+        while int(sql(dsn, f"SELECT confirmed_flush_lsn - '0/0'::pg_lsn FROM pg_replication_slots "
+                           f"WHERE slot_name = '{slot}'")[0][0]) < end:  # type: ignore[arg-type]
+            if proc.poll() is not None:
+                raise RuntimeError(f"walstream exited: {log.read_text()[-2000:]}")
+            time.sleep(0.01)
+        return time.perf_counter() - t0
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--rows", type=int, default=200_000)
+    parser.add_argument("--per-txn", type=int, default=1000)
+    parser.add_argument("--sinks", default="nats,kafka")
+    args = parser.parse_args()
+    bindir = find_bindir(["/usr/lib/postgresql/15/bin"], embedded=False)
+    work = Path(tempfile.mkdtemp(prefix="walstream-bench-sinks-"))
+    cluster = Cluster(bindir=bindir, settings={"wal_level": "logical", "max_replication_slots": "20",
+                                               "max_wal_senders": "20"})
+    with cluster:
+        dsn = cluster.dsn
+        sql(dsn, "CREATE TABLE t (id int PRIMARY KEY, v text, n numeric, at timestamptz)",
+            "CREATE PUBLICATION pub FOR TABLE t",
+            "SELECT pg_create_logical_replication_slot('base', 'pgoutput')")
+        for start in range(0, args.rows, args.per_txn):
+            sql(dsn, f"INSERT INTO t SELECT g, md5(g::text), g * 1.5, now() FROM generate_series({start + 1}, "
+                     f"{min(args.rows, start + args.per_txn)}) g")
+        end = int(sql(dsn, "SELECT pg_current_wal_insert_lsn() - '0/0'::pg_lsn")[0][0])  # type: ignore[arg-type]
+        sql(dsn, "SELECT txid_current()")
+        results: list[tuple[str, float]] = []
+        sql(dsn, "SELECT pg_copy_logical_replication_slot('base', 'floor')")
+        results.append(("pg_recvlogical", recvlogical(bindir, dsn, "floor", end)))
+        for kind in args.sinks.split(","):
+            broker = NatsServer(work / "nats") if kind == "nats" else KafkaBroker(work / "kafka")
+            broker.start()
+            try:
+                sql(dsn, f"SELECT pg_copy_logical_replication_slot('base', 'sink_{kind}')")
+                results.append((f"walstream --sink {kind}", walstream_sink(dsn, f"sink_{kind}", end, broker.url,
+                                                                          work / f"walstream-{kind}.log")))
+            finally:
+                broker.stop()
+    floor = results[0][1]
+    print(f"{args.rows} rows, {args.per_txn} per transaction, PostgreSQL 15, {os.cpu_count()} CPUs")
+    print(f"{'method':<24} {'seconds':>8} {'rows/s':>10} {'vs pg_recvlogical':>18}")
+    for name, seconds in results:
+        print(f"{name:<24} {seconds:>8.2f} {args.rows / seconds:>10.0f} {floor / seconds:>17.3f}x")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
