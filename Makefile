@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup test lint proto check-proto clean demo bench bench-sinks
+.PHONY: setup test test-fast lint proto check-proto clean demo bench bench-sinks
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -16,6 +16,11 @@ setup: $(VENV)/.installed
 # Lint, types, stub freshness, then every test (unit and end-to-end on a real PostgreSQL).
 test: setup lint
 	$(PY) -m pytest
+
+# The fast lane: lint, the unit tests and the end-to-end tests on PostgreSQL 15, without the slow ones
+# (examples, faults, brokers). The full `make test` is what CI runs.
+test-fast: setup lint
+	$(PY) -m pytest -m "not slow" -k "not pg18"
 
 lint: setup
 	$(PY) -m ruff check src tests scripts bench
