@@ -75,8 +75,9 @@ def build_debezium(cache: Path | None = None) -> tuple[list[str] | None, str]:
             DEBEZIUM_MAIN], ""
 
 
-def find_pgstream(cache: Path | None = None) -> tuple[Path | None, str]:
-    """(the pgstream binary, "") or (None, why it could not be had)."""
+def find_pgstream(cache: Path | None = None, install: bool = True) -> tuple[Path | None, str]:
+    """(the pgstream binary, "") or (None, why it could not be had); `install` False: only look, since
+    go install builds about a hundred modules (8 min on a busy 2-core machine)."""
     on_path = shutil.which("pgstream")
     if on_path:
         return Path(on_path), ""
@@ -84,6 +85,8 @@ def find_pgstream(cache: Path | None = None) -> tuple[Path | None, str]:
     binary = gobin / "pgstream"
     if binary.exists():
         return binary, ""
+    if not install:
+        return None, f"not on PATH and not in {gobin} (not installed: --no-install-pgstream)"
     if shutil.which("go") is None:
         return None, "not on PATH: go (needed for go install of pgstream)"
     target = f"{PGSTREAM_MODULE}@{PGSTREAM_VERSION}"

@@ -134,7 +134,7 @@ class Bench:
         if PGSTREAM in wanted:
             why = wal2json_missing(self.bindir)
             if not why:
-                self.pgstream, why = find_pgstream()
+                self.pgstream, why = find_pgstream(install=not self.args.no_install_pgstream)
             if why:
                 skipped[PGSTREAM] = why
         return skipped
@@ -697,6 +697,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--walstream-src", type=Path, default=ROOT / "src",
                    help="the walstream sources to run (e.g. a copy of src/ before a change, to compare)")
     p.add_argument("--bindir", help="PostgreSQL server programs (default: PostgreSQL 15's)")
+    p.add_argument("--no-install-pgstream", action="store_true",
+                   help="run pgstream only if it is on PATH or already in the cache: no go install (it builds "
+                        "for minutes; the smoke test passes this)")
     p.add_argument("--json", type=Path, default=ROOT / "bench" / "results" / "latest.json")
     p.add_argument("--docs", type=Path, default=ROOT / "docs" / "benchmarks.md",
                    help="update the table in this file (between the bench:begin/end markers)")
