@@ -248,11 +248,13 @@ class Bench:
         cmd = [str(self.recvlogical), "-d", dsn, "--slot", slot, "--start", "--no-loop",
                "-o", f"proto_version={PROTO_VERSION}", "-o", "publication_names=pub", "-o", "messages=true",
                "-f", "/dev/null", "-E", format_lsn(end)]
+        exited = threading.Event()  # not proc.poll() in the sampler: it would reap the child before wait4
         t0 = time.perf_counter()
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        sampler = WalsenderSampler(self.unix_dsn, slot, lambda: proc.poll() is None).start()
+        sampler = WalsenderSampler(self.unix_dsn, slot, lambda: not exited.is_set()).start()
         _, status, usage = os.wait4(proc.pid, 0)
         seconds = time.perf_counter() - t0
+        exited.set()
         proc.returncode = os.waitstatus_to_exitcode(status)
         walsender_cpu = sampler.stop()
         err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
