@@ -32,7 +32,8 @@ lint: setup
 demo: setup
 	$(PY) -m walstream demo $(DEMO_ARGS)
 
-# walstream against pg_recvlogical on a throwaway PostgreSQL 15 (about 20 min; not part of `make test`).
+# walstream against pg_recvlogical and the peers (Debezium, pgstream: bench/peerbuild.py builds them; one that
+# cannot be had is skipped with the reason) on a throwaway PostgreSQL 15 (about 30 min or more; not part of `make test`).
 # Prints the table, writes bench/results/latest.json and the table in docs/benchmarks.md.
 # BENCH_ARGS passes options, e.g. make bench BENCH_ARGS='--runs 5 --workloads bulk'.
 bench: setup

@@ -16,6 +16,11 @@ end position, then drains exactly that WAL several ways, each from its own copy 
   grpc-ceiling-go   (bulk only) the same bare server drained by the same client written in Go
                     (bench/go_seed_client): the ceiling without Python on the client side; skipped, with
                     the reason, where Go and protoc's Go plugins are missing
+  debezium          peer: Debezium's embedded engine + PostgreSQL connector (pgoutput), bench/debezium
+  pgstream          peer: pgstream (its slot copy uses wal2json) with its stdout target into a line counter
+
+The peers are built or found once (bench/peerbuild.py); a peer that cannot be had is skipped with the reason
+(printed, and in the JSON's "skipped").
 
 Methods run in a rotating order within each round; every figure is also given as a ratio to the Unix-socket
 pg_recvlogical of the same round. Then commit->client latency at ~1,000 single-row transactions per second
@@ -49,7 +54,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import psycopg2  # noqa: E402
 import psycopg2.extensions  # noqa: E402
 from gobuild import build_go_seed_client  # noqa: E402
-from procstat import cpu_seconds, syscalls  # noqa: E402
+from peerbuild import build_debezium, find_pgstream  # noqa: E402
+from peers import WalsenderSampler, copy_for, drain_debezium, drain_pgstream, wal2json_missing  # noqa: E402
+from procstat import syscalls  # noqa: E402
 from workloads import TABLES, Workload, workloads  # noqa: E402
 
 from walstream.lsn import format_lsn  # noqa: E402
@@ -61,6 +68,8 @@ DRAINS = ["recvlogical-unix", "recvlogical-tcp", "batched", "seed"]
 CEILING = "grpc-ceiling"
 CEILING_GO = "grpc-ceiling-go"
 CEILINGS = (CEILING, CEILING_GO)
+DEBEZIUM, PGSTREAM = "debezium", "pgstream"
+PEERS = [DEBEZIUM, PGSTREAM]
 DB = "bench"
 PROTO_VERSION = 3  # what walstream asks PostgreSQL 15 for (walstream.replication.stream.protocol_version)
 # fsync/full_page_writes as a real server has them; the write phase turns fsync and synchronous_commit off.
@@ -103,12 +112,32 @@ class Bench:
         self.args = args
         bindir = Path(args.bindir) if args.bindir else find_bindir(["/usr/lib/postgresql/15/bin"], embedded=False)
         self.pg_version = server_version(bindir)
+        self.bindir = bindir
         self.recvlogical = bindir / "pg_recvlogical"
         self.cluster = Cluster(bindir=bindir, settings=dict(CLUSTER_SETTINGS))
         self.tmp = self.cluster.workdir
         self.results: dict[str, Any] = {}
         self.go_seed_client: Path | None = None  # built on first use (go_client_ready)
         self.go_unavailable = ""
+        self.debezium: list[str] | None = None  # the java command (peers_ready)
+        self.pgstream: Path | None = None
+
+    def peers_ready(self, wanted: list[str]) -> dict[str, str]:
+        """Build or find the wanted peers; returns {peer: why not} for those that cannot run."""
+        skipped: dict[str, str] = {}
+        if DEBEZIUM in wanted:
+            t0 = time.perf_counter()
+            self.debezium, why = build_debezium()
+            self.results["debezium_build_seconds"] = time.perf_counter() - t0
+            if why:
+                skipped[DEBEZIUM] = why
+        if PGSTREAM in wanted:
+            why = wal2json_missing(self.bindir)
+            if not why:
+                self.pgstream, why = find_pgstream(install=not self.args.no_install_pgstream)
+            if why:
+                skipped[PGSTREAM] = why
+        return skipped
 
     @property
     def unix_dsn(self) -> str:
@@ -168,8 +197,12 @@ class Bench:
                 time.sleep(0.003)
         raise RuntimeError(f"no walsender took slot {slot} within {timeout} s")
 
-    def copy_slot(self, base: str, slot: str) -> None:
-        self.sql("SELECT pg_copy_logical_replication_slot(%s, %s)", params=(base, slot))
+    def copy_slot(self, base: str, slot: str, plugin: str = "") -> None:
+        """A copy of the base slot (same LSNs), with another output plugin if one is named."""
+        if plugin:
+            self.sql("SELECT pg_copy_logical_replication_slot(%s, %s, false, %s)", params=(base, slot, plugin))
+        else:
+            self.sql("SELECT pg_copy_logical_replication_slot(%s, %s)", params=(base, slot))
 
     def drop_slot(self, slot: str) -> None:
         with self.cursor() as cur:
@@ -215,46 +248,20 @@ class Bench:
         cmd = [str(self.recvlogical), "-d", dsn, "--slot", slot, "--start", "--no-loop",
                "-o", f"proto_version={PROTO_VERSION}", "-o", "publication_names=pub", "-o", "messages=true",
                "-f", "/dev/null", "-E", format_lsn(end)]
-        sampled: dict[str, Any] = {"cpu": None, "pid": None}
-        stop = threading.Event()
-
-        conn = psycopg2.connect(self.unix_dsn)  # connected before the drain starts: the pid comes sooner
-        conn.autocommit = True
-
-        def sample() -> None:
-            pid = None
-            with conn.cursor() as cur:
-                while pid is None and proc.poll() is None:
-                    cur.execute("SELECT active_pid FROM pg_replication_slots WHERE slot_name = %s", (slot,))
-                    row = cur.fetchone()
-                    pid = row[0] if row else None
-                    if pid is None:
-                        time.sleep(0.001)
-            if pid is None:
-                return
-            sampled["pid"] = pid
-            while not stop.is_set():
-                cpu = cpu_seconds(pid)
-                if cpu is None:
-                    return
-                sampled["cpu"] = cpu
-                time.sleep(0.01)
-
-        sampler = threading.Thread(target=sample, daemon=True)
+        exited = threading.Event()  # not proc.poll() in the sampler: it would reap the child before wait4
         t0 = time.perf_counter()
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        sampler.start()
+        sampler = WalsenderSampler(self.unix_dsn, slot, lambda: not exited.is_set()).start()
         _, status, usage = os.wait4(proc.pid, 0)
         seconds = time.perf_counter() - t0
+        exited.set()
         proc.returncode = os.waitstatus_to_exitcode(status)
-        stop.set()
-        sampler.join(5)
-        conn.close()
+        walsender_cpu = sampler.stop()
         err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
         if proc.returncode != 0:
             raise RuntimeError(f"pg_recvlogical failed ({proc.returncode}): {err.strip()}")
         return {"rows": rows, "seconds": seconds, "rows_per_s": rows / seconds,
-                "walsender_cpu": sampled["cpu"], "consumer_cpu": usage.ru_utime + usage.ru_stime}
+                "walsender_cpu": walsender_cpu, "consumer_cpu": usage.ru_utime + usage.ru_stime}
 
     @contextmanager
     def walstream(self, slot: str, temporary: bool = False) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
@@ -379,10 +386,16 @@ class Bench:
             return self.drain_ceiling(min(wl.rows, self.args.ceiling_rows),
                                       "go-seed" if method == CEILING_GO else "seed")
         slot = f"{wl.name}_{method.replace('-', '_')}_{run}"
-        self.copy_slot(base, slot)
+        self.copy_slot(base, slot, copy_for(method))
         try:
             if method.startswith("recvlogical"):
                 return self.drain_recvlogical(slot, end, wl.rows, tcp=method.endswith("tcp"))
+            if method == DEBEZIUM and self.debezium:
+                return drain_debezium(self.debezium, self.unix_dsn, self.cluster.port, slot, wl.rows,
+                                      self.args.timeout)
+            if method == PGSTREAM and self.pgstream:
+                return drain_pgstream(self.pgstream, self.tmp, self.unix_dsn, self.cluster.port, slot, wl.rows,
+                                      self.args.timeout)
             return self.drain_walstream(slot, wl.rows, method)
         finally:
             self.drop_slot(slot)
@@ -480,12 +493,19 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     log(f"PostgreSQL {bench.pg_version} in {bench.cluster.workdir}; write phase: fsync=off, "
         "synchronous_commit=off; drains and latency: fsync=on, synchronous_commit=on")
     selected = [w for w in workloads(args.scale) if not args.workloads or w.name in args.workloads]
+    peers = [p for p in PEERS if p not in args.skip]
+    result["skipped"].update(bench.peers_ready(peers))
+    for peer, why in result["skipped"].items():
+        log(f"{peer} skipped: {why}")
+    peers = [p for p in peers if p not in result["skipped"]]
+    if DEBEZIUM in peers:
+        result["debezium_build_seconds"] = bench.results["debezium_build_seconds"]
     bench.start()
     try:
         for wl in selected:
             base, end, write_s = bench.write(wl)
             log(f"{wl.name}: wrote {wl.rows} rows in {write_s:.1f} s; end {format_lsn(end)}")
-            methods = [m for m in DRAINS if m not in args.skip]
+            methods = [m for m in DRAINS if m not in args.skip] + peers
             if wl.name == "bulk":
                 methods += [m for m in CEILINGS if m not in args.skip]
                 if CEILING_GO in methods and (why := bench.go_client_ready()):
@@ -540,7 +560,7 @@ def summarize_workload(wl: Workload, runs: dict[str, list[dict[str, Any]]], writ
         if ref and len(ref) == len(outs):
             entry["ratio"] = summarize([o["rows_per_s"] / r["rows_per_s"] for o, r in zip(outs, ref, strict=True)])
         for key in ("walstream_cpu", "walsender_cpu", "consumer_cpu", "client_cpu", "walstream_peak_rss_mb",
-                    "server_reads_per_row", "server_writes_per_row"):
+                    "server_reads_per_row", "server_writes_per_row", "startup_seconds", "startup_cpu"):
             if any(key in o for o in outs):  # None: never sampled (a drain over before the first sample)
                 vals = [o[key] for o in outs if o.get(key) is not None]
                 entry[key] = statistics.median(vals) if vals else None
@@ -557,7 +577,20 @@ LABELS = {
     "seed": "walstream + seed client (1 event/message)",
     CEILING: "bare grpcio, 1 message/event (seed ceiling)",
     CEILING_GO: "bare grpcio, 1 message/event, Go client (seed ceiling)",
+    DEBEZIUM: "Debezium 3.6.1 embedded engine (pgoutput over TCP, JSON converter)",
+    PGSTREAM: "pgstream v1.4.1 (wal2json, stdout target)",
 }
+
+
+def cpu_per_row_total(m: dict[str, Any]) -> float | None:
+    """Rows per CPU second of every process on the path (walstream, walsender, client or consumer), from the
+    medians; None where a part was not measured."""
+    parts = [m.get("walsender_cpu"), m.get("client_cpu", m.get("consumer_cpu"))]
+    if "walstream_cpu" in m:
+        parts.append(m["walstream_cpu"])
+    if any(p is None for p in parts) or not sum(parts):  # type: ignore[arg-type]
+        return None
+    return m["runs"][0]["rows"] / sum(parts)  # type: ignore[arg-type]
 
 
 def _cpu(value: float | None) -> str:
@@ -566,10 +599,17 @@ def _cpu(value: float | None) -> str:
 
 def table(result: dict[str, Any]) -> str:
     lines = ["| workload | method | rows/s median (min–max) | × reference median (min–max) | walstream CPU s "
-             "| walsender CPU s | client CPU s |",
-             "| --- | --- | ---: | ---: | ---: | ---: | ---: |"]
+             "| walsender CPU s | client / consumer CPU s | rows per CPU s, all processes (× reference) |",
+             "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    startups = []
     for wl in result["workloads"]:
+        ref_eff = cpu_per_row_total(wl["methods"][REFERENCE]) if REFERENCE in wl["methods"] else None
         for method, m in wl["methods"].items():
+            eff = cpu_per_row_total(m) if method not in CEILINGS else None
+            eff_s = "" if eff is None else f"{eff:,.0f}" + (f" ({eff / ref_eff:.2f})" if ref_eff else "")
+            if m.get("startup_seconds") is not None:
+                startups.append(f"| {wl['name']} | {LABELS.get(method, method)} | {m['startup_seconds']:.2f} | "
+                                f"{_cpu(m.get('startup_cpu'))} |")
             rps, ratio = m["rows_per_s"], m.get("ratio")
             ratio_s = f"{ratio['median']:.2f} ({ratio['min']:.2f}–{ratio['max']:.2f})" if ratio else ""
             server_cpu = m.get("walstream_cpu")
@@ -579,8 +619,11 @@ def table(result: dict[str, Any]) -> str:
                 label += f": {m['runs'][0]['rows']:,} messages, its server's CPU under walstream"
             lines.append(f"| {wl['name']} ({wl['rows']:,} rows) | {label} | "
                          f"{rps['median']:,.0f} ({rps['min']:,.0f}–{rps['max']:,.0f}) | {ratio_s} | "
-                         f"{_cpu(server_cpu)} | {_cpu(m.get('walsender_cpu'))} | {_cpu(client_cpu)} |")
+                         f"{_cpu(server_cpu)} | {_cpu(m.get('walsender_cpu'))} | {_cpu(client_cpu)} | {eff_s} |")
     out = ["\n".join(lines)]
+    if startups:
+        out.append("\n".join(["| workload | peer | start-up s, median | CPU s in start-up |",
+                              "| --- | --- | ---: | ---: |", *startups]))
     if result["latency"]:
         lat = ["| API | synchronous_commit | tx/s | commit p50 / p99 ms | commit→client p50 / p90 / p99 / max ms |",
                "| --- | --- | ---: | ---: | ---: |"]
@@ -599,6 +642,15 @@ def table(result: dict[str, Any]) -> str:
     return "\n\n".join(out)
 
 
+def debezium_build(result: dict[str, Any]) -> str:
+    seconds = result.get("debezium_build_seconds")
+    if seconds is None:
+        return ""
+    if seconds < 1:
+        return " Debezium: the cached build of bench/debezium was reused."
+    return f" Debezium: bench/debezium was built in {seconds:.0f} s (Maven) before the run."
+
+
 def header(result: dict[str, Any]) -> str:
     m = result["machine"]
     return (f"Ran {result['started']} on {m['cpu']}, {m['cores']} cores, {m['memory_gb']} GB, Linux {m['kernel']}; "
@@ -608,6 +660,7 @@ def header(result: dict[str, Any]) -> str:
             "Writes ran with fsync=off and synchronous_commit=off; drains and the latency test with fsync=on "
             f"and synchronous_commit=on. pgoutput protocol {PROTO_VERSION} with messages=true for every method; "
             f"the seed client acks every {result['args'].get('seed_ack_every', 1)}th event (and the last)."
+            + debezium_build(result)
             + "".join(f" Skipped {method}: {why}." for method, why in result.get("skipped", {}).items()))
 
 
@@ -646,6 +699,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--walstream-src", type=Path, default=ROOT / "src",
                    help="the walstream sources to run (e.g. a copy of src/ before a change, to compare)")
     p.add_argument("--bindir", help="PostgreSQL server programs (default: PostgreSQL 15's)")
+    p.add_argument("--no-install-pgstream", action="store_true",
+                   help="run pgstream only if it is on PATH or already in the cache: no go install (it builds "
+                        "for minutes; the smoke test passes this)")
     p.add_argument("--json", type=Path, default=ROOT / "bench" / "results" / "latest.json")
     p.add_argument("--docs", type=Path, default=ROOT / "docs" / "benchmarks.md",
                    help="update the table in this file (between the bench:begin/end markers)")

@@ -3,7 +3,10 @@ latency and memory run end to end and the JSON has every figure. The numbers the
 
 The Go seed client (grpc-ceiling-go) needs Go and protoc's Go plugins: the test installs them with the
 examples' script first; where that cannot be done it checks that the method is skipped with the reason, and
-under CI (CI=true) that is a failure."""
+under CI (CI=true) that is a failure. The peers (bench/peerbuild.py) run where they can be built or found;
+otherwise the JSON and the output must say why. Under CI the Debezium row must run (Java and Maven are on
+the machine; .ci/run builds it first); pgstream runs if it is installed (the test does not go install it: that
+builds for minutes) and is skipped, with its reason, otherwise."""
 
 from __future__ import annotations
 
@@ -20,6 +23,8 @@ from walstream.pgcluster import ClusterError, find_bindir, server_version
 ROOT = Path(__file__).resolve().parents[2]
 METHODS = ["recvlogical-unix", "recvlogical-tcp", "batched", "seed"]
 CEILINGS = ["grpc-ceiling", "grpc-ceiling-go"]
+PEERS = ["debezium", "pgstream"]
+PEER_LABELS = {"debezium": "Debezium 3.6.1 embedded engine", "pgstream": "pgstream v1.4.1"}
 
 
 def go_toolchain() -> str:
@@ -53,9 +58,14 @@ def test_bench_tiny(tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
     env = dict(os.environ, PYTHONPATH=str(ROOT / "src"))
     proc = subprocess.run([sys.executable, str(ROOT / "bench" / "run.py"), "--tiny", "--no-docs", "--json", str(out),
-                           "--bindir", str(bindir)], capture_output=True, text=True, env=env, timeout=600)
+                           "--bindir", str(bindir), "--no-install-pgstream"],
+                          capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     result = json.loads(out.read_text())
+    skipped = result["skipped"]
+    if "debezium" in skipped and os.environ.get("CI") == "true":
+        pytest.fail(f"the Debezium peer must run under CI: {skipped['debezium']}")
+    peers = [p for p in PEERS if p not in skipped]
 
     assert result["postgresql"].startswith("15")
     assert result["settings"]["write_phase"] == {"fsync": "off", "synchronous_commit": "off"}
@@ -64,7 +74,7 @@ def test_bench_tiny(tmp_path: Path) -> None:
     for wl in result["workloads"]:
         methods = wl["methods"]
         ceilings = [c for c in CEILINGS if not (go_missing and c == "grpc-ceiling-go")]
-        assert list(methods) == METHODS + (ceilings if wl["name"] == "bulk" else [])
+        assert list(methods) == METHODS + peers + (ceilings if wl["name"] == "bulk" else [])
         assert methods["recvlogical-unix"]["ratio"]["median"] == pytest.approx(1.0)
         for name, m in methods.items():
             where = f"{wl['name']}/{name}"
@@ -74,6 +84,8 @@ def test_bench_tiny(tmp_path: Path) -> None:
                 assert m["ratio"][key] > 0, where
             assert m["runs"][0]["rows"] == wl["rows"], where
             assert m["client_cpu" if name in ("batched", "seed", *CEILINGS) else "consumer_cpu"] >= 0, where
+            if name in PEERS:
+                assert m["startup_seconds"] > 0, where
             if name.startswith("recvlogical"):  # sampled while it runs: a tiny drain may end before a sample
                 assert m["walsender_cpu"] is None or m["walsender_cpu"] >= 0, where
             elif name not in CEILINGS:
@@ -89,11 +101,17 @@ def test_bench_tiny(tmp_path: Path) -> None:
     for r in result["memory"]:
         assert r["vm_hwm_mb"] > 0 and r["rows_handled"] > 0, r
     if go_missing:
-        assert result["skipped"]["grpc-ceiling-go"], result["skipped"]
+        assert skipped["grpc-ceiling-go"], skipped
         assert "Skipped grpc-ceiling-go: " in proc.stdout
     else:
-        assert result["skipped"] == {}
+        assert "grpc-ceiling-go" not in skipped, skipped
         assert "Go client (seed ceiling)" in proc.stdout
+    assert set(skipped) <= {"grpc-ceiling-go", *PEERS}, skipped
+    for peer in PEERS:
+        if peer in skipped:
+            assert skipped[peer] and f"Skipped {peer}: " in proc.stdout, skipped
+        else:
+            assert f"| bulk | {PEER_LABELS[peer]}" in proc.stdout  # its start-up row
     for label in ("pg_recvlogical, Unix socket (reference)", "walstream + seed client", "commit→client",
                   "peak RSS"):
         assert label in proc.stdout
