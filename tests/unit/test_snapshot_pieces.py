@@ -64,7 +64,7 @@ def test_snapshot_request_validation():
         SnapshotSpec.parse(pb.SnapshotRequest(tables=["ok", "a.b.c"]))
     assert spec.chunk_size(10_000, 20_000) == 2000
     assert spec.chunk_size(400, 20_000) == 100  # a quarter of the client queue
-    with pytest.raises(InvalidSubscription, match="snapshot.chunk_rows: 500 is above this server's maximum; use 1 to 100"):
+    with pytest.raises(InvalidSubscription, match="chunk_rows: 500 is above this server.s maximum; use 1 to 100"):
         SnapshotSpec.parse(pb.SnapshotRequest(chunk_rows=500)).chunk_size(400, 20_000)
     sub = Subscription.parse(pb.Subscription(include_tables=["public.*"]))
     assert spec.request_hash(sub) == SnapshotSpec.parse(pb.SnapshotRequest(tables=["public.o*", "x"])).request_hash(sub)
