@@ -67,8 +67,11 @@ class Replica:
 class ReplicaClient:
     """Subscribes with a snapshot request and applies every event to `replica`, acking each one."""
 
-    def __init__(self, addr: str, replica: Replica, snapshot: pb.SnapshotRequest, **subscription: object) -> None:
+    def __init__(self, addr: str, replica: Replica, snapshot: pb.SnapshotRequest, auto_ack: bool = True,
+                 **subscription: object) -> None:
         self.replica = replica
+        self.auto_ack = auto_ack
+        self.unacked: list[int] = []
         self.channel = grpc.insecure_channel(addr)
         self.relations: dict[int, pb.Relation] = {}
         self.error: grpc.RpcError | None = None
@@ -107,12 +110,19 @@ class ReplicaClient:
                     for event in batch.events:
                         replica.apply(event, self.relations.get(event.relation_id))
                         self.events += 1
-                    for event in batch.events:
-                        self._out.put(pb.SubscribeRequest(ack=pb.Ack(lsn=event.lsn)))
+                    self.unacked.extend(event.lsn for event in batch.events)
+                    if self.auto_ack:
+                        self.ack_all()
         except grpc.RpcError as exc:
             self.error = exc
         finally:
             self.done.set()
+
+    def ack_all(self) -> None:
+        """Acknowledge every event received (one Ack per event: events may share an lsn)."""
+        lsns, self.unacked = self.unacked, []
+        for lsn in lsns:
+            self._out.put(pb.SubscribeRequest(ack=pb.Ack(lsn=lsn)))
 
     def wait_snapshot(self, timeout: float = 120) -> None:
         deadline = time.monotonic() + timeout
