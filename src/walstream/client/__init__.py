@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from .aio import AsyncClient
 from .core import ServerUnreachable, StreamError
-from .model import Batch, Change, Column, LogicalMessage, Status, Truncate, format_lsn
+from .model import Batch, Change, Column, LogicalMessage, SnapshotProgress, Status, Truncate, format_lsn
 from .sync import Client
 from .values import INFINITY, NEG_INFINITY, to_python
 
@@ -27,6 +27,7 @@ __all__ = [
     "Column",
     "LogicalMessage",
     "ServerUnreachable",
+    "SnapshotProgress",
     "Status",
     "StreamError",
     "Truncate",
