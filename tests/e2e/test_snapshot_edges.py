@@ -4,12 +4,16 @@ ranges; publication row filters and column lists; the slot held until the client
 from __future__ import annotations
 
 import time
+import urllib.request
 
+import grpc
 import pytest
 from snapshot_replica import Replica, ReplicaClient
 from support import WalstreamProcess, confirmed_flush, wait_confirmed
 
 from walstream._proto import walstream_v1_pb2 as pb
+from walstream._proto import walstream_v1_pb2_grpc
+from walstream.pgcluster import free_port
 
 
 @pytest.fixture
@@ -115,5 +119,40 @@ def test_the_slot_does_not_pass_a_chunk_until_the_client_acknowledges_it(testdb,
         assert confirmed_flush(testdb.dsn, testdb.slot) < positions[0]
         client.ack_all()
         wait_confirmed(testdb.dsn, testdb.slot, positions[-1])
+    finally:
+        client.close()
+
+
+def test_a_backfill_waits_for_room_and_shows_in_status_and_metrics(testdb, walstream):
+    """A client that does not acknowledge stalls its backfill at the unacknowledged bound (a backfilling client
+    is at worst a slow client); Status and the metrics show where it stands."""
+    testdb.execute("CREATE TABLE t (id int PRIMARY KEY, v text)",
+                   "INSERT INTO t SELECT g, 'v' FROM generate_series(1, 1000) g", "ANALYZE t",
+                   "CREATE PUBLICATION pub FOR ALL TABLES")
+    metrics_port = free_port()
+    ws = walstream("--max-unacked", "400", "--metrics-port", str(metrics_port))
+    replica = Replica()
+    client = ReplicaClient(ws.addr, replica, pb.SnapshotRequest(chunk_rows=100), auto_ack=False)
+
+    def status() -> pb.StatusResponse:
+        with grpc.insecure_channel(ws.addr) as channel:
+            return walstream_v1_pb2_grpc.WalstreamStub(channel).Status(pb.StatusRequest(), timeout=10)
+
+    try:
+        wait_progress(client, 4)
+        time.sleep(1.0)  # room for a fifth chunk would have let it run by now
+        assert len(replica.progress) == 4 and replica.ops["SNAPSHOT"] == 400
+        (running,) = status().snapshots
+        assert running.table == "public.t" and running.rows_sent == 400 and running.chunks == 4
+        assert running.rows_estimate == 1000 and "v1#" in running.client
+        client.ack_all()
+        while not client.snapshot_done.is_set():
+            client.ack_all()
+            assert not client.done.wait(0.05), client.error
+        assert replica.ops["SNAPSHOT"] == 1000 and not status().snapshots
+        text = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10).read().decode()
+        assert 'walstream_snapshot_rows_total{table="public.t"} 1000.0' in text
+        assert 'walstream_snapshot_chunks_total{table="public.t"} 10.0' in text
+        assert "walstream_snapshots_running 0.0" in text
     finally:
         client.close()

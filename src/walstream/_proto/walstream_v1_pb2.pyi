@@ -292,7 +292,7 @@ class StatusRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class StatusResponse(_message.Message):
-    __slots__ = ("slot", "temporary", "confirmed_lsn", "written_lsn", "lag_bytes", "connected_clients", "server_version", "walstream_version", "streaming", "pgoutput_version")
+    __slots__ = ("slot", "temporary", "confirmed_lsn", "written_lsn", "lag_bytes", "connected_clients", "server_version", "walstream_version", "streaming", "pgoutput_version", "snapshots")
     SLOT_FIELD_NUMBER: _ClassVar[int]
     TEMPORARY_FIELD_NUMBER: _ClassVar[int]
     CONFIRMED_LSN_FIELD_NUMBER: _ClassVar[int]
@@ -303,6 +303,7 @@ class StatusResponse(_message.Message):
     WALSTREAM_VERSION_FIELD_NUMBER: _ClassVar[int]
     STREAMING_FIELD_NUMBER: _ClassVar[int]
     PGOUTPUT_VERSION_FIELD_NUMBER: _ClassVar[int]
+    SNAPSHOTS_FIELD_NUMBER: _ClassVar[int]
     slot: str
     temporary: bool
     confirmed_lsn: int
@@ -313,4 +314,23 @@ class StatusResponse(_message.Message):
     walstream_version: str
     streaming: bool
     pgoutput_version: int
-    def __init__(self, slot: _Optional[str] = ..., temporary: _Optional[bool] = ..., confirmed_lsn: _Optional[int] = ..., written_lsn: _Optional[int] = ..., lag_bytes: _Optional[int] = ..., connected_clients: _Optional[int] = ..., server_version: _Optional[str] = ..., walstream_version: _Optional[str] = ..., streaming: _Optional[bool] = ..., pgoutput_version: _Optional[int] = ...) -> None: ...
+    snapshots: _containers.RepeatedCompositeFieldContainer[SnapshotStatus]
+    def __init__(self, slot: _Optional[str] = ..., temporary: _Optional[bool] = ..., confirmed_lsn: _Optional[int] = ..., written_lsn: _Optional[int] = ..., lag_bytes: _Optional[int] = ..., connected_clients: _Optional[int] = ..., server_version: _Optional[str] = ..., walstream_version: _Optional[str] = ..., streaming: _Optional[bool] = ..., pgoutput_version: _Optional[int] = ..., snapshots: _Optional[_Iterable[_Union[SnapshotStatus, _Mapping]]] = ...) -> None: ...
+
+class SnapshotStatus(_message.Message):
+    __slots__ = ("client", "table", "rows_sent", "rows_estimate", "chunks", "rows_superseded", "retries")
+    CLIENT_FIELD_NUMBER: _ClassVar[int]
+    TABLE_FIELD_NUMBER: _ClassVar[int]
+    ROWS_SENT_FIELD_NUMBER: _ClassVar[int]
+    ROWS_ESTIMATE_FIELD_NUMBER: _ClassVar[int]
+    CHUNKS_FIELD_NUMBER: _ClassVar[int]
+    ROWS_SUPERSEDED_FIELD_NUMBER: _ClassVar[int]
+    RETRIES_FIELD_NUMBER: _ClassVar[int]
+    client: str
+    table: str
+    rows_sent: int
+    rows_estimate: int
+    chunks: int
+    rows_superseded: int
+    retries: int
+    def __init__(self, client: _Optional[str] = ..., table: _Optional[str] = ..., rows_sent: _Optional[int] = ..., rows_estimate: _Optional[int] = ..., chunks: _Optional[int] = ..., rows_superseded: _Optional[int] = ..., retries: _Optional[int] = ...) -> None: ...

@@ -303,7 +303,10 @@ class WalstreamServicer(walstream_v1_pb2_grpc.WalstreamServicer):
     async def Status(  # noqa: N802 (name fixed by the proto)
         self, request: pb.StatusRequest, context: grpc.aio.ServicerContext[pb.StatusRequest, pb.StatusResponse],
     ) -> pb.StatusResponse:
-        return await self.status()
+        response = await self.status()
+        if self.snapshots is not None:
+            response.snapshots.extend(self.snapshots.status())
+        return response
 
 
 # --- Status -------------------------------------------------------------------------------------------

@@ -14,6 +14,7 @@ import logging
 import os
 import secrets
 import threading
+from collections import defaultdict
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -73,13 +74,12 @@ class Plan:
 
 @dataclass
 class Counters:
-    """For Status and the metrics: totals over every backfill of this process."""
+    """For the metrics: totals per table ("schema.table") over every backfill of this process."""
 
-    running: int = 0
-    rows: int = 0
-    chunks: int = 0
-    superseded: int = 0
-    retries: int = 0
+    rows: defaultdict[str, int] = field(default_factory=lambda: defaultdict(int))
+    chunks: defaultdict[str, int] = field(default_factory=lambda: defaultdict(int))
+    superseded: defaultdict[str, int] = field(default_factory=lambda: defaultdict(int))
+    retries: defaultdict[str, int] = field(default_factory=lambda: defaultdict(int))
 
 
 class SnapshotService:
@@ -89,6 +89,7 @@ class SnapshotService:
         self.hub, self.encoder, self.pipeline, self.types = hub, encoder, pipeline, types
         self.guard = os.environ.get(UNGUARDED_ENV, "") != "1"
         self.counters = Counters()
+        self.running: dict[int, pb.SnapshotStatus] = {}  # id(plan) -> the table it copies now (for Status)
         if not self.guard:
             log.warning("snapshot visibility guard is OFF (%s=1): for tests only, snapshots may end stale",
                         UNGUARDED_ENV)
@@ -145,8 +146,11 @@ class SnapshotService:
         adapter.backfill = backfill
         return asyncio.create_task(self._run(plan, client, backfill))
 
+    def status(self) -> list[pb.SnapshotStatus]:
+        """A copy of each running backfill's state (the runner keeps changing its own)."""
+        return [pb.SnapshotStatus.FromString(s.SerializeToString()) for s in self.running.values()]
+
     async def _run(self, plan: Plan, client: Client, backfill: ClientBackfill) -> None:
-        self.counters.running += 1
         try:
             await self._tables(plan, client, backfill)
         except asyncio.CancelledError:
@@ -157,7 +161,7 @@ class SnapshotService:
             code = "FAILED_PRECONDITION" if isinstance(exc, SnapshotUnavailable) else "INTERNAL"
             client.push(ProgressItem(b"", (code, f"snapshot failed: {message}")))
         finally:
-            self.counters.running -= 1
+            self.running.pop(id(plan), None)
             backfill.window = None
             plan.stop.set()
             plan.executor.submit(plan.reader.close)
@@ -173,13 +177,15 @@ class SnapshotService:
             sent = superseded = chunks = retries = 0
             estimate = 0
             done = False
+            shown = self.running[id(plan)] = pb.SnapshotStatus(client=client.name, table=ref.name)
+            counters = self.counters
             while not done:
                 await self._room(client, plan.chunk_rows)
                 seq += 1
                 outcome, read = await self._chunk(plan, backfill, ref, after, upto, seq)
                 if read is None:  # read again (counted)
                     retries += 1
-                    self.counters.retries += 1
+                    counters.retries[ref.name] += 1
                     continue
                 if read.shape is None:
                     log.warning("snapshot: table %s was dropped or left the publication; skipped", ref.name)
@@ -189,7 +195,8 @@ class SnapshotService:
                     upto = read.upto
                     if outcome.retry:
                         retries += 1
-                        self.counters.retries += 1
+                        counters.retries[ref.name] += 1
+                        shown.retries = retries
                         log.info("snapshot chunk %d of %s read again: %s", seq, ref.name, outcome.retry)
                         if outcome.wait_for:
                             await _in(plan.executor, partial(plan.reader.wait_visible, outcome.wait_for, plan.stop))
@@ -199,9 +206,11 @@ class SnapshotService:
                     chunks += 1
                     sent += outcome.sent
                     superseded += outcome.superseded
-                    self.counters.chunks += 1
-                    self.counters.rows += outcome.sent
-                    self.counters.superseded += outcome.superseded
+                    counters.chunks[ref.name] += 1
+                    counters.rows[ref.name] += outcome.sent
+                    counters.superseded[ref.name] += outcome.superseded
+                    shown.rows_sent, shown.chunks, shown.rows_superseded = sent, chunks, superseded
+                    shown.rows_estimate = estimate
                     if read.last is not None:
                         after = read.last
                     done = upto is None or read.last is None or read.last == upto or len(read.rows) < plan.chunk_rows
