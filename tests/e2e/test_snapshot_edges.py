@@ -156,3 +156,32 @@ def test_a_backfill_waits_for_room_and_shows_in_status_and_metrics(testdb, walst
         assert "walstream_snapshots_running 0.0" in text
     finally:
         client.close()
+
+
+def test_a_changed_key_ends_the_backfill_and_a_dropped_table_is_skipped(testdb, walstream):
+    testdb.execute("CREATE TABLE a (id int PRIMARY KEY, v text)", "CREATE TABLE b (id int PRIMARY KEY, v text)",
+                   "INSERT INTO a SELECT g, 'a' FROM generate_series(1, 3000) g",
+                   "INSERT INTO b SELECT g, 'b' FROM generate_series(1, 3000) g",
+                   "CREATE PUBLICATION pub FOR ALL TABLES")
+    ws = walstream()
+    dropped = Replica()
+    client = ReplicaClient(ws.addr, dropped, pb.SnapshotRequest(chunk_rows=10))
+    try:
+        wait_progress(client, 3)
+        testdb.execute("DROP TABLE a")
+        client.wait_snapshot()
+    finally:
+        client.close()
+    assert dropped.progress[-1].done and len(dropped.table("public.b")) == 3000
+    assert "table public.a was dropped or left the publication; skipped" in ws.log()
+
+    changed = Replica()
+    client = ReplicaClient(ws.addr, changed, pb.SnapshotRequest(tables=["public.b"], chunk_rows=10))
+    try:
+        wait_progress(client, 3)
+        testdb.execute("ALTER TABLE b DROP CONSTRAINT b_pkey, ADD PRIMARY KEY (id, v)")
+        assert client.done.wait(30), "the backfill did not end"
+    finally:
+        client.channel.close()
+    assert client.error is not None and client.error.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "the key of public.b changed during the backfill (from id to id, v)" in client.error.details()

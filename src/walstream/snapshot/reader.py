@@ -62,6 +62,14 @@ def _precedes(a: int, b: int) -> bool:
     return ((a - b) & M32) >= 1 << 31
 
 
+class KeyChanged(Exception):
+    """The table's key columns are no longer the ones its backfill pages on."""
+
+    def __init__(self, key: tuple[str, ...]) -> None:
+        super().__init__(", ".join(key))
+        self.key = key
+
+
 @dataclass(frozen=True)
 class ChunkRead:
     shape: TableShape | None  # None: the table is gone (dropped, or left the publication)
@@ -130,6 +138,8 @@ class ChunkReader:
                 shape = tables.read_shape(conn, ref, self.publication, self.server_version)
                 if shape is None:
                     return ChunkRead(None, snapshot, [], [], None, None, 0)
+                if shape.key != ref.key:
+                    raise KeyChanged(shape.key)
                 if upto is None:
                     cur.execute(tables.max_key_query(conn, shape))
                     top = cur.fetchone()

@@ -30,7 +30,7 @@ from ..processing.events import RelationInfo
 from ..processing.v1wire import field as wire_field
 from ..replication import catalog
 from . import tables, token
-from .reader import ChunkRead, ChunkReader, is_retryable
+from .reader import ChunkRead, ChunkReader, KeyChanged, is_retryable
 from .request import SnapshotSpec, SnapshotUnavailable
 from .tables import TableRef, TableShape
 from .window import Chunk, ClientBackfill, History, Outcome, ProgressItem, Window
@@ -70,6 +70,9 @@ class Plan:
     reader: ChunkReader
     executor: ThreadPoolExecutor
     stop: threading.Event = field(default_factory=threading.Event)
+    # Names this call's watermarks: a resumed backfill keeps its id, and its earlier call's watermarks may be
+    # decoded again (after a restart walstream re-reads the WAL after the slot's confirmed position).
+    run: str = field(default_factory=lambda: secrets.token_hex(8))
 
 
 @dataclass
@@ -245,12 +248,16 @@ class SnapshotService:
 
     async def _chunk(self, plan: Plan, backfill: ClientBackfill, ref: TableRef, after: tuple[str, ...] | None,
                      upto: tuple[str, ...] | None, seq: int) -> tuple[Outcome, ChunkRead | None]:
-        window = Window(plan.backfill_id, seq, ref.relid, ref.key)
+        window = Window(f"{plan.backfill_id}/{plan.run}", seq, ref.relid, ref.key)
         backfill.window = window
         reader = plan.reader
         await _in(plan.executor, lambda: reader.emit(window.low))
         try:
             read = await _in(plan.executor, lambda: reader.read(ref, after, upto, plan.chunk_rows))
+        except KeyChanged as exc:
+            raise SnapshotUnavailable(
+                f"the key of {ref.name} changed during the backfill (from {', '.join(ref.key)} to "
+                f"{', '.join(exc.key) or 'no key'}); start a new backfill of it without resume_token") from None
         except psycopg2.Error as exc:
             if not is_retryable(exc):
                 raise
@@ -261,10 +268,6 @@ class SnapshotService:
         if read.shape is None or not read.rows:
             backfill.window = None
             return Outcome(), read
-        if read.shape.key != ref.key:
-            raise SnapshotUnavailable(
-                f"the key of {ref.name} changed during the backfill (from {', '.join(ref.key)} to "
-                f"{', '.join(read.shape.key)}); start a new backfill of it without resume_token")
         window.chunk = Chunk(self._relation(read.shape), read.rows, read.keys, read.snapshot)
         await _in(plan.executor, lambda: reader.emit(window.high))
         return await window.outcome, read
