@@ -13,6 +13,7 @@ import threading
 import time
 
 import psycopg2
+import psycopg2.extensions
 import pytest
 from snapshot_replica import Replica, ReplicaClient
 from support import WalstreamProcess
@@ -27,6 +28,29 @@ def wait_until(check, what: str, timeout: float = 30) -> None:
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         time.sleep(0.05)
+
+
+def wait_for_synchronous_commit(testdb) -> list[psycopg2.extensions.connection]:
+    """Until a commit really waits for the standby: sessions see the reloaded setting before the checkpointer
+    has published it (WalSndCtl->sync_standbys_defined), and until then commits do not wait. Each probe commits
+    a transaction with nothing to decode; the last one stays waiting until release."""
+    probes = []
+    for _ in range(50):
+        probe = psycopg2.connect(testdb.dsn)
+        probe.autocommit = True
+        probes.append(probe)
+
+        def commit(conn: psycopg2.extensions.connection = probe) -> None:
+            with conn.cursor() as cur:
+                cur.execute("SET synchronous_commit = on")
+                cur.execute("CREATE TEMP TABLE probe (x int)")  # writes WAL (catalog rows) but no published change
+
+        thread = threading.Thread(target=commit, daemon=True)
+        thread.start()
+        thread.join(1.0)
+        if thread.is_alive():
+            return probes
+    raise AssertionError("commits never waited for the synchronous standby")
 
 
 @pytest.mark.parametrize("guarded", [True, False], ids=["guarded", "unguarded"])
@@ -45,6 +69,7 @@ def test_transaction_streamed_before_it_is_visible(testdb, tmp_path, monkeypatch
     hung.autocommit = True
     pid = hung.get_backend_pid()
     released = False
+    probes: list[psycopg2.extensions.connection] = []
 
     def release() -> None:
         nonlocal released
@@ -55,7 +80,7 @@ def test_transaction_streamed_before_it_is_visible(testdb, tmp_path, monkeypatch
     try:
         watcher.wait_snapshot()
         testdb.execute("ALTER SYSTEM SET synchronous_standby_names = 'nosuch'", "SELECT pg_reload_conf()")
-        wait_until(lambda: testdb.query("SHOW synchronous_standby_names")[0][0] == "nosuch", "the reload")
+        probes.extend(wait_for_synchronous_commit(testdb))
 
         def update() -> None:
             with hung.cursor() as cur:
@@ -96,4 +121,6 @@ def test_transaction_streamed_before_it_is_visible(testdb, tmp_path, monkeypatch
         release()
         watcher.close()
         hung.close()
+        for probe in probes:
+            probe.close()
         ws.kill()
