@@ -14,12 +14,15 @@ from walstream._proto import walstream_v1_pb2 as pb
 from walstream._proto import walstream_v1_pb2_grpc
 
 Row = dict[str, object]
+UNCHANGED = object()  # an unchanged TOASTed value: keep the one the replica has
 
 
 def value(v: pb.Value) -> object:
     kind = v.WhichOneof("kind")
     if kind == "null":
         return None
+    if kind == "unchanged_toast":
+        return UNCHANGED
     if kind == "array":
         return [value(e) for e in v.array.elements]
     return getattr(v, kind)
@@ -53,11 +56,17 @@ class Replica:
         elif rel is not None:
             rows = self.table(f"{rel.schema}.{rel.table}")
             key_cols = [i for i, c in enumerate(rel.columns) if c.is_key]
+            previous = None
             if event.HasField("old") and event.old.values:
-                rows.pop(tuple(value(event.old.values[i]) for i in key_cols), None)
+                previous = rows.pop(tuple(value(event.old.values[i]) for i in key_cols), None)
             if op in ("INSERT", "UPDATE", "SNAPSHOT"):
                 row = {c.name: value(v) for c, v in zip(rel.columns, event.new.values, strict=True)}
-                rows[tuple(row[rel.columns[i].name] for i in key_cols)] = row
+                key = tuple(row[rel.columns[i].name] for i in key_cols)
+                previous = previous if previous is not None else rows.get(key)
+                for name, v in row.items():
+                    if v is UNCHANGED:
+                        row[name] = previous.get(name, UNCHANGED) if previous is not None else UNCHANGED
+                rows[key] = row
         if event.commit_lsn:
             self.position = position
 

@@ -204,8 +204,9 @@ class SnapshotService:
                         if outcome.wait_for:
                             await _in(plan.executor, partial(plan.reader.wait_visible, outcome.wait_for, plan.stop))
                         continue
-                    log.debug("snapshot chunk %d of %s: %d rows read after %s up to %s, %d sent, %d superseded",
-                              seq, ref.name, len(read.rows), after, read.last, outcome.sent, outcome.superseded)
+                    log.debug("snapshot chunk %d of %s: %d rows read after %s up to %s, %d sent, %d superseded, "
+                              "%d completed", seq, ref.name, len(read.rows), after, read.last, outcome.sent,
+                              outcome.superseded, outcome.completed)
                     chunks += 1
                     sent += outcome.sent
                     superseded += outcome.superseded

@@ -26,7 +26,7 @@ import orjson
 
 from ..delivery.v1_adapter import Encoder, V1Item
 from ..processing.events import ChangeEvent, Op, RelationInfo, TxnInfo
-from ..replication.messages import TupleData
+from ..replication.messages import COLUMN_UNCHANGED_TOAST, TupleData
 from .reader import Snapshot
 
 log = logging.getLogger(__name__)
@@ -65,6 +65,7 @@ class Outcome:
     superseded: int = 0
     position: int = 0  # H's lsn
     retry: str = ""  # why the chunk must be read again ("" = delivered)
+    completed: int = 0  # rows completed with TOASTed values from the chunk (included in sent)
     wait_for: list[int] = field(default_factory=list)  # xids to wait for before reading it again
 
 
@@ -87,6 +88,9 @@ class Window:
         self.opened = False
         self.mark = 0  # History.xids_begun when L was decoded (L's own transaction included)
         self.cancelled: set[Key] = set()
+        # Keys whose latest change in the window left TOASTed columns out: (relation, that row with what
+        # earlier changes in the window told, the key the row had when the window opened).
+        self.incomplete: dict[Key, tuple[RelationInfo, TupleData, Key]] = {}
         self.truncated = False
         self.unkeyed = ""  # a change in the window whose key could not be read: why
         self.chunk: Chunk | None = None
@@ -131,6 +135,7 @@ class ClientBackfill:
         if event.op is Op.TRUNCATE:
             if any(r.relation_id == window.relation_id for r in event.truncated):
                 window.truncated = True
+                window.incomplete.clear()
             return
         rel = event.relation
         if rel is None or rel.relation_id != window.relation_id:
@@ -140,16 +145,39 @@ class ClientBackfill:
             window.unkeyed = f"a change to {rel.schema}.{rel.table} no longer has key column(s) " \
                              f"{', '.join(window.key_names)}"
             return
+        keys: list[Key | None] = []
         for cells in (event.new, event.old):
             if cells is None:
+                keys.append(None)
                 continue
             key = tuple(cells[i].data if cells[i].kind == "t" else None for i in index)
             if None in key:
+                keys.append(None)
                 if cells is event.new and event.old is not None:
                     continue  # an unchanged TOASTed key column in the new row: the old row names it
                 window.unkeyed = f"a change to {rel.schema}.{rel.table} did not carry its key"
                 continue
+            keys.append(key)
             window.cancelled.add(key)
+        self._track_incomplete(window, event, rel, keys[0], keys[1])
+
+    @staticmethod
+    def _track_incomplete(window: Window, event: ChangeEvent, rel: RelationInfo, new_key: Key | None,
+                          old_key: Key | None) -> None:
+        """An UPDATE that left TOASTed columns out supersedes the chunk row, yet the client may never have
+        had those values: remember it, to send the row completed from the chunk at the high watermark."""
+        source = old_key if old_key is not None else new_key
+        prior = window.incomplete.pop(source, None) if source is not None else None
+        cells = event.new
+        if event.op is Op.DELETE or cells is None or new_key is None or source is None:
+            return
+        if not any(c.kind == COLUMN_UNCHANGED_TOAST for c in cells):
+            return  # the change carries the whole row
+        origin = source
+        if prior is not None and prior[0].names == rel.names:
+            cells = tuple(p if c.kind == COLUMN_UNCHANGED_TOAST else c for c, p in zip(cells, prior[1], strict=True))
+            origin = prior[2]
+        window.incomplete[new_key] = (rel, cells, origin)
 
     # -- internals -------------------------------------------------------------------------------------
 
@@ -189,14 +217,34 @@ class ClientBackfill:
         else:
             cancelled = window.cancelled
             survivors = [row for row, key in zip(chunk.rows, chunk.keys, strict=True) if key not in cancelled]
-        lsn, rel, item = high.lsn, chunk.relation, self.encoder.item
+        rows = [(chunk.relation, cells) for cells in survivors]
+        completed = self._completed(window, chunk)
+        rows.extend(completed)
+        lsn, item = high.lsn, self.encoder.item
         deliveries: list[tuple[int, V1Item]] = []
-        for ordinal, cells in enumerate(survivors, 1):
+        for ordinal, (rel, cells) in enumerate(rows, 1):
             built = item(ChangeEvent(Op.SNAPSHOT, lsn, txn, ordinal, rel, new=cells))
             deliveries.append((lsn, SnapshotItem(built.data, built.op, built.lsn, built.relations)))
         if deliveries:
             self.commit_ordinals[id(txn)] = (txn, len(deliveries) + 1)
-        return Outcome(len(survivors), len(chunk.rows) - len(survivors), lsn), deliveries
+        return Outcome(len(rows), len(chunk.rows) - len(survivors), lsn, completed=len(completed)), deliveries
+
+    @staticmethod
+    def _completed(window: Window, chunk: Chunk) -> list[tuple[RelationInfo, TupleData]]:
+        """Rows of keys whose latest change in the window left TOASTed columns out, those columns taken from
+        the chunk: no change in the window carried them, so they held the chunk's value all through it."""
+        if not window.incomplete or window.truncated:
+            return []
+        by_key = dict(zip(chunk.keys, chunk.rows, strict=True))
+        names = chunk.relation.names
+        rows = []
+        for rel, cells, origin in window.incomplete.values():
+            row = by_key.get(origin)
+            if row is None or rel.names != names:
+                continue  # not in this chunk (sent whole by its own chunk, or before), or the columns changed
+            rows.append((rel, tuple(r if c.kind == COLUMN_UNCHANGED_TOAST else c
+                                    for c, r in zip(cells, row, strict=True))))
+        return rows
 
     def commit_ordinal(self, txn: TxnInfo | None) -> int | None:
         """The ordinal of COMMIT in a watermark transaction this client got rows in (they renumber it)."""
