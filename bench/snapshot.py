@@ -78,9 +78,10 @@ def run(cluster: Cluster, bindir: Path, args: argparse.Namespace) -> int:
     log = cluster.workdir / "walstream.log"
     srcenv = dict(os.environ, PYTHONPATH=str(ROOT / "src"))
     with open(log, "wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "walstream", "--connection", dsn, "--log-level", os.environ.get("BENCH_LOG_LEVEL", "info"), "start", "--publication",
-                                 "pub", "--slot", "bench_snapshot", "--port", str(port), "--host", "127.0.0.1"],
-                                stdout=out, stderr=subprocess.STDOUT, env=srcenv)
+        level = os.environ.get("BENCH_LOG_LEVEL", "info")  # debug: one line per chunk (BENCH_KEEP_LOG=PATH)
+        proc = subprocess.Popen([sys.executable, "-m", "walstream", "--connection", dsn, "--log-level", level,
+                                 "start", "--publication", "pub", "--slot", "bench_snapshot", "--port", str(port),
+                                 "--host", "127.0.0.1"], stdout=out, stderr=subprocess.STDOUT, env=srcenv)
     try:
         deadline = time.monotonic() + 60
         while b"listening on" not in log.read_bytes():
