@@ -246,6 +246,8 @@ class WalstreamServicer(walstream_v1_pb2_grpc.WalstreamServicer):
         adapter = V1Adapter(self.encoder, sub)
         client = self.hub.connect(adapter, peer)
         if client is None:
+            if plan is not None:
+                plan.close()
             await context.abort(grpc.StatusCode.UNAVAILABLE, "walstream is shutting down")
             return
         acks = asyncio.ensure_future(self._read_acks(requests, client))

@@ -74,6 +74,12 @@ class Plan:
     # decoded again (after a restart walstream re-reads the WAL after the slot's confirmed position).
     run: str = field(default_factory=lambda: secrets.token_hex(8))
 
+    def close(self) -> None:
+        """Close the reader's connection (on its own thread, after any read in progress) and the thread."""
+        self.stop.set()
+        self.executor.submit(self.reader.close)
+        self.executor.shutdown(wait=False)
+
 
 @dataclass
 class Counters:
@@ -166,9 +172,7 @@ class SnapshotService:
         finally:
             self.running.pop(id(plan), None)
             backfill.window = None
-            plan.stop.set()
-            plan.executor.submit(plan.reader.close)
-            plan.executor.shutdown(wait=False)
+            plan.close()
 
     async def _tables(self, plan: Plan, client: Client, backfill: ClientBackfill) -> None:
         remaining = list(plan.tables)
