@@ -14,6 +14,7 @@ import logging
 import os
 import secrets
 import threading
+import time
 from collections import defaultdict
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -256,6 +257,7 @@ class SnapshotService:
         window = Window(f"{plan.backfill_id}/{plan.run}", seq, ref.relid, ref.key)
         backfill.window = window
         reader = plan.reader
+        started = time.monotonic()
         await _in(plan.executor, lambda: reader.emit(window.low))
         try:
             read = await _in(plan.executor, lambda: reader.read(ref, after, upto, plan.chunk_rows))
@@ -274,8 +276,12 @@ class SnapshotService:
             backfill.window = None
             return Outcome(), read
         window.chunk = Chunk(self._relation(read.shape), read.rows, read.keys, read.snapshot)
+        was_read = time.monotonic()
         await _in(plan.executor, lambda: reader.emit(window.high))
-        return await window.outcome, read
+        outcome = await window.outcome
+        log.debug("snapshot chunk %d of %s: read in %.1f ms (%d bytes), closed %.1f ms later", seq, ref.name,
+                  (was_read - started) * 1000, read.bytes_read, (time.monotonic() - was_read) * 1000)
+        return outcome, read
 
     def _relation(self, shape: TableShape) -> RelationInfo:
         """The chunk's relation as pgoutput would describe it; the stream's own if it is the same."""
