@@ -30,6 +30,7 @@ from .processing.typed import TypedCatalog
 from .processing.values import TypeCatalog
 from .replication.type_lookup import TypeLookup
 from .sinks.attach import Sinks
+from .snapshot.runner import SnapshotService
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +52,10 @@ async def serve(config: StartConfig, ready: asyncio.Event | None = None) -> int:
                              options=auth.server_options(config))
     plugin_pb2_grpc.add_PluginServiceServicer_to_server(SeedService(hub), server)  # type: ignore[no-untyped-call]
     status = ServerStatus(hub, pipeline, config.slot, config.temporary, config.connection)
-    v1 = WalstreamServicer(hub, Encoder(TypedCatalog(types, pipeline.type_schemas.get)), status)
+    encoder = Encoder(TypedCatalog(types, pipeline.type_schemas.get))
+    snapshots = SnapshotService(config.connection, config.publication, config.slot, config.temporary, hub, encoder,
+                                pipeline, types)
+    v1 = WalstreamServicer(hub, encoder, status, snapshots)
     v1_service.add_to_server(v1, server)
     address = f"{config.host}:{config.port}"
     try:

@@ -271,6 +271,9 @@ def build_parser() -> argparse.ArgumentParser:
     tail.add_argument("--transactions", action="store_true", help="also print BEGIN and COMMIT")
     tail.add_argument("--messages", action="store_true",
                       help="also print logical decoding messages (pg_logical_emit_message)")
+    tail.add_argument("--snapshot", nargs="?", const="", default=None, metavar="TABLES",
+                      help="also print the rows the tables already hold (op SNAPSHOT), then keep streaming; TABLES: "
+                      "comma-separated patterns [default: every table tailed]; progress goes to stderr")
     tail.add_argument("--tls-ca", metavar="FILE", help="connect with TLS, trusting the CA certificates in this "
                       "PEM file")
     tail.add_argument("--tls-cert", metavar="FILE", help="client certificate (PEM) for mutual TLS; needs --tls-key")
@@ -319,7 +322,8 @@ def cmd_tail(args: argparse.Namespace) -> int:
     return run_tail(server, tables=args.table, exclude_tables=args.exclude_table,
                     operations=[op for ops in args.op for op in ops], fmt=fmt, ack=not args.no_ack,
                     transactions=args.transactions, messages=args.messages, tls_ca=args.tls_ca,
-                    tls_cert=args.tls_cert, tls_key=args.tls_key, token=_auth_token(args, "walstream tail"))
+                    tls_cert=args.tls_cert, tls_key=args.tls_key, token=_auth_token(args, "walstream tail"),
+                    snapshot=None if args.snapshot is None else [t for t in args.snapshot.split(",") if t.strip()])
 
 
 def _connection(args: argparse.Namespace) -> str:

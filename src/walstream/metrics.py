@@ -39,6 +39,23 @@ class WalstreamCollector(Collector):
     def describe(self) -> list[Metric]:
         return []  # registering must not sample PostgreSQL
 
+    def _snapshots(self) -> Iterator[Metric]:
+        snapshots = self.v1.snapshots if self.v1 is not None else None
+        yield _gauge("walstream_snapshots_running", "walstream.v1 snapshots (backfills) running",
+                     len(snapshots.running) if snapshots is not None else 0)
+        for name, help_text, attr in (
+                ("walstream_snapshot_rows", "SNAPSHOT rows sent to clients", "rows"),
+                ("walstream_snapshot_chunks", "snapshot chunks delivered", "chunks"),
+                ("walstream_snapshot_superseded", "chunk rows not sent: a change to the key was sent in the window",
+                 "superseded"),
+                ("walstream_snapshot_retries", "snapshot chunks read again (visibility guard, schema change)",
+                 "retries")):
+            family = CounterMetricFamily(name, help_text, labels=["table"])
+            if snapshots is not None:
+                for table, value in list(getattr(snapshots.counters, attr).items()):
+                    family.add_metric([table], value)
+            yield family
+
     def collect(self) -> Iterator[Metric]:
         hub, pipeline, tracker = self.hub, self.pipeline, self.hub.tracker
         yield self._changes()
@@ -54,6 +71,7 @@ class WalstreamCollector(Collector):
                        pipeline.reconnects)
         yield _counter("walstream_status_updates", "standby status updates sent to PostgreSQL",
                        pipeline.status_updates_sent)
+        yield from self._snapshots()
         clients = list(hub.clients)  # copied: the event loop's thread may change the list meanwhile
         yield _gauge("walstream_clients", "connected gRPC clients (both APIs)", len(clients))
         yield _gauge("walstream_queued_messages", "messages queued for clients, not yet sent",

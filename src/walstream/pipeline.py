@@ -167,11 +167,11 @@ class Pipeline:
         opening.cancel()
         return None
 
-    async def _fetch_types(self, relation: Relation) -> None:
-        """Read the relation's user-defined column types not known yet, in a worker thread: the event loop
-        (the clients, Status, health) goes on meanwhile; the stream itself waits, as its next changes need
-        them."""
-        missing = self.types.missing(c.type_oid for c in relation.columns)
+    async def ensure_types(self, oids: list[int]) -> None:
+        """Read the user-defined types among these that are not known yet, in a worker thread: the event loop
+        (the clients, Status, health) goes on meanwhile; the caller waits, as what it decodes next needs
+        them (the stream for a Relation message, a snapshot for its chunk)."""
+        missing = self.types.missing(oids)
         if missing and self.fetch_types is not None:
             fetch = self.fetch_types
             infos, schemas = await in_daemon_thread(lambda: fetch(missing), "walstream-type-lookup")
@@ -223,7 +223,7 @@ class Pipeline:
                 else:
                     decoded = decode_message(data)
                     if type(decoded) is Relation and self.fetch_types is not None:
-                        await self._fetch_types(decoded)
+                        await self.ensure_types([c.type_oid for c in decoded.columns])
                     handle(decoded, lsn)
                 if not hub.can_accept():
                     break

@@ -2,12 +2,15 @@
 
     walstream tail [--server HOST:PORT] [--table PATTERN ...] [--exclude-table PATTERN ...]
                    [--op insert|update|delete|truncate ...] [--format json|pretty] [--no-ack]
-                   [--transactions] [--messages] [--tls-ca FILE] [--tls-cert FILE --tls-key FILE]
+                   [--transactions] [--messages] [--snapshot [TABLES]] [--tls-ca FILE]
+                   [--tls-cert FILE --tls-key FILE]
                    [--auth-token TOKEN | --auth-token-file FILE]
 
 json: one compact JSON object per event and line (jq-friendly). pretty: one readable line per event,
 coloured when stdout is a terminal (and NO_COLOR is not set). Each batch is acknowledged once printed
-(unless --no-ack). Ctrl-C or SIGTERM ends it with exit 0 after sending the acknowledgements.
+(unless --no-ack). Ctrl-C or SIGTERM ends it with exit 0 after sending the acknowledgements. --snapshot
+first prints the rows the tables already hold (op SNAPSHOT) while changes keep coming, with progress on
+stderr.
 """
 
 from __future__ import annotations
@@ -19,18 +22,19 @@ import sys
 from collections.abc import Callable, Sequence
 from datetime import date, datetime, time
 from decimal import Decimal
+from time import monotonic
 from typing import IO, Any
 
 import orjson
 
-from .client import Change, Client, StreamError
+from .client import Change, Client, SnapshotProgress, StreamError
 from .errors import ErrorKind, WalstreamError
 from .lsn import format_lsn
 
 DEFAULT_SERVER = "127.0.0.1:50051"
 SERVER_ENV = "WALSTREAM_ADDR"
 OPERATIONS = ("insert", "update", "delete", "truncate")
-_ROW_OPS = frozenset({"INSERT", "UPDATE", "DELETE"})
+_ROW_OPS = frozenset({"INSERT", "UPDATE", "DELETE", "SNAPSHOT"})
 _INT64 = 2**63
 
 
@@ -122,7 +126,7 @@ def _no_surrogates(value: Any) -> Any:
 # ---- pretty -----------------------------------------------------------------------------------------------
 
 _OP_COLOURS = {"INSERT": "32", "UPDATE": "33", "DELETE": "31", "TRUNCATE": "35", "MESSAGE": "36",
-               "BEGIN": "2", "COMMIT": "2"}
+               "BEGIN": "2", "COMMIT": "2", "SNAPSHOT": "34"}
 
 
 def _plain(_: str, text: str) -> str:
@@ -186,6 +190,60 @@ def pretty_line(change: Change, colour: bool) -> str:
     return head
 
 
+# ---- snapshot progress ------------------------------------------------------------------------------------
+
+class ProgressReport:
+    """Snapshot progress on stderr: on a terminal one bar per table, redrawn in place (rows, %, rate, ETA);
+    otherwise one plain line per chunk. stdout keeps only the events."""
+
+    WIDTH = 24
+
+    def __init__(self, out: IO[str], terminal: bool, clock: Callable[[], float] = monotonic) -> None:
+        self.out, self.terminal, self.clock = out, terminal, clock
+        self._started: dict[str, float] = {}
+        self._open = ""  # the table whose bar is drawn on the current (unfinished) line
+
+    def __call__(self, progress: SnapshotProgress) -> None:
+        now = self.clock()
+        started = self._started.setdefault(progress.table, now)
+        line = self.line(progress, now - started)
+        if not self.terminal:
+            self.out.write(line + "\n")
+        else:
+            if self._open and self._open != progress.table:
+                self.out.write("\n")
+            finished = progress.state in ("TABLE_DONE", "DONE")
+            self.out.write("\r\x1b[K" + line + ("\n" if finished else ""))
+            self._open = "" if finished else progress.table
+        self.out.flush()
+
+    def line(self, progress: SnapshotProgress, elapsed: float) -> str:
+        sent, estimate = progress.rows_sent + progress.rows_superseded, progress.rows_estimate
+        finished = progress.state in ("TABLE_DONE", "DONE")
+        fraction = 1.0 if finished else min(sent / estimate, 0.99) if estimate else None
+        rate = sent / elapsed if elapsed > 0 else 0.0
+        parts = [f"snapshot {progress.table}"]
+        if self.terminal:
+            filled = round((fraction or 0.0) * self.WIDTH)
+            parts.append("[" + "#" * filled + "." * (self.WIDTH - filled) + "]")
+        parts.append(f"{progress.rows_sent} rows" + (f" of ~{estimate}" if estimate else ""))
+        if fraction is not None:
+            parts.append(f"{fraction:.0%}")
+        parts.append(f"{rate:.0f} rows/s")
+        if finished:
+            parts.append("done" if not progress.done else "snapshot complete")
+        elif fraction is not None and rate > 0 and estimate > sent:
+            parts.append(f"ETA {_duration((estimate - sent) / rate)}")
+        if progress.rows_superseded or progress.retries:
+            parts.append(f"({progress.rows_superseded} superseded, {progress.retries} re-read)")
+        return "  ".join(parts)
+
+
+def _duration(seconds: float) -> str:
+    whole = int(seconds)
+    return f"{whole // 3600}:{whole // 60 % 60:02d}:{whole % 60:02d}"
+
+
 # ---- the command ------------------------------------------------------------------------------------------
 
 def _raise_interrupt(signum: int, frame: Any) -> None:
@@ -207,8 +265,15 @@ def run_tail(
     tls_cert: str | None = None,
     tls_key: str | None = None,
     token: str | None = None,
+    snapshot: Sequence[str] | None = None,
+    progress_out: IO[str] | None = None,
 ) -> int:
+    """snapshot: None for none, [] for every table tailed, or table patterns."""
     stream = out if out is not None else sys.stdout.buffer
+    report = None
+    if snapshot is not None:
+        errors = progress_out if progress_out is not None else sys.stderr
+        report = ProgressReport(errors, errors.isatty())
     if colour is None:
         colour = fmt == "pretty" and sys.stdout.isatty() and not os.environ.get("NO_COLOR")
     if out is None:
@@ -217,7 +282,7 @@ def run_tail(
         client = Client(server, tables=tables, exclude_tables=exclude_tables, operations=operations,
                         transaction_boundaries=transactions, logical_messages=messages,
                         client_name="walstream tail", tls_ca=tls_ca, tls_cert=tls_cert, tls_key=tls_key,
-                        token=token)
+                        token=token, snapshot=None if snapshot is None else list(snapshot), on_progress=report)
     except ValueError as exc:  # an option the client library refused
         raise WalstreamError(str(exc), ErrorKind.CONFIG) from None
     try:

@@ -25,53 +25,63 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x12walstream_v1.proto\x12\x0cwalstream.v1\"o\n\x10SubscribeRequest\x12\x32\n\x0csubscription\x18\x01 \x01(\x0b\x32\x1a.walstream.v1.SubscriptionH\x00\x12 \n\x03\x61\x63k\x18\x02 \x01(\x0b\x32\x11.walstream.v1.AckH\x00\x42\x05\n\x03msg\"\xe4\x01\n\x0cSubscription\x12\x16\n\x0einclude_tables\x18\x01 \x03(\t\x12\x16\n\x0e\x65xclude_tables\x18\x02 \x03(\t\x12+\n\noperations\x18\x03 \x03(\x0e\x32\x17.walstream.v1.Operation\x12\x1e\n\x16transaction_boundaries\x18\x04 \x01(\x08\x12\x18\n\x10logical_messages\x18\x05 \x01(\x08\x12(\n\x05\x62\x61tch\x18\x06 \x01(\x0b\x32\x19.walstream.v1.BatchLimits\x12\x13\n\x0b\x63lient_name\x18\x07 \x01(\t\"J\n\x0b\x42\x61tchLimits\x12\x12\n\nmax_events\x18\x01 \x01(\r\x12\x11\n\tmax_bytes\x18\x02 \x01(\r\x12\x14\n\x0cmax_delay_ms\x18\x03 \x01(\r\"\x12\n\x03\x41\x63k\x12\x0b\n\x03lsn\x18\x01 \x01(\x04\"@\n\x11SubscribeResponse\x12$\n\x05\x62\x61tch\x18\x01 \x01(\x0b\x32\x13.walstream.v1.BatchH\x00\x42\x05\n\x03msg\"W\n\x05\x42\x61tch\x12)\n\trelations\x18\x01 \x03(\x0b\x32\x16.walstream.v1.Relation\x12#\n\x06\x65vents\x18\x02 \x03(\x0b\x32\x13.walstream.v1.Event\"\x9e\x01\n\x08Relation\x12\x13\n\x0brelation_id\x18\x01 \x01(\r\x12\x0e\n\x06schema\x18\x02 \x01(\t\x12\r\n\x05table\x18\x03 \x01(\t\x12\x37\n\x10replica_identity\x18\x04 \x01(\x0e\x32\x1d.walstream.v1.ReplicaIdentity\x12%\n\x07\x63olumns\x18\x05 \x03(\x0b\x32\x14.walstream.v1.Column\"b\n\x06\x43olumn\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08type_oid\x18\x02 \x01(\r\x12\x11\n\ttype_name\x18\x03 \x01(\t\x12\x15\n\rtype_modifier\x18\x04 \x01(\x05\x12\x0e\n\x06is_key\x18\x05 \x01(\x08\"\xe9\x02\n\x05\x45vent\x12#\n\x02op\x18\x01 \x01(\x0e\x32\x17.walstream.v1.Operation\x12\x0b\n\x03lsn\x18\x02 \x01(\x04\x12\x0b\n\x03xid\x18\x03 \x01(\r\x12\x12\n\ncommit_lsn\x18\x04 \x01(\x04\x12\x16\n\x0e\x63ommit_time_us\x18\x05 \x01(\x03\x12\x0f\n\x07ordinal\x18\x06 \x01(\r\x12\x13\n\x0brelation_id\x18\x07 \x01(\r\x12\x1e\n\x03new\x18\x08 \x01(\x0b\x32\x11.walstream.v1.Row\x12\x1e\n\x03old\x18\t \x01(\x0b\x32\x11.walstream.v1.Row\x12%\n\x07old_row\x18\n \x01(\x0e\x32\x14.walstream.v1.OldRow\x12(\n\x08truncate\x18\x0b \x01(\x0b\x32\x16.walstream.v1.Truncate\x12-\n\x07message\x18\x0c \x01(\x0b\x32\x1c.walstream.v1.LogicalMessage\x12\x0f\n\x07\x65nd_lsn\x18\r \x01(\x04\"*\n\x03Row\x12#\n\x06values\x18\x01 \x03(\x0b\x32\x13.walstream.v1.Value\"\xb1\x02\n\x05Value\x12\x0e\n\x04null\x18\x01 \x01(\x08H\x00\x12\x19\n\x0funchanged_toast\x18\x02 \x01(\x08H\x00\x12\x0e\n\x04\x62ool\x18\x03 \x01(\x08H\x00\x12\x0f\n\x05int64\x18\x04 \x01(\x12H\x00\x12\x10\n\x06\x64ouble\x18\x05 \x01(\x01H\x00\x12\x11\n\x07numeric\x18\x06 \x01(\tH\x00\x12\x0e\n\x04text\x18\x07 \x01(\tH\x00\x12\x0f\n\x05\x62ytes\x18\x08 \x01(\x0cH\x00\x12\x0e\n\x04json\x18\t \x01(\tH\x00\x12\x16\n\x0ctimestamp_us\x18\n \x01(\x12H\x00\x12\x18\n\x0etimestamptz_us\x18\x0b \x01(\x12H\x00\x12\x13\n\tdate_days\x18\x0c \x01(\x11H\x00\x12\x11\n\x07time_us\x18\r \x01(\x12H\x00\x12$\n\x05\x61rray\x18\x0e \x01(\x0b\x32\x13.walstream.v1.ArrayH\x00\x42\x06\n\x04kind\".\n\x05\x41rray\x12%\n\x08\x65lements\x18\x01 \x03(\x0b\x32\x13.walstream.v1.Value\"K\n\x08Truncate\x12\x14\n\x0crelation_ids\x18\x01 \x03(\r\x12\x0f\n\x07\x63\x61scade\x18\x02 \x01(\x08\x12\x18\n\x10restart_identity\x18\x03 \x01(\x08\"H\n\x0eLogicalMessage\x12\x0e\n\x06prefix\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\x0c\x12\x15\n\rtransactional\x18\x03 \x01(\x08\"\x0f\n\rStatusRequest\"\x94\x02\n\x0eStatusResponse\x12\x0c\n\x04slot\x18\x01 \x01(\t\x12\x11\n\ttemporary\x18\x02 \x01(\x08\x12\x15\n\rconfirmed_lsn\x18\x03 \x01(\x04\x12\x13\n\x0bwritten_lsn\x18\x04 \x01(\x04\x12\x11\n\tlag_bytes\x18\x05 \x01(\x04\x12\x19\n\x11\x63onnected_clients\x18\x06 \x01(\r\x12\x16\n\x0eserver_version\x18\x07 \x01(\t\x12\x19\n\x11walstream_version\x18\x08 \x01(\t\x12\x11\n\tstreaming\x18\t \x01(\x08\x12\x18\n\x10pgoutput_version\x18\n \x01(\r\x12\'\n\x05sinks\x18\x0b \x03(\x0b\x32\x18.walstream.v1.SinkStatus\"\x82\x01\n\nSinkStatus\x12\x0b\n\x03url\x18\x01 \x01(\t\x12\x11\n\tconnected\x18\x02 \x01(\x08\x12\x11\n\tpublished\x18\x03 \x01(\x04\x12\r\n\x05\x61\x63ked\x18\x04 \x01(\x04\x12\x0f\n\x07retries\x18\x05 \x01(\x04\x12\x11\n\tin_flight\x18\x06 \x01(\r\x12\x0e\n\x06queued\x18\x07 \x01(\r*\x8a\x01\n\tOperation\x12\x19\n\x15OPERATION_UNSPECIFIED\x10\x00\x12\n\n\x06INSERT\x10\x01\x12\n\n\x06UPDATE\x10\x02\x12\n\n\x06\x44\x45LETE\x10\x03\x12\x0c\n\x08TRUNCATE\x10\x04\x12\t\n\x05\x42\x45GIN\x10\x05\x12\n\n\x06\x43OMMIT\x10\x06\x12\x0b\n\x07MESSAGE\x10\x07\x12\x0c\n\x08SNAPSHOT\x10\x08*b\n\x0fReplicaIdentity\x12 \n\x1cREPLICA_IDENTITY_UNSPECIFIED\x10\x00\x12\x0b\n\x07\x44\x45\x46\x41ULT\x10\x01\x12\x0b\n\x07NOTHING\x10\x02\x12\x08\n\x04\x46ULL\x10\x03\x12\t\n\x05INDEX\x10\x04*=\n\x06OldRow\x12\x10\n\x0cOLD_ROW_NONE\x10\x00\x12\x0f\n\x0bOLD_ROW_KEY\x10\x01\x12\x10\n\x0cOLD_ROW_FULL\x10\x02\x32\xa2\x01\n\tWalstream\x12P\n\tSubscribe\x12\x1e.walstream.v1.SubscribeRequest\x1a\x1f.walstream.v1.SubscribeResponse(\x01\x30\x01\x12\x43\n\x06Status\x12\x1b.walstream.v1.StatusRequest\x1a\x1c.walstream.v1.StatusResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x12walstream_v1.proto\x12\x0cwalstream.v1\"o\n\x10SubscribeRequest\x12\x32\n\x0csubscription\x18\x01 \x01(\x0b\x32\x1a.walstream.v1.SubscriptionH\x00\x12 \n\x03\x61\x63k\x18\x02 \x01(\x0b\x32\x11.walstream.v1.AckH\x00\x42\x05\n\x03msg\"\x95\x02\n\x0cSubscription\x12\x16\n\x0einclude_tables\x18\x01 \x03(\t\x12\x16\n\x0e\x65xclude_tables\x18\x02 \x03(\t\x12+\n\noperations\x18\x03 \x03(\x0e\x32\x17.walstream.v1.Operation\x12\x1e\n\x16transaction_boundaries\x18\x04 \x01(\x08\x12\x18\n\x10logical_messages\x18\x05 \x01(\x08\x12(\n\x05\x62\x61tch\x18\x06 \x01(\x0b\x32\x19.walstream.v1.BatchLimits\x12\x13\n\x0b\x63lient_name\x18\x07 \x01(\t\x12/\n\x08snapshot\x18\x08 \x01(\x0b\x32\x1d.walstream.v1.SnapshotRequest\"u\n\x0fSnapshotRequest\x12\x0e\n\x06tables\x18\x01 \x03(\t\x12(\n\x04mode\x18\x02 \x01(\x0e\x32\x1a.walstream.v1.SnapshotMode\x12\x14\n\x0cresume_token\x18\x03 \x01(\x0c\x12\x12\n\nchunk_rows\x18\x04 \x01(\r\"J\n\x0b\x42\x61tchLimits\x12\x12\n\nmax_events\x18\x01 \x01(\r\x12\x11\n\tmax_bytes\x18\x02 \x01(\r\x12\x14\n\x0cmax_delay_ms\x18\x03 \x01(\r\"\x12\n\x03\x41\x63k\x12\x0b\n\x03lsn\x18\x01 \x01(\x04\"t\n\x11SubscribeResponse\x12$\n\x05\x62\x61tch\x18\x01 \x01(\x0b\x32\x13.walstream.v1.BatchH\x00\x12\x32\n\x08progress\x18\x02 \x01(\x0b\x32\x1e.walstream.v1.SnapshotProgressH\x00\x42\x05\n\x03msg\"\xe7\x01\n\x10SnapshotProgress\x12\r\n\x05table\x18\x01 \x01(\t\x12*\n\x05state\x18\x02 \x01(\x0e\x32\x1b.walstream.v1.SnapshotState\x12\x11\n\trows_sent\x18\x03 \x01(\x04\x12\x15\n\rrows_estimate\x18\x04 \x01(\x04\x12\x10\n\x08position\x18\x05 \x01(\x04\x12\x14\n\x0cresume_token\x18\x06 \x01(\x0c\x12\x0c\n\x04\x64one\x18\x07 \x01(\x08\x12\x17\n\x0frows_superseded\x18\x08 \x01(\x04\x12\x0e\n\x06\x63hunks\x18\t \x01(\x04\x12\x0f\n\x07retries\x18\n \x01(\x04\"W\n\x05\x42\x61tch\x12)\n\trelations\x18\x01 \x03(\x0b\x32\x16.walstream.v1.Relation\x12#\n\x06\x65vents\x18\x02 \x03(\x0b\x32\x13.walstream.v1.Event\"\x9e\x01\n\x08Relation\x12\x13\n\x0brelation_id\x18\x01 \x01(\r\x12\x0e\n\x06schema\x18\x02 \x01(\t\x12\r\n\x05table\x18\x03 \x01(\t\x12\x37\n\x10replica_identity\x18\x04 \x01(\x0e\x32\x1d.walstream.v1.ReplicaIdentity\x12%\n\x07\x63olumns\x18\x05 \x03(\x0b\x32\x14.walstream.v1.Column\"b\n\x06\x43olumn\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08type_oid\x18\x02 \x01(\r\x12\x11\n\ttype_name\x18\x03 \x01(\t\x12\x15\n\rtype_modifier\x18\x04 \x01(\x05\x12\x0e\n\x06is_key\x18\x05 \x01(\x08\"\xe9\x02\n\x05\x45vent\x12#\n\x02op\x18\x01 \x01(\x0e\x32\x17.walstream.v1.Operation\x12\x0b\n\x03lsn\x18\x02 \x01(\x04\x12\x0b\n\x03xid\x18\x03 \x01(\r\x12\x12\n\ncommit_lsn\x18\x04 \x01(\x04\x12\x16\n\x0e\x63ommit_time_us\x18\x05 \x01(\x03\x12\x0f\n\x07ordinal\x18\x06 \x01(\r\x12\x13\n\x0brelation_id\x18\x07 \x01(\r\x12\x1e\n\x03new\x18\x08 \x01(\x0b\x32\x11.walstream.v1.Row\x12\x1e\n\x03old\x18\t \x01(\x0b\x32\x11.walstream.v1.Row\x12%\n\x07old_row\x18\n \x01(\x0e\x32\x14.walstream.v1.OldRow\x12(\n\x08truncate\x18\x0b \x01(\x0b\x32\x16.walstream.v1.Truncate\x12-\n\x07message\x18\x0c \x01(\x0b\x32\x1c.walstream.v1.LogicalMessage\x12\x0f\n\x07\x65nd_lsn\x18\r \x01(\x04\"*\n\x03Row\x12#\n\x06values\x18\x01 \x03(\x0b\x32\x13.walstream.v1.Value\"\xb1\x02\n\x05Value\x12\x0e\n\x04null\x18\x01 \x01(\x08H\x00\x12\x19\n\x0funchanged_toast\x18\x02 \x01(\x08H\x00\x12\x0e\n\x04\x62ool\x18\x03 \x01(\x08H\x00\x12\x0f\n\x05int64\x18\x04 \x01(\x12H\x00\x12\x10\n\x06\x64ouble\x18\x05 \x01(\x01H\x00\x12\x11\n\x07numeric\x18\x06 \x01(\tH\x00\x12\x0e\n\x04text\x18\x07 \x01(\tH\x00\x12\x0f\n\x05\x62ytes\x18\x08 \x01(\x0cH\x00\x12\x0e\n\x04json\x18\t \x01(\tH\x00\x12\x16\n\x0ctimestamp_us\x18\n \x01(\x12H\x00\x12\x18\n\x0etimestamptz_us\x18\x0b \x01(\x12H\x00\x12\x13\n\tdate_days\x18\x0c \x01(\x11H\x00\x12\x11\n\x07time_us\x18\r \x01(\x12H\x00\x12$\n\x05\x61rray\x18\x0e \x01(\x0b\x32\x13.walstream.v1.ArrayH\x00\x42\x06\n\x04kind\".\n\x05\x41rray\x12%\n\x08\x65lements\x18\x01 \x03(\x0b\x32\x13.walstream.v1.Value\"K\n\x08Truncate\x12\x14\n\x0crelation_ids\x18\x01 \x03(\r\x12\x0f\n\x07\x63\x61scade\x18\x02 \x01(\x08\x12\x18\n\x10restart_identity\x18\x03 \x01(\x08\"H\n\x0eLogicalMessage\x12\x0e\n\x06prefix\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\x0c\x12\x15\n\rtransactional\x18\x03 \x01(\x08\"\x0f\n\rStatusRequest\"\xc5\x02\n\x0eStatusResponse\x12\x0c\n\x04slot\x18\x01 \x01(\t\x12\x11\n\ttemporary\x18\x02 \x01(\x08\x12\x15\n\rconfirmed_lsn\x18\x03 \x01(\x04\x12\x13\n\x0bwritten_lsn\x18\x04 \x01(\x04\x12\x11\n\tlag_bytes\x18\x05 \x01(\x04\x12\x19\n\x11\x63onnected_clients\x18\x06 \x01(\r\x12\x16\n\x0eserver_version\x18\x07 \x01(\t\x12\x19\n\x11walstream_version\x18\x08 \x01(\t\x12\x11\n\tstreaming\x18\t \x01(\x08\x12\x18\n\x10pgoutput_version\x18\n \x01(\r\x12\'\n\x05sinks\x18\x0b \x03(\x0b\x32\x18.walstream.v1.SinkStatus\x12/\n\tsnapshots\x18\x0c \x03(\x0b\x32\x1c.walstream.v1.SnapshotStatus\"\x82\x01\n\nSinkStatus\x12\x0b\n\x03url\x18\x01 \x01(\t\x12\x11\n\tconnected\x18\x02 \x01(\x08\x12\x11\n\tpublished\x18\x03 \x01(\x04\x12\r\n\x05\x61\x63ked\x18\x04 \x01(\x04\x12\x0f\n\x07retries\x18\x05 \x01(\x04\x12\x11\n\tin_flight\x18\x06 \x01(\r\x12\x0e\n\x06queued\x18\x07 \x01(\r\"\x93\x01\n\x0eSnapshotStatus\x12\x0e\n\x06\x63lient\x18\x01 \x01(\t\x12\r\n\x05table\x18\x02 \x01(\t\x12\x11\n\trows_sent\x18\x03 \x01(\x04\x12\x15\n\rrows_estimate\x18\x04 \x01(\x04\x12\x0e\n\x06\x63hunks\x18\x05 \x01(\x04\x12\x17\n\x0frows_superseded\x18\x06 \x01(\x04\x12\x0f\n\x07retries\x18\x07 \x01(\x04*/\n\x0cSnapshotMode\x12\x0f\n\x0bINCREMENTAL\x10\x00\x12\x0e\n\nCONSISTENT\x10\x01*q\n\rSnapshotState\x12\x1e\n\x1aSNAPSHOT_STATE_UNSPECIFIED\x10\x00\x12\x14\n\x10SNAPSHOT_RUNNING\x10\x01\x12\x17\n\x13SNAPSHOT_TABLE_DONE\x10\x02\x12\x11\n\rSNAPSHOT_DONE\x10\x03*\x8a\x01\n\tOperation\x12\x19\n\x15OPERATION_UNSPECIFIED\x10\x00\x12\n\n\x06INSERT\x10\x01\x12\n\n\x06UPDATE\x10\x02\x12\n\n\x06\x44\x45LETE\x10\x03\x12\x0c\n\x08TRUNCATE\x10\x04\x12\t\n\x05\x42\x45GIN\x10\x05\x12\n\n\x06\x43OMMIT\x10\x06\x12\x0b\n\x07MESSAGE\x10\x07\x12\x0c\n\x08SNAPSHOT\x10\x08*b\n\x0fReplicaIdentity\x12 \n\x1cREPLICA_IDENTITY_UNSPECIFIED\x10\x00\x12\x0b\n\x07\x44\x45\x46\x41ULT\x10\x01\x12\x0b\n\x07NOTHING\x10\x02\x12\x08\n\x04\x46ULL\x10\x03\x12\t\n\x05INDEX\x10\x04*=\n\x06OldRow\x12\x10\n\x0cOLD_ROW_NONE\x10\x00\x12\x0f\n\x0bOLD_ROW_KEY\x10\x01\x12\x10\n\x0cOLD_ROW_FULL\x10\x02\x32\xa2\x01\n\tWalstream\x12P\n\tSubscribe\x12\x1e.walstream.v1.SubscribeRequest\x1a\x1f.walstream.v1.SubscribeResponse(\x01\x30\x01\x12\x43\n\x06Status\x12\x1b.walstream.v1.StatusRequest\x1a\x1c.walstream.v1.StatusResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'walstream_v1_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_OPERATION']._serialized_start=2237
-  _globals['_OPERATION']._serialized_end=2375
-  _globals['_REPLICAIDENTITY']._serialized_start=2377
-  _globals['_REPLICAIDENTITY']._serialized_end=2475
-  _globals['_OLDROW']._serialized_start=2477
-  _globals['_OLDROW']._serialized_end=2538
+  _globals['_SNAPSHOTMODE']._serialized_start=2889
+  _globals['_SNAPSHOTMODE']._serialized_end=2936
+  _globals['_SNAPSHOTSTATE']._serialized_start=2938
+  _globals['_SNAPSHOTSTATE']._serialized_end=3051
+  _globals['_OPERATION']._serialized_start=3054
+  _globals['_OPERATION']._serialized_end=3192
+  _globals['_REPLICAIDENTITY']._serialized_start=3194
+  _globals['_REPLICAIDENTITY']._serialized_end=3292
+  _globals['_OLDROW']._serialized_start=3294
+  _globals['_OLDROW']._serialized_end=3355
   _globals['_SUBSCRIBEREQUEST']._serialized_start=36
   _globals['_SUBSCRIBEREQUEST']._serialized_end=147
   _globals['_SUBSCRIPTION']._serialized_start=150
-  _globals['_SUBSCRIPTION']._serialized_end=378
-  _globals['_BATCHLIMITS']._serialized_start=380
-  _globals['_BATCHLIMITS']._serialized_end=454
-  _globals['_ACK']._serialized_start=456
-  _globals['_ACK']._serialized_end=474
-  _globals['_SUBSCRIBERESPONSE']._serialized_start=476
-  _globals['_SUBSCRIBERESPONSE']._serialized_end=540
-  _globals['_BATCH']._serialized_start=542
-  _globals['_BATCH']._serialized_end=629
-  _globals['_RELATION']._serialized_start=632
-  _globals['_RELATION']._serialized_end=790
-  _globals['_COLUMN']._serialized_start=792
-  _globals['_COLUMN']._serialized_end=890
-  _globals['_EVENT']._serialized_start=893
-  _globals['_EVENT']._serialized_end=1254
-  _globals['_ROW']._serialized_start=1256
-  _globals['_ROW']._serialized_end=1298
-  _globals['_VALUE']._serialized_start=1301
-  _globals['_VALUE']._serialized_end=1606
-  _globals['_ARRAY']._serialized_start=1608
-  _globals['_ARRAY']._serialized_end=1654
-  _globals['_TRUNCATE']._serialized_start=1656
-  _globals['_TRUNCATE']._serialized_end=1731
-  _globals['_LOGICALMESSAGE']._serialized_start=1733
-  _globals['_LOGICALMESSAGE']._serialized_end=1805
-  _globals['_STATUSREQUEST']._serialized_start=1807
-  _globals['_STATUSREQUEST']._serialized_end=1822
-  _globals['_STATUSRESPONSE']._serialized_start=1825
-  _globals['_STATUSRESPONSE']._serialized_end=2101
-  _globals['_SINKSTATUS']._serialized_start=2104
-  _globals['_SINKSTATUS']._serialized_end=2234
-  _globals['_WALSTREAM']._serialized_start=2541
-  _globals['_WALSTREAM']._serialized_end=2703
+  _globals['_SUBSCRIPTION']._serialized_end=427
+  _globals['_SNAPSHOTREQUEST']._serialized_start=429
+  _globals['_SNAPSHOTREQUEST']._serialized_end=546
+  _globals['_BATCHLIMITS']._serialized_start=548
+  _globals['_BATCHLIMITS']._serialized_end=622
+  _globals['_ACK']._serialized_start=624
+  _globals['_ACK']._serialized_end=642
+  _globals['_SUBSCRIBERESPONSE']._serialized_start=644
+  _globals['_SUBSCRIBERESPONSE']._serialized_end=760
+  _globals['_SNAPSHOTPROGRESS']._serialized_start=763
+  _globals['_SNAPSHOTPROGRESS']._serialized_end=994
+  _globals['_BATCH']._serialized_start=996
+  _globals['_BATCH']._serialized_end=1083
+  _globals['_RELATION']._serialized_start=1086
+  _globals['_RELATION']._serialized_end=1244
+  _globals['_COLUMN']._serialized_start=1246
+  _globals['_COLUMN']._serialized_end=1344
+  _globals['_EVENT']._serialized_start=1347
+  _globals['_EVENT']._serialized_end=1708
+  _globals['_ROW']._serialized_start=1710
+  _globals['_ROW']._serialized_end=1752
+  _globals['_VALUE']._serialized_start=1755
+  _globals['_VALUE']._serialized_end=2060
+  _globals['_ARRAY']._serialized_start=2062
+  _globals['_ARRAY']._serialized_end=2108
+  _globals['_TRUNCATE']._serialized_start=2110
+  _globals['_TRUNCATE']._serialized_end=2185
+  _globals['_LOGICALMESSAGE']._serialized_start=2187
+  _globals['_LOGICALMESSAGE']._serialized_end=2259
+  _globals['_STATUSREQUEST']._serialized_start=2261
+  _globals['_STATUSREQUEST']._serialized_end=2276
+  _globals['_STATUSRESPONSE']._serialized_start=2279
+  _globals['_STATUSRESPONSE']._serialized_end=2604
+  _globals['_SINKSTATUS']._serialized_start=2607
+  _globals['_SINKSTATUS']._serialized_end=2737
+  _globals['_SNAPSHOTSTATUS']._serialized_start=2740
+  _globals['_SNAPSHOTSTATUS']._serialized_end=2887
+  _globals['_WALSTREAM']._serialized_start=3358
+  _globals['_WALSTREAM']._serialized_end=3520
 # @@protoc_insertion_point(module_scope)

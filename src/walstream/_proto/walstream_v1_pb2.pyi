@@ -8,6 +8,18 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class SnapshotMode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    INCREMENTAL: _ClassVar[SnapshotMode]
+    CONSISTENT: _ClassVar[SnapshotMode]
+
+class SnapshotState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    SNAPSHOT_STATE_UNSPECIFIED: _ClassVar[SnapshotState]
+    SNAPSHOT_RUNNING: _ClassVar[SnapshotState]
+    SNAPSHOT_TABLE_DONE: _ClassVar[SnapshotState]
+    SNAPSHOT_DONE: _ClassVar[SnapshotState]
+
 class Operation(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     OPERATION_UNSPECIFIED: _ClassVar[Operation]
@@ -33,6 +45,12 @@ class OldRow(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     OLD_ROW_NONE: _ClassVar[OldRow]
     OLD_ROW_KEY: _ClassVar[OldRow]
     OLD_ROW_FULL: _ClassVar[OldRow]
+INCREMENTAL: SnapshotMode
+CONSISTENT: SnapshotMode
+SNAPSHOT_STATE_UNSPECIFIED: SnapshotState
+SNAPSHOT_RUNNING: SnapshotState
+SNAPSHOT_TABLE_DONE: SnapshotState
+SNAPSHOT_DONE: SnapshotState
 OPERATION_UNSPECIFIED: Operation
 INSERT: Operation
 UPDATE: Operation
@@ -60,7 +78,7 @@ class SubscribeRequest(_message.Message):
     def __init__(self, subscription: _Optional[_Union[Subscription, _Mapping]] = ..., ack: _Optional[_Union[Ack, _Mapping]] = ...) -> None: ...
 
 class Subscription(_message.Message):
-    __slots__ = ("include_tables", "exclude_tables", "operations", "transaction_boundaries", "logical_messages", "batch", "client_name")
+    __slots__ = ("include_tables", "exclude_tables", "operations", "transaction_boundaries", "logical_messages", "batch", "client_name", "snapshot")
     INCLUDE_TABLES_FIELD_NUMBER: _ClassVar[int]
     EXCLUDE_TABLES_FIELD_NUMBER: _ClassVar[int]
     OPERATIONS_FIELD_NUMBER: _ClassVar[int]
@@ -68,6 +86,7 @@ class Subscription(_message.Message):
     LOGICAL_MESSAGES_FIELD_NUMBER: _ClassVar[int]
     BATCH_FIELD_NUMBER: _ClassVar[int]
     CLIENT_NAME_FIELD_NUMBER: _ClassVar[int]
+    SNAPSHOT_FIELD_NUMBER: _ClassVar[int]
     include_tables: _containers.RepeatedScalarFieldContainer[str]
     exclude_tables: _containers.RepeatedScalarFieldContainer[str]
     operations: _containers.RepeatedScalarFieldContainer[Operation]
@@ -75,7 +94,20 @@ class Subscription(_message.Message):
     logical_messages: bool
     batch: BatchLimits
     client_name: str
-    def __init__(self, include_tables: _Optional[_Iterable[str]] = ..., exclude_tables: _Optional[_Iterable[str]] = ..., operations: _Optional[_Iterable[_Union[Operation, str]]] = ..., transaction_boundaries: _Optional[bool] = ..., logical_messages: _Optional[bool] = ..., batch: _Optional[_Union[BatchLimits, _Mapping]] = ..., client_name: _Optional[str] = ...) -> None: ...
+    snapshot: SnapshotRequest
+    def __init__(self, include_tables: _Optional[_Iterable[str]] = ..., exclude_tables: _Optional[_Iterable[str]] = ..., operations: _Optional[_Iterable[_Union[Operation, str]]] = ..., transaction_boundaries: _Optional[bool] = ..., logical_messages: _Optional[bool] = ..., batch: _Optional[_Union[BatchLimits, _Mapping]] = ..., client_name: _Optional[str] = ..., snapshot: _Optional[_Union[SnapshotRequest, _Mapping]] = ...) -> None: ...
+
+class SnapshotRequest(_message.Message):
+    __slots__ = ("tables", "mode", "resume_token", "chunk_rows")
+    TABLES_FIELD_NUMBER: _ClassVar[int]
+    MODE_FIELD_NUMBER: _ClassVar[int]
+    RESUME_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    CHUNK_ROWS_FIELD_NUMBER: _ClassVar[int]
+    tables: _containers.RepeatedScalarFieldContainer[str]
+    mode: SnapshotMode
+    resume_token: bytes
+    chunk_rows: int
+    def __init__(self, tables: _Optional[_Iterable[str]] = ..., mode: _Optional[_Union[SnapshotMode, str]] = ..., resume_token: _Optional[bytes] = ..., chunk_rows: _Optional[int] = ...) -> None: ...
 
 class BatchLimits(_message.Message):
     __slots__ = ("max_events", "max_bytes", "max_delay_ms")
@@ -94,10 +126,36 @@ class Ack(_message.Message):
     def __init__(self, lsn: _Optional[int] = ...) -> None: ...
 
 class SubscribeResponse(_message.Message):
-    __slots__ = ("batch",)
+    __slots__ = ("batch", "progress")
     BATCH_FIELD_NUMBER: _ClassVar[int]
+    PROGRESS_FIELD_NUMBER: _ClassVar[int]
     batch: Batch
-    def __init__(self, batch: _Optional[_Union[Batch, _Mapping]] = ...) -> None: ...
+    progress: SnapshotProgress
+    def __init__(self, batch: _Optional[_Union[Batch, _Mapping]] = ..., progress: _Optional[_Union[SnapshotProgress, _Mapping]] = ...) -> None: ...
+
+class SnapshotProgress(_message.Message):
+    __slots__ = ("table", "state", "rows_sent", "rows_estimate", "position", "resume_token", "done", "rows_superseded", "chunks", "retries")
+    TABLE_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    ROWS_SENT_FIELD_NUMBER: _ClassVar[int]
+    ROWS_ESTIMATE_FIELD_NUMBER: _ClassVar[int]
+    POSITION_FIELD_NUMBER: _ClassVar[int]
+    RESUME_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    DONE_FIELD_NUMBER: _ClassVar[int]
+    ROWS_SUPERSEDED_FIELD_NUMBER: _ClassVar[int]
+    CHUNKS_FIELD_NUMBER: _ClassVar[int]
+    RETRIES_FIELD_NUMBER: _ClassVar[int]
+    table: str
+    state: SnapshotState
+    rows_sent: int
+    rows_estimate: int
+    position: int
+    resume_token: bytes
+    done: bool
+    rows_superseded: int
+    chunks: int
+    retries: int
+    def __init__(self, table: _Optional[str] = ..., state: _Optional[_Union[SnapshotState, str]] = ..., rows_sent: _Optional[int] = ..., rows_estimate: _Optional[int] = ..., position: _Optional[int] = ..., resume_token: _Optional[bytes] = ..., done: _Optional[bool] = ..., rows_superseded: _Optional[int] = ..., chunks: _Optional[int] = ..., retries: _Optional[int] = ...) -> None: ...
 
 class Batch(_message.Message):
     __slots__ = ("relations", "events")
@@ -234,7 +292,7 @@ class StatusRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class StatusResponse(_message.Message):
-    __slots__ = ("slot", "temporary", "confirmed_lsn", "written_lsn", "lag_bytes", "connected_clients", "server_version", "walstream_version", "streaming", "pgoutput_version", "sinks")
+    __slots__ = ("slot", "temporary", "confirmed_lsn", "written_lsn", "lag_bytes", "connected_clients", "server_version", "walstream_version", "streaming", "pgoutput_version", "sinks", "snapshots")
     SLOT_FIELD_NUMBER: _ClassVar[int]
     TEMPORARY_FIELD_NUMBER: _ClassVar[int]
     CONFIRMED_LSN_FIELD_NUMBER: _ClassVar[int]
@@ -246,6 +304,7 @@ class StatusResponse(_message.Message):
     STREAMING_FIELD_NUMBER: _ClassVar[int]
     PGOUTPUT_VERSION_FIELD_NUMBER: _ClassVar[int]
     SINKS_FIELD_NUMBER: _ClassVar[int]
+    SNAPSHOTS_FIELD_NUMBER: _ClassVar[int]
     slot: str
     temporary: bool
     confirmed_lsn: int
@@ -257,7 +316,8 @@ class StatusResponse(_message.Message):
     streaming: bool
     pgoutput_version: int
     sinks: _containers.RepeatedCompositeFieldContainer[SinkStatus]
-    def __init__(self, slot: _Optional[str] = ..., temporary: _Optional[bool] = ..., confirmed_lsn: _Optional[int] = ..., written_lsn: _Optional[int] = ..., lag_bytes: _Optional[int] = ..., connected_clients: _Optional[int] = ..., server_version: _Optional[str] = ..., walstream_version: _Optional[str] = ..., streaming: _Optional[bool] = ..., pgoutput_version: _Optional[int] = ..., sinks: _Optional[_Iterable[_Union[SinkStatus, _Mapping]]] = ...) -> None: ...
+    snapshots: _containers.RepeatedCompositeFieldContainer[SnapshotStatus]
+    def __init__(self, slot: _Optional[str] = ..., temporary: _Optional[bool] = ..., confirmed_lsn: _Optional[int] = ..., written_lsn: _Optional[int] = ..., lag_bytes: _Optional[int] = ..., connected_clients: _Optional[int] = ..., server_version: _Optional[str] = ..., walstream_version: _Optional[str] = ..., streaming: _Optional[bool] = ..., pgoutput_version: _Optional[int] = ..., sinks: _Optional[_Iterable[_Union[SinkStatus, _Mapping]]] = ..., snapshots: _Optional[_Iterable[_Union[SnapshotStatus, _Mapping]]] = ...) -> None: ...
 
 class SinkStatus(_message.Message):
     __slots__ = ("url", "connected", "published", "acked", "retries", "in_flight", "queued")
@@ -276,3 +336,21 @@ class SinkStatus(_message.Message):
     in_flight: int
     queued: int
     def __init__(self, url: _Optional[str] = ..., connected: _Optional[bool] = ..., published: _Optional[int] = ..., acked: _Optional[int] = ..., retries: _Optional[int] = ..., in_flight: _Optional[int] = ..., queued: _Optional[int] = ...) -> None: ...
+
+class SnapshotStatus(_message.Message):
+    __slots__ = ("client", "table", "rows_sent", "rows_estimate", "chunks", "rows_superseded", "retries")
+    CLIENT_FIELD_NUMBER: _ClassVar[int]
+    TABLE_FIELD_NUMBER: _ClassVar[int]
+    ROWS_SENT_FIELD_NUMBER: _ClassVar[int]
+    ROWS_ESTIMATE_FIELD_NUMBER: _ClassVar[int]
+    CHUNKS_FIELD_NUMBER: _ClassVar[int]
+    ROWS_SUPERSEDED_FIELD_NUMBER: _ClassVar[int]
+    RETRIES_FIELD_NUMBER: _ClassVar[int]
+    client: str
+    table: str
+    rows_sent: int
+    rows_estimate: int
+    chunks: int
+    rows_superseded: int
+    retries: int
+    def __init__(self, client: _Optional[str] = ..., table: _Optional[str] = ..., rows_sent: _Optional[int] = ..., rows_estimate: _Optional[int] = ..., chunks: _Optional[int] = ..., rows_superseded: _Optional[int] = ..., retries: _Optional[int] = ...) -> None: ...

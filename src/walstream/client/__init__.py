@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from .aio import AsyncClient
 from .core import ServerUnreachable, StreamError
-from .model import Batch, Change, Column, LogicalMessage, SinkStatus, Status, Truncate, format_lsn
+from .model import Batch, Change, Column, LogicalMessage, SinkStatus, SnapshotProgress, Status, Truncate, format_lsn
 from .sync import Client
 from .values import INFINITY, NEG_INFINITY, to_python
 
@@ -28,6 +28,7 @@ __all__ = [
     "LogicalMessage",
     "ServerUnreachable",
     "SinkStatus",
+    "SnapshotProgress",
     "Status",
     "StreamError",
     "Truncate",

@@ -19,7 +19,7 @@ from .._proto import walstream_v1_pb2_grpc as pb_grpc
 from . import core
 from .core import Backoff, Options, Session, StreamError
 from .credentials import PathArg, channel_credentials, with_token
-from .model import Batch, Change, Status
+from .model import Batch, Change, SnapshotProgress, Status
 
 log = logging.getLogger("walstream.client")
 
@@ -44,7 +44,7 @@ class _Stream:
     that hands responses over one at a time, so cancelling the application's task never cancels the call."""
 
     def __init__(self, options: Options, credentials: grpc.ChannelCredentials | None,
-                 on_ready: Callable[[], None]) -> None:
+                 on_ready: Callable[[], None], resume_token: bytes = b"") -> None:
         self.channel = _channel(options, credentials)
         stub = pb_grpc.WalstreamStub(self.channel)  # type: ignore[no-untyped-call]
         self.call: Any = stub.Subscribe(metadata=core.metadata_list(options))
@@ -55,7 +55,7 @@ class _Stream:
         self.done = asyncio.Event()  # the call is over
         self.closed = False
         self._on_ready = on_ready
-        self._tasks = [asyncio.ensure_future(self._write(core.subscription(options))),
+        self._tasks = [asyncio.ensure_future(self._write(core.subscription(options, resume_token))),
                        asyncio.ensure_future(self._read()), asyncio.ensure_future(self._watch())]
 
     async def _write(self, first: pb.SubscribeRequest) -> None:
@@ -159,11 +159,19 @@ class AsyncClient:
         tls_cert: PathArg | None = None,
         tls_key: PathArg | None = None,
         token: str | None = None,
+        snapshot: bool | str | Iterable[str] | None = None,
+        snapshot_mode: str = "incremental",
+        snapshot_chunk_rows: int = 0,
+        resume_token: bytes | None = None,
+        on_progress: Callable[[SnapshotProgress], None] | None = None,
     ) -> None:
-        self.options = core.make_options(target, tables, exclude_tables, operations, transaction_boundaries,
-                                         logical_messages, max_events, max_bytes, max_delay_ms, client_name,
-                                         reconnect, backoff, close_timeout, with_token(metadata, token),
-                                         channel_options)
+        options = core.make_options(target, tables, exclude_tables, operations, transaction_boundaries,
+                                    logical_messages, max_events, max_bytes, max_delay_ms, client_name,
+                                    reconnect, backoff, close_timeout, with_token(metadata, token),
+                                    channel_options)
+        self.options = core.with_snapshot(options, snapshot, snapshot_mode, snapshot_chunk_rows, resume_token)
+        # Called (from the iterating thread or task) with each snapshot progress, after its chunk's rows.
+        self.on_progress = on_progress
         self._credentials = channel_credentials(credentials, tls_ca, tls_cert, tls_key)
         self._session = Session()
         self._stream: _Stream | None = None
@@ -188,7 +196,8 @@ class AsyncClient:
             stream = self._stream  # batches() again after a break goes on with the same stream
             if stream is None:
                 self._session.new_stream()
-                stream = self._stream = _Stream(options, self._credentials, self._set_ready)
+                stream = self._stream = _Stream(options, self._credentials, self._set_ready,
+                                                self._session.resume_token)
             received = False
             while True:
                 item = await stream.inbox.get()
@@ -200,6 +209,11 @@ class AsyncClient:
                     received = True
                     backoff.reset()
                     self._ready = True
+                if item.HasField("progress"):
+                    progress = self._session.receive_progress(item.progress)
+                    if self.on_progress is not None:
+                        self.on_progress(progress)
+                    continue
                 batch, acks = self._session.receive(item.batch)
                 stream.send(acks)
                 if batch is not None:
@@ -234,6 +248,24 @@ class AsyncClient:
         acks = self._session.ack(item)
         if self._stream is not None:
             self._stream.send(acks)
+
+    # -- snapshots --------------------------------------------------------------------------------------
+
+    @property
+    def resume_token(self) -> bytes:
+        """The resume token of the last snapshot chunk whose rows you acknowledged (b"": none yet). Store it
+        with your data; pass it as resume_token= to continue the snapshot after a restart."""
+        return self._session.resume_token or self.options.resume_token
+
+    @property
+    def snapshot_progress(self) -> dict[str, SnapshotProgress]:
+        """The latest progress received per table ("schema.table")."""
+        return dict(self._session.progress)
+
+    @property
+    def snapshot_done(self) -> bool:
+        """The snapshot is complete and you acknowledged its last rows."""
+        return self._session.snapshot_done
 
     # -- the rest ---------------------------------------------------------------------------------------
 

@@ -15,6 +15,7 @@ saw but had not acknowledged.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import random
 from collections import deque
@@ -24,7 +25,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from .._proto import walstream_v1_pb2 as pb
-from .model import Batch, Change, Column, LogicalMessage, SinkStatus, Truncate
+from .model import Batch, Change, Column, LogicalMessage, SinkStatus, SnapshotProgress, Truncate
 from .values import row_to_dict
 
 log = logging.getLogger("walstream.client")
@@ -72,6 +73,10 @@ class Options:
     close_timeout: float
     metadata: tuple[tuple[str, str], ...] = field(repr=False)  # may hold the bearer token
     channel_options: tuple[tuple[str, Any], ...]
+    snapshot: tuple[str, ...] | None = None  # None: no snapshot; (): every table the subscription receives
+    snapshot_mode: str = "INCREMENTAL"
+    snapshot_chunk_rows: int = 0
+    resume_token: bytes = field(default=b"", repr=False)
 
 
 def _strings(name: str, value: str | Iterable[str]) -> tuple[str, ...]:
@@ -133,7 +138,42 @@ def make_options(
     )
 
 
-def subscription(options: Options) -> pb.SubscribeRequest:
+SNAPSHOT_MODES = ("INCREMENTAL", "CONSISTENT")
+
+
+def with_snapshot(options: Options, snapshot: bool | str | Iterable[str] | None, mode: str, chunk_rows: int,
+                  resume_token: bytes | None) -> Options:
+    """The snapshot options, checked: snapshot True or [] for every table, patterns, or None/False for none."""
+    if snapshot is None or snapshot is False:
+        if resume_token:
+            raise ValueError("resume_token: given without snapshot; pass snapshot=... as when it was issued")
+        return options
+    tables = () if snapshot is True else _strings("snapshot", snapshot)
+    upper = str(mode).strip().upper()
+    if upper not in SNAPSHOT_MODES:
+        accepted = " or ".join(m.lower() for m in SNAPSHOT_MODES)
+        raise ValueError(f"snapshot_mode: unknown mode {mode!r}: use {accepted}")
+    if isinstance(chunk_rows, bool) or not isinstance(chunk_rows, int) or chunk_rows < 0:
+        raise ValueError(f"snapshot_chunk_rows: expected a whole number >= 0 (0: the server chooses), "
+                         f"got {chunk_rows!r}")
+    if resume_token is not None and not isinstance(resume_token, (bytes, bytearray)):
+        raise ValueError(f"resume_token: expected bytes (SnapshotProgress.resume_token), "
+                         f"got {type(resume_token).__name__}")
+    return dataclasses.replace(options, snapshot=tables, snapshot_mode=upper, snapshot_chunk_rows=chunk_rows,
+                               resume_token=bytes(resume_token or b""))
+
+
+def subscription(options: Options, resume_token: bytes = b"") -> pb.SubscribeRequest:
+    """The first request of a stream; with a snapshot, resuming after `resume_token` (else the option's)."""
+    request = _subscription(options)
+    if options.snapshot is not None:
+        request.subscription.snapshot.CopyFrom(pb.SnapshotRequest(
+            tables=options.snapshot, mode=options.snapshot_mode,
+            resume_token=resume_token or options.resume_token, chunk_rows=options.snapshot_chunk_rows))
+    return request
+
+
+def _subscription(options: Options) -> pb.SubscribeRequest:
     return pb.SubscribeRequest(subscription=pb.Subscription(
         include_tables=options.include_tables,
         exclude_tables=options.exclude_tables,
@@ -261,11 +301,35 @@ class Session:
         self.acked: Position | None = None  # highest (commit_lsn, ordinal) the application acknowledged
         self.streams = 0
         self._unacked: deque[tuple[Position, int]] = deque()  # (position, lsn), in the order received
+        # Snapshot progress: the latest per table as received, and the resume token of the last chunk whose
+        # rows the application acknowledged (a progress comes after its chunk's rows).
+        self.progress: dict[str, SnapshotProgress] = {}
+        self.resume_token = b""
+        self.snapshot_done = False  # the final progress arrived and its rows are acknowledged
+        self._tokens: deque[tuple[Position, SnapshotProgress]] = deque()
 
     def new_stream(self) -> None:
         """A new stream starts: the server knows nothing of what the previous one was sent."""
         self.streams += 1
         self._unacked.clear()
+        self._tokens.clear()  # chunks not acknowledged are sent again after resume_token
+
+    def receive_progress(self, message: pb.SnapshotProgress) -> SnapshotProgress:
+        progress = SnapshotProgress(
+            table=message.table, state=_state_name(message.state), rows_sent=message.rows_sent,
+            rows_estimate=message.rows_estimate, position=message.position, resume_token=message.resume_token,
+            done=message.done, rows_superseded=message.rows_superseded, chunks=message.chunks,
+            retries=message.retries)
+        self.progress[progress.table] = progress
+        if self._unacked:  # its chunk's rows (and what came before them) are not all acknowledged yet
+            self._tokens.append((self._unacked[-1][0], progress))
+        else:
+            self._settle(progress)
+        return progress
+
+    def _settle(self, progress: SnapshotProgress) -> None:
+        self.resume_token = progress.resume_token
+        self.snapshot_done = self.snapshot_done or progress.done
 
     def receive(self, batch: pb.Batch) -> tuple[Batch | None, list[int]]:
         """Decode a batch; returns what to yield (None: nothing new) and Acks to send now."""
@@ -292,6 +356,9 @@ class Session:
         position = change.position
         if self.acked is None or position > self.acked:
             self.acked = position
+        tokens = self._tokens
+        while tokens and tokens[0][0] <= self.acked:
+            self._settle(tokens.popleft()[1])
         return self._acks_up_to_acked()
 
     def _acks_up_to_acked(self) -> list[int]:
@@ -310,6 +377,13 @@ class Session:
     @property
     def unacked(self) -> int:
         return len(self._unacked)
+
+
+def _state_name(state: int) -> str:
+    try:
+        return pb.SnapshotState.Name(state).removeprefix("SNAPSHOT_")
+    except ValueError:
+        return f"STATE_{state}"
 
 
 def status_from(response: pb.StatusResponse) -> dict[str, Any]:

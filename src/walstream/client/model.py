@@ -39,7 +39,8 @@ class LogicalMessage:
 class Change:
     """One event of the stream.
 
-    `op` is one of INSERT, UPDATE, DELETE, TRUNCATE, BEGIN, COMMIT, MESSAGE. `(commit_lsn, ordinal)` orders
+    `op` is one of INSERT, UPDATE, DELETE, TRUNCATE, BEGIN, COMMIT, MESSAGE, SNAPSHOT (a row the table held,
+    from a snapshot: `new` as for INSERT). `(commit_lsn, ordinal)` orders
     and identifies every event (`position`); `lsn` is the change's own LSN, which is neither unique nor
     monotonic. Rows map column names to Python values (see `walstream.client.values`).
     """
@@ -135,3 +136,19 @@ class SinkStatus:
     retries: int  # times the broker was lost (or an ack timed out) and the sink started over
     in_flight: int  # published, not yet acknowledged
     queued: int  # changes waiting for the sink
+
+
+@dataclass(frozen=True, slots=True)
+class SnapshotProgress:
+    """Where a snapshot (backfill) stands after one chunk; see docs/api.md "Snapshots"."""
+
+    table: str  # "schema.table"
+    state: str  # "RUNNING", "TABLE_DONE" or "DONE"
+    rows_sent: int  # SNAPSHOT rows of this table sent on this stream
+    rows_estimate: int  # pg_class.reltuples (an estimate; 0 if never analysed)
+    position: int  # lsn of the chunk's rows (0: none)
+    resume_token: bytes
+    done: bool  # the whole snapshot is done
+    rows_superseded: int
+    chunks: int
+    retries: int

@@ -6,7 +6,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
@@ -18,7 +18,7 @@ from .._proto import walstream_v1_pb2_grpc as pb_grpc
 from . import core
 from .core import Backoff, Options, Session, StreamError
 from .credentials import PathArg, channel_credentials, with_token
-from .model import Batch, Change, Status
+from .model import Batch, Change, SnapshotProgress, Status
 
 log = logging.getLogger("walstream.client")
 
@@ -39,7 +39,7 @@ class _Stream:
     that hands responses over one at a time (so an interrupted application never interrupts a gRPC read)."""
 
     def __init__(self, options: Options, credentials: grpc.ChannelCredentials | None,
-                 on_ready: threading.Event) -> None:
+                 on_ready: threading.Event, resume_token: bytes = b"") -> None:
         opts = core.grpc_options(options)
         if credentials is None:
             self.channel = grpc.insecure_channel(options.target, options=opts)
@@ -54,7 +54,7 @@ class _Stream:
         self.done = threading.Event()  # the call is over
         self.closed = False
         stub = pb_grpc.WalstreamStub(self.channel)  # type: ignore[no-untyped-call]
-        self.call: Any = stub.Subscribe(self._requests(core.subscription(options)),
+        self.call: Any = stub.Subscribe(self._requests(core.subscription(options, resume_token)),
                                         metadata=core.metadata_list(options))
         self._reader = threading.Thread(target=self._read, name="walstream-client-reader", daemon=True)
         self._reader.start()
@@ -157,11 +157,19 @@ class Client:
         tls_cert: PathArg | None = None,
         tls_key: PathArg | None = None,
         token: str | None = None,
+        snapshot: bool | str | Iterable[str] | None = None,
+        snapshot_mode: str = "incremental",
+        snapshot_chunk_rows: int = 0,
+        resume_token: bytes | None = None,
+        on_progress: Callable[[SnapshotProgress], None] | None = None,
     ) -> None:
-        self.options = core.make_options(target, tables, exclude_tables, operations, transaction_boundaries,
-                                         logical_messages, max_events, max_bytes, max_delay_ms, client_name,
-                                         reconnect, backoff, close_timeout, with_token(metadata, token),
-                                         channel_options)
+        options = core.make_options(target, tables, exclude_tables, operations, transaction_boundaries,
+                                    logical_messages, max_events, max_bytes, max_delay_ms, client_name,
+                                    reconnect, backoff, close_timeout, with_token(metadata, token),
+                                    channel_options)
+        self.options = core.with_snapshot(options, snapshot, snapshot_mode, snapshot_chunk_rows, resume_token)
+        # Called (from the iterating thread or task) with each snapshot progress, after its chunk's rows.
+        self.on_progress = on_progress
         self._credentials = channel_credentials(credentials, tls_ca, tls_cert, tls_key)
         self._session = Session()
         self._lock = threading.Lock()  # the session and which stream is current
@@ -201,6 +209,12 @@ class Client:
                     received = True
                     backoff.reset()
                     self._ready.set()
+                if item.HasField("progress"):
+                    with self._lock:
+                        progress = self._session.receive_progress(item.progress)
+                    if self.on_progress is not None:
+                        self.on_progress(progress)
+                    continue
                 with self._lock:
                     batch, acks = self._session.receive(item.batch)
                     for lsn in acks:
@@ -225,7 +239,7 @@ class Client:
     def _open(self) -> _Stream:
         with self._lock:
             self._session.new_stream()
-            stream = _Stream(self.options, self._credentials, self._ready)
+            stream = _Stream(self.options, self._credentials, self._ready, self._session.resume_token)
             self._stream = stream
             return stream
 
@@ -247,6 +261,24 @@ class Client:
             if stream is not None and not stream.ended:
                 for lsn in acks:
                     stream.acks.put(lsn)
+
+    # -- snapshots --------------------------------------------------------------------------------------
+
+    @property
+    def resume_token(self) -> bytes:
+        """The resume token of the last snapshot chunk whose rows you acknowledged (b"": none yet). Store it
+        with your data; pass it as resume_token= to continue the snapshot after a restart."""
+        return self._session.resume_token or self.options.resume_token
+
+    @property
+    def snapshot_progress(self) -> dict[str, SnapshotProgress]:
+        """The latest progress received per table ("schema.table")."""
+        return dict(self._session.progress)
+
+    @property
+    def snapshot_done(self) -> bool:
+        """The snapshot is complete and you acknowledged its last rows."""
+        return self._session.snapshot_done
 
     # -- the rest ---------------------------------------------------------------------------------------
 

@@ -14,6 +14,8 @@ clients acknowledge here, and the slot's confirmed position is derived from noth
   When the last client leaves, its pending deliveries are kept and handed, in order, to the next client:
   as they were if it uses the same API, else re-expanded from their events into the new client's API
   (then an event of which only part was acknowledged, such as one table of a seed TRUNCATE, goes whole).
+  A delivery whose payload is marked `private` (a snapshot row, meant for the client that asked for it) is
+  never handed to another client: it is dropped there and stops holding the slot.
 - With nothing pending and no transaction open, the confirmed position may move to the server's WAL end
   (idle_advance), so a slot on quiet tables does not hold WAL.
 - Each delivery carries a size (the memory it holds until acknowledged); `outstanding_bytes` sums them, so
@@ -212,6 +214,8 @@ class AckTracker(Generic[P]):
             self.outstanding_bytes -= old.size
             if old.txn is not None:
                 old.txn.outstanding -= 1
+            if getattr(old.payload, "private", False):
+                continue
             if same_api or old.event is None:
                 self.deliver(client, old.lsn, old.txn, old.payload, old.event, old.size)
                 resend.append(old.payload)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 from .._proto import walstream_v1_pb2 as pb
 from ..processing import v1wire as wire
@@ -22,6 +23,9 @@ from ..replication.messages import TRUNCATE_CASCADE, TRUNCATE_RESTART_IDENTITY
 DEFAULT_MAX_EVENTS, MAX_EVENTS = 1000, 10_000
 DEFAULT_MAX_BYTES, MAX_BYTES = 1 << 20, 4 << 20
 MAX_DELAY_MS = 10_000
+
+# Prefix of the watermark messages of snapshot backfills (walstream.snapshot): never sent to clients.
+WATERMARK_PREFIX = "walstream.snapshot"
 
 ROW_OPS = {pb.INSERT: Op.INSERT, pb.UPDATE: Op.UPDATE, pb.DELETE: Op.DELETE, pb.TRUNCATE: Op.TRUNCATE}
 # The same names (SNAPSHOT too, once it exists).
@@ -35,6 +39,7 @@ class V1Item:
     its op and lsn, and the relations it needs."""
 
     __slots__ = ("data", "op", "lsn", "relations", "size")
+    private = False  # True: never handed to another client (walstream.delivery.acks)
 
     def __init__(self, data: bytes, op: int, lsn: int, relations: tuple[RelationInfo, ...] = ()) -> None:
         self.data = data
@@ -273,6 +278,14 @@ _OP_FIELD = {op: b"\x08" + wire.varint(value) for op, value in _OP_VALUE.items()
 # --- one subscriber -----------------------------------------------------------------------------------
 
 
+class Backfill(Protocol):
+    """walstream.snapshot.window.ClientBackfill, as this adapter sees it."""
+
+    def on_watermark(self, event: ChangeEvent) -> list[tuple[int, V1Item]]: ...
+    def on_delivered(self, event: ChangeEvent) -> None: ...
+    def commit_ordinal(self, txn: TxnInfo | None) -> int | None: ...
+
+
 class V1Adapter:
     """The hub adapter of one walstream.v1 subscriber: which events it gets, as (lsn, V1Item)."""
 
@@ -281,6 +294,7 @@ class V1Adapter:
     def __init__(self, encoder: Encoder, sub: Subscription) -> None:
         self.encoder = encoder
         self.sub = sub
+        self.backfill: Backfill | None = None  # set while this subscriber's snapshot runs
         self._tables: dict[tuple[str, str], bool] = {}
         self._begun: TxnInfo | None = None  # the transaction whose BEGIN this subscriber was sent
         self._last: tuple[RelationInfo | None, bool] = (None, False)  # the last relation wants() saw
@@ -303,12 +317,21 @@ class V1Adapter:
         op, sub = event.op, self.sub
         if op is Op.BEGIN:
             return ()  # sent with the first event of the transaction this subscriber gets
+        backfill = self.backfill
         if op is Op.COMMIT:
+            ordinal = backfill.commit_ordinal(event.txn) if backfill is not None else None
             if self._begun is None or self._begun is not event.txn:
                 return ()
             self._begun = None
-            return ((event.end_lsn, self.encoder.item(event)),)
+            item = self.encoder.item(event)
+            if ordinal is not None:  # after this subscriber's snapshot rows, numbered 1..ordinal-1
+                proto = item.event
+                proto.ordinal = ordinal
+                item = V1Item.of(proto)
+            return ((event.end_lsn, item),)
         if op is Op.MESSAGE:
+            if event.message_prefix == WATERMARK_PREFIX:
+                return self._watermark(event, backfill)
             if not sub.logical_messages:
                 return ()
             item = self.encoder.item(event)
@@ -325,8 +348,21 @@ class V1Adapter:
             if rel is None or not self.wants(rel):
                 return ()
             item = self.encoder.item(event)
+        if backfill is not None and op is not Op.MESSAGE:
+            backfill.on_delivered(event)
         txn = event.txn
         if sub.transaction_boundaries and txn is not None and self._begun is not txn:
             self._begun = txn
             return ((txn.commit_lsn, self.encoder.begin_item(txn)), (event.lsn, item))
         return ((event.lsn, item),)
+
+    def _watermark(self, event: ChangeEvent, backfill: Backfill | None) -> Sequence[tuple[int, object]]:
+        """A snapshot watermark: hidden; at this subscriber's high watermark, its chunk's rows."""
+        if backfill is None:
+            return ()
+        rows: list[tuple[int, object]] = list(backfill.on_watermark(event))
+        txn = event.txn
+        if rows and self.sub.transaction_boundaries and txn is not None and self._begun is not txn:
+            self._begun = txn
+            rows.insert(0, (txn.commit_lsn, self.encoder.begin_item(txn)))
+        return rows

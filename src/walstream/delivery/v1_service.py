@@ -17,7 +17,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol, cast
 
 import grpc
 import psycopg2
@@ -33,12 +33,30 @@ from ..sinks.attach import status_of as sink_status
 from .hub import Client, Hub, finish_requests
 from .v1_adapter import Encoder, InvalidSubscription, Subscription, V1Adapter, V1Item, same_relation
 
+if TYPE_CHECKING:
+    from ..snapshot.runner import Plan, SnapshotService
+
 log = logging.getLogger(__name__)
 
 Context = grpc.aio.ServicerContext[pb.SubscribeRequest, pb.SubscribeResponse]
 IDLE_TURNS = 2  # turns of the event loop without new events after which the replication stream is dry
 MID_TRANSACTION_WAIT = 0.005  # seconds a batch waits for more of a transaction it holds part of
 SUBSCRIBE_RESPONSE_BATCH = 1 << 3 | 2  # SubscribeResponse.batch: field 1, length-delimited
+
+
+class BackfillFailed(Exception):
+    """A subscriber's snapshot stopped: the call ends with this gRPC status code (name) and message."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class _Progress(Protocol):
+    """walstream.snapshot.window.ProgressItem: a SubscribeResponse.progress, or the error ending the call."""
+
+    data: bytes
+    error: tuple[str, str] | None
 
 
 class _Batcher:
@@ -60,6 +78,8 @@ class _Batcher:
         self._size = 0
         full = self._fill(batch, rels)
         while not batch:
+            if self.carry and not isinstance(self.carry[0], V1Item):
+                return self._progress(self.carry.popleft())
             if self.closed or acks.done():
                 return None
             self.carry.extend(await self._take(sub.max_events, acks, None))
@@ -118,7 +138,10 @@ class _Batcher:
                 took = True
             else:
                 break
-            assert isinstance(item, V1Item)  # the hub re-expands another API's leftovers for us
+            if not isinstance(item, V1Item):  # a snapshot progress (walstream.snapshot): sent on its own
+                carry.appendleft(item)
+                full = True
+                break
             cost = item.size
             new: list[RelationInfo] = []
             for rel in item.relations:
@@ -144,6 +167,13 @@ class _Batcher:
         if took:
             self.hub.capacity.set()  # the queue has room again: the reader may be waiting for it
         return full or len(batch) >= sub.max_events
+
+    @staticmethod
+    def _progress(item: object) -> bytes:
+        progress = cast("_Progress", item)
+        if progress.error is not None:
+            raise BackfillFailed(*progress.error)
+        return progress.data
 
     async def _take(self, limit: int, acks: asyncio.Future[None], timeout: float | None) -> list[object]:
         """Queued messages, waiting up to timeout (None: no limit) for the first; [] if none came."""
@@ -178,10 +208,12 @@ class StatusSource(Protocol):
 
 
 class WalstreamServicer(walstream_v1_pb2_grpc.WalstreamServicer):
-    def __init__(self, hub: Hub, encoder: Encoder, status: StatusSource) -> None:
+    def __init__(self, hub: Hub, encoder: Encoder, status: StatusSource,
+                 snapshots: SnapshotService | None = None) -> None:
         self.hub = hub
         self.encoder = encoder
         self.status = status
+        self.snapshots = snapshots  # None: snapshot requests are refused
         self.batches_sent = 0  # read by walstream.metrics
 
     async def Subscribe(  # noqa: N802 (name fixed by the proto)
@@ -206,16 +238,29 @@ class WalstreamServicer(walstream_v1_pb2_grpc.WalstreamServicer):
         except InvalidSubscription as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
             return
+        plan = None
+        if first.subscription.HasField("snapshot"):
+            plan = await self._plan_snapshot(sub, first.subscription.snapshot, context)
+            if plan is None:
+                return
         peer = context.peer() + (f" ({sub.client_name})" if sub.client_name else "")
-        client = self.hub.connect(V1Adapter(self.encoder, sub), peer)
+        adapter = V1Adapter(self.encoder, sub)
+        client = self.hub.connect(adapter, peer)
         if client is None:
+            if plan is not None:
+                plan.close()
             await context.abort(grpc.StatusCode.UNAVAILABLE, "walstream is shutting down")
             return
         acks = asyncio.ensure_future(self._read_acks(requests, client))
         batcher = _Batcher(self.hub, client, self.encoder, sub)
+        backfill = self.snapshots.start(plan, client, adapter) if plan is not None and self.snapshots else None
         try:
             while True:
-                response = await batcher.next(acks)
+                try:
+                    response = await batcher.next(acks)
+                except BackfillFailed as exc:
+                    await context.abort(getattr(grpc.StatusCode, exc.code), str(exc))
+                    return
                 if response is None:
                     if acks.done():  # the client's side ended: half-closed, or a request did not parse
                         await finish_requests(acks, context)
@@ -226,7 +271,29 @@ class WalstreamServicer(walstream_v1_pb2_grpc.WalstreamServicer):
                 yield response
         finally:
             acks.cancel()
+            if backfill is not None:
+                backfill.cancel()
             self.hub.disconnect(client)
+
+    async def _plan_snapshot(self, sub: Subscription, request: pb.SnapshotRequest,
+                             context: Context) -> Plan | None:
+        """The client's validated backfill, or None after ending the call with the reason."""
+        from ..snapshot.request import SnapshotUnavailable  # noqa: PLC0415 (walstream.snapshot imports this)
+        from ..snapshot.token import TokenRefused  # noqa: PLC0415
+
+        if self.snapshots is None:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, "snapshot: not available on this server")
+            return None
+        try:
+            return await self.snapshots.prepare(sub, request)
+        except InvalidSubscription as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        except TokenRefused as exc:
+            code = grpc.StatusCode.INVALID_ARGUMENT if exc.malformed else grpc.StatusCode.FAILED_PRECONDITION
+            await context.abort(code, str(exc))
+        except SnapshotUnavailable as exc:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
+        return None
 
     async def _read_acks(self, requests: AsyncIterator[pb.SubscribeRequest], client: Client) -> None:
         async for request in requests:
@@ -239,7 +306,10 @@ class WalstreamServicer(walstream_v1_pb2_grpc.WalstreamServicer):
     async def Status(  # noqa: N802 (name fixed by the proto)
         self, request: pb.StatusRequest, context: grpc.aio.ServicerContext[pb.StatusRequest, pb.StatusResponse],
     ) -> pb.StatusResponse:
-        return await self.status()
+        response = await self.status()
+        if self.snapshots is not None:
+            response.snapshots.extend(self.snapshots.status())
+        return response
 
 
 # --- Status -------------------------------------------------------------------------------------------

@@ -9,7 +9,7 @@ mid-way (resumed by its commit LSN, which Begin carries).
 from __future__ import annotations
 
 import logging
-from collections import defaultdict
+from collections import defaultdict, deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -25,6 +25,7 @@ log = logging.getLogger(__name__)
 _new_event = tuple.__new__  # ChangeEvent is a NamedTuple: this skips its Python-level __new__
 _INSERT = Op.INSERT
 _COUNTED = (Op.INSERT, Op.UPDATE, Op.DELETE, Op.TRUNCATE)
+XID_HISTORY = 8192  # transactions whose xids the snapshot visibility guard can check (walstream.snapshot)
 
 
 class Sink(Protocol):
@@ -64,6 +65,10 @@ class Assembler:
         self.changes: dict[Op, defaultdict[int, int]] = {op: defaultdict(int) for op in _COUNTED}
         self._inserts = self.changes[Op.INSERT]
         self.last_commit_ts: int | None = None
+        # The xids of the latest transactions begun, in commit order, and how many were ever begun: the
+        # snapshot visibility guard checks those decoded before a low watermark against the chunk's snapshot.
+        self.recent_xids: deque[int] = deque(maxlen=XID_HISTORY)
+        self.xids_begun = 0
 
     @property
     def in_transaction(self) -> bool:
@@ -125,6 +130,8 @@ class Assembler:
             self.sink.commit(partial.record, partial.info.commit_lsn)
         info = TxnInfo(msg.xid, msg.final_lsn, msg.commit_ts)
         self.last_commit_ts = msg.commit_ts
+        self.recent_xids.append(msg.xid)
+        self.xids_begun += 1
         self._txn = _OpenTxn(info, self.sink.begin(msg.xid, msg.final_lsn))
         self._skip_changes = 0
         self.sink.publish(ChangeEvent(Op.BEGIN, msg.final_lsn, info, 0), self._txn.record)

@@ -31,6 +31,7 @@ class Op(enum.Enum):
     TRUNCATE = "TRUNCATE"
     MESSAGE = "MESSAGE"
     COMMIT = "COMMIT"
+    SNAPSHOT = "SNAPSHOT"  # a row copied by a snapshot chunk (walstream.snapshot), never from pgoutput
 
     # Members are singletons compared by identity: hash them by identity too, in C (Enum's own __hash__
     # is Python code, run on every dict and set look-up of an op on the hot path).

@@ -1,0 +1,209 @@
+"""Snapshot (INCREMENTAL backfill) throughput and the live stream's latency during it, on a throwaway
+PostgreSQL 15.
+
+    python bench/snapshot.py [--rows 1000000] [--chunk-rows 0]
+
+Prints, from one run: `COPY t TO STDOUT` through psql into /dev/null (the reference), walstream's backfill of
+the same table to a raw walstream.v1 client that acknowledges every row (rows/s and the ratio to COPY), and
+the commit->client latency of single-row transactions on another table (~100/s) without and with the
+backfill running.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "src"))
+
+import grpc  # noqa: E402
+import psycopg2  # noqa: E402
+
+from walstream._proto import walstream_v1_pb2 as pb  # noqa: E402
+from walstream._proto import walstream_v1_pb2_grpc  # noqa: E402
+from walstream.pgcluster import Cluster, find_bindir, free_port  # noqa: E402
+
+SETTINGS = {"wal_level": "logical", "max_wal_senders": "10", "max_replication_slots": "10",
+            "shared_buffers": "256MB", "fsync": "off", "synchronous_commit": "off"}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument("--chunk-rows", type=int, default=0, help="0: walstream chooses")
+    args = parser.parse_args()
+    bindir = find_bindir(["/usr/lib/postgresql/15/bin"], embedded=False)
+    cluster = Cluster(bindir=bindir, settings=dict(SETTINGS))
+    cluster.start()
+    try:
+        return run(cluster, bindir, args)
+    finally:
+        cluster.destroy()
+
+
+def run(cluster: Cluster, bindir: Path, args: argparse.Namespace) -> int:
+    dsn = f"host=127.0.0.1 port={cluster.port} user=postgres dbname=postgres"
+    conn = psycopg2.connect(dsn)
+    conn.autocommit = True
+    with conn.cursor() as cur:
+        cur.execute("CREATE TABLE t (id bigint PRIMARY KEY, v text, n int, at timestamptz, amount numeric)")
+        cur.execute("INSERT INTO t SELECT g, md5(g::text), g %% 1000, now(), g * 1.25 "
+                    "FROM generate_series(1, %s) g", (args.rows,))
+        cur.execute("CREATE TABLE live (id serial PRIMARY KEY, note text)")
+        cur.execute("VACUUM ANALYZE t")
+        cur.execute("CREATE PUBLICATION pub FOR ALL TABLES")
+        # Loaded fast; measured as deployed: a logical walsender sends only flushed WAL, which with
+        # synchronous_commit off waits up to wal_writer_delay.
+        cur.execute("ALTER SYSTEM SET synchronous_commit = on")
+        cur.execute("SELECT pg_reload_conf()")
+
+    env = dict(os.environ, PGPASSWORD="")
+    copy_s = []
+    for _ in range(3):
+        start = time.perf_counter()
+        subprocess.run([str(bindir / "psql"), dsn, "-c", "COPY t TO STDOUT"], stdout=subprocess.DEVNULL,
+                       check=True, env=env)
+        copy_s.append(time.perf_counter() - start)
+    copy_rate = args.rows / min(copy_s)
+
+    port = free_port()
+    log = cluster.workdir / "walstream.log"
+    srcenv = dict(os.environ, PYTHONPATH=str(ROOT / "src"))
+    with open(log, "wb") as out:
+        level = os.environ.get("BENCH_LOG_LEVEL", "info")  # debug: one line per chunk (BENCH_KEEP_LOG=PATH)
+        proc = subprocess.Popen([sys.executable, "-m", "walstream", "--connection", dsn, "--log-level", level,
+                                 "start", "--publication", "pub", "--slot", "bench_snapshot", "--port", str(port),
+                                 "--host", "127.0.0.1"], stdout=out, stderr=subprocess.STDOUT, env=srcenv)
+    try:
+        deadline = time.monotonic() + 60
+        while b"listening on" not in log.read_bytes():
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(log.read_text()[-2000:])
+            time.sleep(0.01)
+        addr = f"127.0.0.1:{port}"
+        idle = latency(addr, dsn, None, seconds=5)
+        result: dict[str, float] = {}
+        busy = latency(addr, dsn, lambda: backfill(addr, args.chunk_rows, result), seconds=0)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(30)
+        if os.environ.get("BENCH_KEEP_LOG"):
+            Path(os.environ["BENCH_KEEP_LOG"]).write_bytes(log.read_bytes())
+    rate = result["rows"] / result["seconds"]
+    print(f"COPY t TO STDOUT (psql > /dev/null): {copy_rate:,.0f} rows/s (best of 3, {min(copy_s):.2f} s)")
+    print(f"walstream snapshot, one client:      {rate:,.0f} rows/s ({result['seconds']:.1f} s for "
+          f"{result['rows']:,.0f} rows)  ratio {rate / copy_rate:.2f}x")
+    print(f"live latency without backfill: median {idle[0]:.1f} ms, p99 {idle[1]:.1f} ms ({idle[2]} txns)")
+    print(f"live latency during backfill:  median {busy[0]:.1f} ms, p99 {busy[1]:.1f} ms ({busy[2]} txns)")
+    return 0
+
+
+def backfill(addr: str, chunk_rows: int, result: dict[str, float]) -> None:
+    """A raw client that asks for a snapshot of t only, acks every row, and stops when the snapshot is done."""
+    with grpc.insecure_channel(addr, options=[("grpc.max_receive_message_length", -1)]) as channel:
+        stub = walstream_v1_pb2_grpc.WalstreamStub(channel)
+        acks: list[pb.SubscribeRequest] = []
+        wake = threading.Condition()
+        done = threading.Event()
+
+        def requests():
+            yield pb.SubscribeRequest(subscription=pb.Subscription(
+                include_tables=["public.t"], snapshot=pb.SnapshotRequest(chunk_rows=chunk_rows)))
+            while not done.is_set():
+                with wake:
+                    wake.wait_for(lambda: acks or done.is_set(), timeout=0.5)
+                    out, acks[:] = list(acks), []
+                yield from out
+
+        rows = 0
+        start = time.perf_counter()
+        call = stub.Subscribe(requests())
+        for response in call:
+            if response.HasField("progress"):
+                if response.progress.done:
+                    break
+                continue
+            events = response.batch.events
+            rows += sum(1 for e in events if e.op == pb.SNAPSHOT)
+            with wake:
+                acks.extend(pb.SubscribeRequest(ack=pb.Ack(lsn=e.lsn)) for e in events)
+                wake.notify()
+        result["seconds"] = time.perf_counter() - start
+        result["rows"] = rows
+        done.set()
+        with wake:
+            wake.notify()
+        call.cancel()
+
+
+def latency(addr: str, dsn: str, during, seconds: float) -> tuple[float, float, int]:
+    """Commit -> client latency of single-row inserts into `live`, ~100 a second, for `seconds` or while
+    `during` runs (in a thread)."""
+    received: dict[str, float] = {}
+    stop = threading.Event()
+    ready = threading.Event()
+
+    def listen() -> None:
+        with grpc.insecure_channel(addr) as channel:
+            stub = walstream_v1_pb2_grpc.WalstreamStub(channel)
+            out: list[pb.SubscribeRequest] = [pb.SubscribeRequest(subscription=pb.Subscription(
+                include_tables=["public.live"]))]
+
+            def requests():
+                yield out.pop()
+                while not stop.is_set():
+                    time.sleep(0.05)
+                    while out:
+                        yield out.pop()
+
+            call = stub.Subscribe(requests())
+            ready.set()
+            try:
+                for response in call:
+                    now = time.time()
+                    for event in response.batch.events:
+                        received[event.new.values[1].text] = now
+                        out.append(pb.SubscribeRequest(ack=pb.Ack(lsn=event.lsn)))
+                    if stop.is_set():
+                        break
+            except grpc.RpcError:
+                pass
+
+    listener = threading.Thread(target=listen, daemon=True)
+    listener.start()
+    ready.wait(10)
+    time.sleep(0.5)  # let the subscription reach the server (a benchmark, not a test)
+    worker = threading.Thread(target=during, daemon=True) if during else None
+    if worker:
+        worker.start()
+    sent: dict[str, float] = {}
+    conn = psycopg2.connect(dsn)
+    conn.autocommit = True
+    end = time.monotonic() + seconds
+    with conn.cursor() as cur:
+        i = 0
+        while (worker.is_alive() if worker else time.monotonic() < end):
+            note = f"n{i}"
+            sent[note] = time.time()  # just before the commit: the latency includes the commit itself
+            cur.execute("INSERT INTO live (note) VALUES (%s)", (note,))
+            i += 1
+            time.sleep(0.01)
+    time.sleep(1.0)
+    stop.set()
+    conn.close()
+    lat = sorted((received[k] - sent[k]) * 1000 for k in sent if k in received)
+    if not lat:
+        return (float("nan"), float("nan"), 0)
+    return statistics.median(lat), lat[min(len(lat) - 1, int(len(lat) * 0.99))], len(lat)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,179 @@
+"""The chunk reader: its own plain SQL connection, used from one worker thread (never the event loop and
+never the replication connection). Emits the watermarks and reads one keyset chunk per call.
+
+The session uses the replication connection's text settings (walstream.dsn.REPLICATION_OPTIONS) and the
+server encoding as client encoding, so COPY prints every value exactly as pgoutput sends it.
+"""
+
+from __future__ import annotations
+
+import io
+import threading
+import time
+from dataclasses import dataclass
+
+import psycopg2
+import psycopg2.errors
+import psycopg2.extensions
+
+from ..delivery.v1_adapter import WATERMARK_PREFIX
+from ..replication import catalog
+from ..replication.messages import TupleData
+from . import tables
+from .copytext import parse_rows
+from .tables import TableRef, TableShape
+
+SESSION_SETTINGS = (
+    "SET TimeZone = 'UTC'", "SET DateStyle = 'ISO'", "SET IntervalStyle = 'postgres'",
+    "SET extra_float_digits = 1", "SET bytea_output = 'hex'",
+    # Watermarks concern only this stream: never wait for a synchronous standby to write them.
+    "SET synchronous_commit = local",
+)
+LOCK_TIMEOUT = "5s"  # a chunk waiting behind an ALTER TABLE gives up and is read again later
+VISIBLE_POLL = 0.05  # seconds between checks while waiting for a transaction to become visible
+M32 = 0xFFFFFFFF
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """pg_current_snapshot(): xids >= xmax and those in xip are not visible (64-bit xids)."""
+
+    xmin: int
+    xmax: int
+    xip: frozenset[int]
+
+    @classmethod
+    def parse(cls, text: str) -> Snapshot:
+        xmin, xmax, xip = text.split(":")
+        return cls(int(xmin), int(xmax), frozenset(int(x) for x in xip.split(",") if x))
+
+    def invisible(self, xid: int) -> bool:
+        """Whether a committed 32-bit xid (as pgoutput sends it) is not visible to this snapshot, as
+        pg_visible_in_snapshot() decides: not before xmin, and at or after xmax or in xip. Compared modulo
+        2^32 the way PostgreSQL compares xids (the xids checked are recent)."""
+        if _precedes(xid, self.xmin & M32):
+            return False
+        if not _precedes(xid, self.xmax & M32):
+            return True
+        return any(x & M32 == xid for x in self.xip)
+
+
+def _precedes(a: int, b: int) -> bool:
+    return ((a - b) & M32) >= 1 << 31
+
+
+class KeyChanged(Exception):
+    """The table's key columns are no longer the ones its backfill pages on."""
+
+    def __init__(self, key: tuple[str, ...]) -> None:
+        super().__init__(", ".join(key))
+        self.key = key
+
+
+@dataclass(frozen=True)
+class ChunkRead:
+    shape: TableShape | None  # None: the table is gone (dropped, or left the publication)
+    snapshot: Snapshot
+    rows: list[TupleData]  # the published columns
+    keys: list[tuple[bytes | None, ...]]
+    upto: tuple[str, ...] | None  # the table's maximum key (None: the table is empty)
+    last: tuple[str, ...] | None  # the last key read (None: no rows)
+    bytes_read: int
+
+
+class ChunkReader:
+    def __init__(self, conn_str: str, publication: str) -> None:
+        self.conn_str = conn_str
+        self.publication = publication
+        self._conn: psycopg2.extensions.connection | None = None
+        self.server_version = 0
+        self.encoding = "utf-8"
+
+    def _connection(self) -> psycopg2.extensions.connection:
+        if self._conn is None or self._conn.closed:
+            conn = catalog.connect(self.conn_str)
+            with conn.cursor() as cur:
+                for statement in SESSION_SETTINGS:
+                    cur.execute(statement)
+                cur.execute("SELECT current_setting('server_encoding')")
+                row = cur.fetchone()
+            conn.set_client_encoding(str(row[0]) if row else "UTF8")
+            self.encoding = psycopg2.extensions.encodings.get(conn.encoding, "utf-8")
+            self.server_version = conn.server_version
+            self._conn = conn
+        return self._conn
+
+    def close(self) -> None:
+        if self._conn is not None:
+            try:
+                self._conn.close()
+            except psycopg2.Error:
+                pass
+            self._conn = None
+
+    def query(self, sql: str, params: tuple[object, ...] = ()) -> list[tuple[object, ...]]:
+        with self._connection().cursor() as cur:
+            cur.execute(sql, params)
+            return list(cur.fetchall())
+
+    def emit(self, content: bytes) -> None:
+        """A transactional watermark message (committed at once: the connection is in autocommit)."""
+        with self._connection().cursor() as cur:
+            cur.execute("SELECT pg_catalog.pg_logical_emit_message(true, %s, %s::bytea)",
+                        (WATERMARK_PREFIX, content))
+
+    def read(self, ref: TableRef, after: tuple[str, ...] | None, upto: tuple[str, ...] | None,
+             limit: int) -> ChunkRead:
+        """One chunk, in one REPEATABLE READ transaction: its snapshot, the table's shape, and its rows."""
+        conn = self._connection()
+        conn.autocommit = False
+        try:
+            with conn.cursor() as cur:
+                cur.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+                cur.execute(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'")
+                cur.execute("SELECT pg_catalog.pg_current_snapshot()::text")
+                row = cur.fetchone()
+                assert row is not None
+                snapshot = Snapshot.parse(str(row[0]))
+                shape = tables.read_shape(conn, ref, self.publication, self.server_version)
+                if shape is None:
+                    return ChunkRead(None, snapshot, [], [], None, None, 0)
+                if shape.key != ref.key:
+                    raise KeyChanged(shape.key)
+                if upto is None:
+                    cur.execute(tables.max_key_query(conn, shape))
+                    top = cur.fetchone()
+                    if top is None:
+                        return ChunkRead(shape, snapshot, [], [], None, None, 0)
+                    upto = tuple(str(v) for v in top)
+                buffer = io.BytesIO()
+                cur.copy_expert(tables.chunk_query(conn, shape, after, upto, limit), buffer)
+            data = buffer.getvalue()
+        finally:
+            conn.rollback()  # read only: nothing to commit
+            conn.autocommit = True
+        width = len(shape.columns)
+        cells = parse_rows(data, width + len(shape.key))
+        rows = [c[:width] for c in cells]
+        keys = [tuple(cell.data for cell in c[width:]) for c in cells]
+        last = None
+        if keys:
+            last = tuple((v or b"").decode(self.encoding) for v in keys[-1])
+        return ChunkRead(shape, snapshot, rows, keys, upto, last, len(data))
+
+    def wait_visible(self, xids: list[int], stop: threading.Event) -> None:
+        """Until every xid is visible to a new snapshot (they have committed: they were decoded), or until
+        stop (a threading.Event) is set."""
+        while not stop.is_set():
+            row = self.query("SELECT pg_catalog.pg_current_snapshot()::text")
+            snapshot = Snapshot.parse(str(row[0][0]))
+            if not any(snapshot.invisible(x) for x in xids):
+                return
+            time.sleep(VISIBLE_POLL)  # waiting on another session's state: nothing to wait on but polling
+
+
+def is_retryable(exc: psycopg2.Error) -> bool:
+    """A chunk read that failed because of a concurrent schema change or lock: read it again."""
+    return isinstance(exc, (psycopg2.errors.LockNotAvailable, psycopg2.errors.UndefinedColumn,
+                            psycopg2.errors.UndefinedTable, psycopg2.errors.SerializationFailure,
+                            psycopg2.errors.FeatureNotSupported))

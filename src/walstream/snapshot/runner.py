@@ -1,0 +1,309 @@
+"""Backfills of walstream.v1 subscribers: validation before the client joins, then one task per client
+that reads chunk after chunk (on a worker thread) and reports progress after each.
+
+Per chunk: wait until the client has room for a full chunk (queue and unacknowledged bound), emit L, read
+the chunk, attach it to the client's window, emit H, wait for the adapter to close the window at H, then
+queue a SnapshotProgress with the resume token. A chunk the window refuses (visibility guard, a change
+without a readable key) is read again, after waiting for the transactions it names to become visible.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import secrets
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any, Protocol, TypeVar
+
+import psycopg2
+
+from .._proto import walstream_v1_pb2 as pb
+from ..delivery.hub import Client, Hub
+from ..delivery.v1_adapter import Encoder, InvalidSubscription, Subscription, V1Adapter, same_relation
+from ..processing.events import RelationInfo
+from ..processing.v1wire import field as wire_field
+from ..replication import catalog
+from . import tables, token
+from .reader import ChunkRead, ChunkReader, KeyChanged, is_retryable
+from .request import SnapshotSpec, SnapshotUnavailable
+from .tables import TableRef, TableShape
+from .window import Chunk, ClientBackfill, History, Outcome, ProgressItem, Window
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+SUBSCRIBE_RESPONSE_PROGRESS = 2 << 3 | 2  # SubscribeResponse.progress: field 2, length-delimited
+ROOM_POLL = 0.02  # seconds between checks of the client's room for the next chunk
+MAX_SCHEMA_RETRIES = 20  # reads of one chunk failing on a concurrent schema change before giving up
+# Test-only switch: turn the visibility guard off to show the race it prevents (tests/e2e/test_snapshot_race.py).
+UNGUARDED_ENV = "WALSTREAM_SNAPSHOT_UNGUARDED"
+PROCESS_NONCE = secrets.token_hex(8)
+
+
+class Converters(Protocol):
+    def converter(self, type_oid: int) -> Any: ...
+
+
+class PipelineView(Protocol):
+    reconnects: int
+    assembler: Any  # History and .relations
+
+    async def ensure_types(self, oids: list[int]) -> None: ...
+
+
+@dataclass
+class Plan:
+    """A validated backfill, ready to run once the client has joined."""
+
+    spec: SnapshotSpec
+    request_hash: str
+    epoch: str
+    backfill_id: str
+    tables: list[TableRef]
+    after: tuple[str, ...] | None
+    upto: tuple[str, ...] | None
+    chunk_rows: int
+    reader: ChunkReader
+    executor: ThreadPoolExecutor
+    stop: threading.Event = field(default_factory=threading.Event)
+    # Names this call's watermarks: a resumed backfill keeps its id, and its earlier call's watermarks may be
+    # decoded again (after a restart walstream re-reads the WAL after the slot's confirmed position).
+    run: str = field(default_factory=lambda: secrets.token_hex(8))
+
+    def close(self) -> None:
+        """Close the reader's connection (on its own thread, after any read in progress) and the thread."""
+        self.stop.set()
+        self.executor.submit(self.reader.close)
+        self.executor.shutdown(wait=False)
+
+
+@dataclass
+class Counters:
+    """For the metrics: totals per table ("schema.table") over every backfill of this process."""
+
+    rows: defaultdict[str, int] = field(default_factory=lambda: defaultdict(int))
+    chunks: defaultdict[str, int] = field(default_factory=lambda: defaultdict(int))
+    superseded: defaultdict[str, int] = field(default_factory=lambda: defaultdict(int))
+    retries: defaultdict[str, int] = field(default_factory=lambda: defaultdict(int))
+
+
+class SnapshotService:
+    def __init__(self, conn_str: str, publication: str, slot: str, temporary: bool, hub: Hub, encoder: Encoder,
+                 pipeline: PipelineView, types: Converters) -> None:
+        self.conn_str, self.publication, self.slot, self.temporary = conn_str, publication, slot, temporary
+        self.hub, self.encoder, self.pipeline, self.types = hub, encoder, pipeline, types
+        self.guard = os.environ.get(UNGUARDED_ENV, "") != "1"
+        self.counters = Counters()
+        self.running: dict[int, pb.SnapshotStatus] = {}  # id(plan) -> the table it copies now (for Status)
+        if not self.guard:
+            log.warning("snapshot visibility guard is OFF (%s=1): for tests only, snapshots may end stale",
+                        UNGUARDED_ENV)
+
+    # -- before the client joins ----------------------------------------------------------------------
+
+    async def prepare(self, sub: Subscription, request: pb.SnapshotRequest) -> Plan:
+        """Raises InvalidSubscription, SnapshotUnavailable or token.TokenRefused."""
+        spec = SnapshotSpec.parse(request)
+        if spec.mode == pb.CONSISTENT:
+            raise SnapshotUnavailable(
+                "snapshot.mode: CONSISTENT is not available on this server yet (it needs the slot to be created "
+                "for this subscription); use INCREMENTAL, which gives the same end state while the stream flows")
+        chunk_rows = spec.chunk_size(self.hub.queue_size, self.hub.max_unacked)
+        executor = ThreadPoolExecutor(1, thread_name_prefix="walstream-snapshot")
+        reader = ChunkReader(self.conn_str, self.publication)
+        try:
+            epoch, refs = await _in(executor, lambda: self._resolve(reader, sub, spec))
+            request_hash = spec.request_hash(sub)
+            backfill_id, after, upto = secrets.token_hex(8), None, None
+            if spec.resume_token:
+                position = token.decode(spec.resume_token, epoch, request_hash)
+                by_name = {r.name: r for r in refs}
+                refs = [by_name[n] for n in position.tables if n in by_name]
+                backfill_id = position.backfill_id
+                if refs and refs[0].name == (position.tables[0] if position.tables else None):
+                    after, upto = position.after, position.upto
+        except BaseException:
+            executor.submit(reader.close)
+            executor.shutdown(wait=False)
+            raise
+        return Plan(spec, request_hash, epoch, backfill_id, refs, after, upto, chunk_rows, reader, executor)
+
+    def _resolve(self, reader: ChunkReader, sub: Subscription, spec: SnapshotSpec) -> tuple[str, list[TableRef]]:
+        try:
+            rows = reader.query("SELECT system_identifier::text, current_database()::text "
+                                "FROM pg_catalog.pg_control_system()")
+            if reader.server_version < 140000:
+                raise SnapshotUnavailable(
+                    "snapshot: needs PostgreSQL 14 or later (watermarks are logical decoding messages, which "
+                    f"pgoutput sends from 14 on); this server is {reader.server_version // 10000}")
+            conn = reader._connection()
+            refs = tables.resolve(conn, self.publication, sub, spec)
+        except psycopg2.Error as exc:
+            raise SnapshotUnavailable(f"snapshot: cannot read the tables: {catalog.first_line(exc)}") from None
+        system_id, database = rows[0]
+        incarnation = f"temporary/{PROCESS_NONCE}/{self.pipeline.reconnects}" if self.temporary else "permanent"
+        return f"{system_id}/{database}/{self.slot}/{incarnation}", refs
+
+    # -- the client's backfill ------------------------------------------------------------------------
+
+    def start(self, plan: Plan, client: Client, adapter: V1Adapter) -> asyncio.Task[None]:
+        backfill = ClientBackfill(self.encoder, self.pipeline.assembler, self.guard)
+        adapter.backfill = backfill
+        return asyncio.create_task(self._run(plan, client, backfill))
+
+    def status(self) -> list[pb.SnapshotStatus]:
+        """A copy of each running backfill's state (the runner keeps changing its own)."""
+        return [pb.SnapshotStatus.FromString(s.SerializeToString()) for s in self.running.values()]
+
+    async def _run(self, plan: Plan, client: Client, backfill: ClientBackfill) -> None:
+        try:
+            await self._tables(plan, client, backfill)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # the client learns why its backfill stopped; the stream itself is fine
+            message = catalog.first_line(exc)
+            log.error("snapshot for %s failed: %s", client.name, message)
+            code = "FAILED_PRECONDITION" if isinstance(exc, SnapshotUnavailable) else "INTERNAL"
+            client.push(ProgressItem(b"", (code, f"snapshot failed: {message}")))
+        finally:
+            self.running.pop(id(plan), None)
+            backfill.window = None
+            plan.close()
+
+    async def _tables(self, plan: Plan, client: Client, backfill: ClientBackfill) -> None:
+        remaining = list(plan.tables)
+        after, upto = plan.after, plan.upto
+        seq = 0
+        last_table = ""
+        while remaining:
+            ref = remaining[0]
+            sent = superseded = chunks = retries = 0
+            estimate = 0
+            done = False
+            shown = self.running[id(plan)] = pb.SnapshotStatus(client=client.name, table=ref.name)
+            counters = self.counters
+            while not done:
+                await self._room(client, plan.chunk_rows)
+                seq += 1
+                outcome, read = await self._chunk(plan, backfill, ref, after, upto, seq)
+                if read is None:  # read again (counted)
+                    retries += 1
+                    counters.retries[ref.name] += 1
+                    continue
+                if read.shape is None:
+                    log.warning("snapshot: table %s was dropped or left the publication; skipped", ref.name)
+                    done = True
+                else:
+                    estimate = estimate or read.shape.rows_estimate
+                    upto = read.upto
+                    if outcome.retry:
+                        retries += 1
+                        counters.retries[ref.name] += 1
+                        shown.retries = retries
+                        log.info("snapshot chunk %d of %s read again: %s", seq, ref.name, outcome.retry)
+                        if outcome.wait_for:
+                            await _in(plan.executor, partial(plan.reader.wait_visible, outcome.wait_for, plan.stop))
+                        continue
+                    log.debug("snapshot chunk %d of %s: %d rows read after %s up to %s, %d sent, %d superseded, "
+                              "%d completed", seq, ref.name, len(read.rows), after, read.last, outcome.sent,
+                              outcome.superseded, outcome.completed)
+                    chunks += 1
+                    sent += outcome.sent
+                    superseded += outcome.superseded
+                    counters.chunks[ref.name] += 1
+                    counters.rows[ref.name] += outcome.sent
+                    counters.superseded[ref.name] += outcome.superseded
+                    shown.rows_sent, shown.chunks, shown.rows_superseded = sent, chunks, superseded
+                    shown.rows_estimate = estimate
+                    if read.last is not None:
+                        after = read.last
+                    done = upto is None or read.last is None or read.last == upto or len(read.rows) < plan.chunk_rows
+                if done:
+                    remaining.pop(0)
+                    after = upto = None
+                position = token.Position(plan.backfill_id, plan.request_hash,
+                                          tuple(r.name for r in remaining), after, upto)
+                last_table = ref.name
+                state = pb.SNAPSHOT_TABLE_DONE if done else pb.SNAPSHOT_RUNNING
+                progress = pb.SnapshotProgress(
+                    table=ref.name, state=state, rows_sent=sent, rows_estimate=estimate,
+                    position=outcome.position if outcome.sent else 0,
+                    resume_token=token.encode(position, plan.epoch), rows_superseded=superseded,
+                    chunks=chunks, retries=retries)
+                if done and not remaining:
+                    progress.state, progress.done = pb.SNAPSHOT_DONE, True
+                client.push(ProgressItem(wire_field(SUBSCRIBE_RESPONSE_PROGRESS, progress.SerializeToString())))
+        if not plan.tables:  # nothing to copy: say so, once
+            progress = pb.SnapshotProgress(table=last_table, state=pb.SNAPSHOT_DONE, done=True,
+                                           resume_token=token.encode(token.Position(
+                                               plan.backfill_id, plan.request_hash, (), None, None), plan.epoch))
+            client.push(ProgressItem(wire_field(SUBSCRIBE_RESPONSE_PROGRESS, progress.SerializeToString())))
+        log.info("snapshot for %s done", client.name)
+
+    async def _room(self, client: Client, rows: int) -> None:
+        """Until the client's queue and the unacknowledged bound have room for a whole chunk."""
+        hub = self.hub
+        while (len(client.queue) + rows > hub.queue_size or hub.tracker.outstanding + rows > hub.max_unacked) \
+                and not client.closed:
+            await asyncio.sleep(ROOM_POLL)
+
+    async def _chunk(self, plan: Plan, backfill: ClientBackfill, ref: TableRef, after: tuple[str, ...] | None,
+                     upto: tuple[str, ...] | None, seq: int) -> tuple[Outcome, ChunkRead | None]:
+        window = Window(f"{plan.backfill_id}/{plan.run}", seq, ref.relid, ref.key)
+        backfill.window = window
+        reader = plan.reader
+        started = time.monotonic()
+        await _in(plan.executor, lambda: reader.emit(window.low))
+        try:
+            read = await _in(plan.executor, lambda: reader.read(ref, after, upto, plan.chunk_rows))
+        except KeyChanged as exc:
+            raise SnapshotUnavailable(
+                f"the key of {ref.name} changed during the backfill (from {', '.join(ref.key)} to "
+                f"{', '.join(exc.key) or 'no key'}); start a new backfill of it without resume_token") from None
+        except psycopg2.Error as exc:
+            if not is_retryable(exc):
+                raise
+            backfill.window = None
+            log.info("snapshot chunk %d of %s read again: %s", seq, ref.name, catalog.first_line(exc))
+            await asyncio.sleep(ROOM_POLL)
+            return Outcome(), None
+        if read.shape is None or not read.rows:
+            backfill.window = None
+            return Outcome(), read
+        await self.pipeline.ensure_types([c.type_oid for c in read.shape.columns])  # typed as INSERT values
+        window.chunk = Chunk(self._relation(read.shape), read.rows, read.keys, read.snapshot)
+        was_read = time.monotonic()
+        await _in(plan.executor, lambda: reader.emit(window.high))
+        outcome = await window.outcome
+        log.debug("snapshot chunk %d of %s: read in %.1f ms (%d bytes), closed %.1f ms later", seq, ref.name,
+                  (was_read - started) * 1000, read.bytes_read, (time.monotonic() - was_read) * 1000)
+        return outcome, read
+
+    def _relation(self, shape: TableShape) -> RelationInfo:
+        """The chunk's relation as pgoutput would describe it; the stream's own if it is the same."""
+        ref = shape.ref
+        rel = RelationInfo(ref.relid, ref.schema, ref.table, shape.replica_identity, shape.columns,
+                           tuple(self.types.converter(c.type_oid) for c in shape.columns),
+                           tuple(i for i, c in enumerate(shape.columns) if c.is_key),
+                           _decoder(self.pipeline.assembler))
+        current = self.pipeline.assembler.relations.get(ref.relid)
+        return current if current is not None and same_relation(current, rel) else rel
+
+
+def _decoder(assembler: Any) -> Callable[[bytes], str]:
+    decoder: Callable[[bytes], str] = assembler.text_decoder
+    return decoder
+
+
+async def _in(executor: ThreadPoolExecutor, work: Callable[[], T]) -> T:
+    return await asyncio.get_running_loop().run_in_executor(executor, work)
+
+
+__all__ = ["History", "InvalidSubscription", "Plan", "SnapshotService", "SnapshotUnavailable"]

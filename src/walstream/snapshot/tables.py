@@ -1,0 +1,185 @@
+"""Which tables a backfill copies, each table's key, and the publication's row filter and column list.
+
+Keys: the primary key, else the replica-identity index; a table with neither cannot be chunked by key
+and is refused, naming the table. Column lists and row filters (PostgreSQL 15+, pg_publication_tables)
+are applied to the chunk query itself, so snapshot rows hold exactly what pgoutput would send.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg2.extensions
+
+from ..delivery.v1_adapter import InvalidSubscription, Subscription
+from ..replication.messages import COLUMN_FLAG_KEY, RelationColumn
+from .request import SnapshotSpec
+
+Connection = psycopg2.extensions.connection
+
+_TABLES_SQL = """
+SELECT c.oid::int8, n.nspname::text, c.relname::text
+  FROM pg_catalog.pg_publication_tables pt
+  JOIN pg_catalog.pg_namespace n ON n.nspname = pt.schemaname
+  JOIN pg_catalog.pg_class c ON c.relnamespace = n.oid AND c.relname = pt.tablename
+ WHERE pt.pubname = %s
+ ORDER BY 2, 3
+"""
+
+# The key: the primary key, else the replica identity index (pg_index.indisreplident).
+_KEY_SQL = """
+SELECT a.attname::text, pg_catalog.format_type(a.atttypid, a.atttypmod)
+  FROM (SELECT i.indkey, i.indrelid FROM pg_catalog.pg_index i
+         WHERE i.indrelid = %s AND (i.indisprimary OR i.indisreplident)
+         ORDER BY i.indisprimary DESC LIMIT 1) k
+  CROSS JOIN LATERAL unnest(k.indkey) WITH ORDINALITY AS u(attnum, pos)
+  JOIN pg_catalog.pg_attribute a ON a.attrelid = k.indrelid AND a.attnum = u.attnum
+ ORDER BY u.pos
+"""
+
+_COLUMNS_SQL = """
+SELECT a.attname::text, a.atttypid::int8, a.atttypmod
+  FROM pg_catalog.pg_attribute a
+ WHERE a.attrelid = %s AND a.attnum > 0 AND NOT a.attisdropped {generated}
+ ORDER BY a.attnum
+"""
+
+_RELATION_SQL = """
+SELECT c.relreplident::text, c.relkind::text, GREATEST(c.reltuples, 0)::int8,
+       (SELECT array_agg(a.attname::text) FROM pg_catalog.pg_index i
+          JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY (i.indkey)
+         WHERE i.indrelid = c.oid AND ((c.relreplident = 'd' AND i.indisprimary)
+                                       OR (c.relreplident = 'i' AND i.indisreplident)))
+  FROM pg_catalog.pg_class c WHERE c.oid = %s
+"""
+
+_PUBLISHED_SQL = """
+SELECT pt.attnames::text[], pt.rowfilter
+  FROM pg_catalog.pg_publication_tables pt
+ WHERE pt.pubname = %s AND pt.schemaname = %s AND pt.tablename = %s
+"""
+
+
+@dataclass(frozen=True)
+class TableRef:
+    relid: int
+    schema: str
+    table: str
+    key: tuple[str, ...] = ()  # key column names when the backfill was planned
+
+    @property
+    def name(self) -> str:
+        return f"{self.schema}.{self.table}"
+
+
+@dataclass(frozen=True)
+class TableShape:
+    """A table as one chunk reads it (in the chunk's own snapshot)."""
+
+    ref: TableRef
+    columns: tuple[RelationColumn, ...]  # as pgoutput's Relation message would list them
+    replica_identity: str
+    key: tuple[str, ...]  # key column names, in index order
+    key_types: tuple[str, ...]  # format_type of each key column, for the keyset comparison
+    row_filter: str | None
+    partitioned: bool
+    rows_estimate: int
+
+
+def quote(conn: Connection, name: str) -> str:
+    return str(psycopg2.extensions.quote_ident(name, conn))
+
+
+def _rows(conn: Connection, sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
+    with conn.cursor() as cur:
+        cur.execute(sql, params)
+        return list(cur.fetchall())
+
+
+def resolve(conn: Connection, publication: str, sub: Subscription, spec: SnapshotSpec) -> list[TableRef]:
+    """The tables to copy, in name order; InvalidSubscription naming a table that has no usable key."""
+    refs: list[TableRef] = []
+    for oid, schema, table in _rows(conn, _TABLES_SQL, (publication,)):
+        if not (sub.wants_table(schema, table) and spec.wants(schema, table)):
+            continue
+        ref = TableRef(int(oid), schema, table)
+        key = tuple(str(name) for name, _ in _rows(conn, _KEY_SQL, (ref.relid,)))
+        refs.append(TableRef(ref.relid, schema, table, key))
+        if not key:
+            raise InvalidSubscription(
+                f"snapshot: table {ref.name} has no primary key and no replica identity index, which an "
+                "INCREMENTAL snapshot needs to read it in chunks; add a primary key (or ALTER TABLE ... REPLICA "
+                "IDENTITY USING INDEX on a unique index), or leave it out of snapshot.tables")
+    return refs
+
+
+def read_shape(conn: Connection, ref: TableRef, publication: str, server_version: int) -> TableShape | None:
+    """The table as the current snapshot sees it; None if it no longer exists."""
+    found = _rows(conn, _RELATION_SQL, (ref.relid,))
+    if not found:
+        return None
+    replident, relkind, estimate, identity_columns = found[0]
+    generated = "AND a.attgenerated = ''" if server_version >= 120000 else ""
+    columns = _rows(conn, _COLUMNS_SQL.format(generated=generated), (ref.relid,))
+    row_filter: str | None = None
+    if server_version >= 150000:
+        published = _rows(conn, _PUBLISHED_SQL, (publication, ref.schema, ref.table))
+        if not published:
+            return None  # no longer in the publication
+        names, row_filter = published[0]
+        if names is not None:
+            keep = set(names)
+            columns = [c for c in columns if c[0] in keep]
+    key_cols = _rows(conn, _KEY_SQL, (ref.relid,))
+    identity = set(identity_columns or ())
+    rel_columns = tuple(
+        RelationColumn(COLUMN_FLAG_KEY if replident == "f" or name in identity else 0, name, int(oid), int(typmod))
+        for name, oid, typmod in columns)
+    return TableShape(ref, rel_columns, replident, tuple(k for k, _ in key_cols), tuple(t for _, t in key_cols),
+                      row_filter, relkind == "p", int(estimate))
+
+
+def chunk_query(conn: Connection, shape: TableShape, after: Sequence[str] | None, upto: Sequence[str],
+                limit: int) -> str:
+    """COPY of the next `limit` rows after key `after` up to key `upto` (inclusive), in key order: the
+    published columns, then the key columns again (to page on, even when the column list leaves them out)."""
+    def q(name: str) -> str:
+        return quote(conn, name)
+
+    cols = [q(c.name) for c in shape.columns] + [q(k) for k in shape.key]
+    key = _row([q(k) for k in shape.key])
+
+    def literal(values: Sequence[str]) -> str:
+        with conn.cursor() as cur:
+            return _row([cur.mogrify("%s::" + t, (v,)).decode()
+                         for v, t in zip(values, shape.key_types, strict=True)])
+
+    where = [f"{key} <= {literal(upto)}"]
+    if after is not None:
+        where.append(f"{key} > {literal(after)}")
+    if shape.row_filter:
+        where.append(f"({shape.row_filter})")
+    only = "" if shape.partitioned else "ONLY "
+    table = f"{q(shape.ref.schema)}.{q(shape.ref.table)}"
+    order = ", ".join(q(k) for k in shape.key)
+    return (f"COPY (SELECT {', '.join(cols)} FROM {only}{table} WHERE {' AND '.join(where)} "
+            f"ORDER BY {order} LIMIT {int(limit)}) TO STDOUT")
+
+
+def _row(parts: list[str]) -> str:
+    """One value as itself, several as a row (compared column by column, as ORDER BY sorts them)."""
+    return parts[0] if len(parts) == 1 else "ROW(" + ", ".join(parts) + ")"
+
+
+def max_key_query(conn: Connection, shape: TableShape) -> str:
+    """The largest key, each column as text: the backfill stops there (later rows arrive as INSERTs)."""
+    def q(name: str) -> str:
+        return quote(conn, name)
+
+    only = "" if shape.partitioned else "ONLY "
+    # Aliased: ORDER BY a bare name would sort by an output column of that name, the text.
+    cols = ", ".join(f"{q(k)}::text AS k{i}" for i, k in enumerate(shape.key))
+    order = ", ".join(f"{q(k)} DESC" for k in shape.key)
+    return f"SELECT {cols} FROM {only}{q(shape.ref.schema)}.{q(shape.ref.table)} ORDER BY {order} LIMIT 1"

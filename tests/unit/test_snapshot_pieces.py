@@ -1,0 +1,86 @@
+"""The pure pieces of walstream.snapshot: COPY text parsing, snapshot visibility, resume tokens, requests."""
+
+from __future__ import annotations
+
+import pytest
+
+from walstream._proto import walstream_v1_pb2 as pb
+from walstream.delivery.acks import AckTracker, ClientLedger
+from walstream.delivery.v1_adapter import InvalidSubscription, Subscription, V1Item
+from walstream.replication.messages import Cell
+from walstream.snapshot import token
+from walstream.snapshot.copytext import CopyFormatError, parse_rows, unescape
+from walstream.snapshot.reader import Snapshot
+from walstream.snapshot.request import SnapshotSpec
+from walstream.snapshot.window import SnapshotItem
+
+
+def test_copy_text_rows_become_pgoutput_cells():
+    data = b"1\tplain\t\\N\n2\ttab\\there\\nnew line \\\\ back\t\n"
+    rows = parse_rows(data, 3)
+    assert rows == [
+        (Cell("t", b"1"), Cell("t", b"plain"), Cell("n", None)),
+        (Cell("t", b"2"), Cell("t", b"tab\there\nnew line \\ back"), Cell("t", b"")),
+    ]
+    assert unescape(b"\\101\\x42\\b\\f\\r\\v") == b"AB\b\f\r\v"
+    assert parse_rows(b"", 2) == []
+    with pytest.raises(CopyFormatError, match="row 1 has 2 columns, expected 3"):
+        parse_rows(b"a\tb\n", 3)
+
+
+def test_snapshot_visibility_follows_pg_visible_in_snapshot():
+    snap = Snapshot.parse("727:730:728")
+    assert not snap.invisible(700)  # before xmin: committed and visible
+    assert not snap.invisible(727 + 2)  # between, not in xip
+    assert snap.invisible(728)  # in xip
+    assert snap.invisible(730) and snap.invisible(731)  # at or after xmax (the empty-xip case of the brief)
+    assert Snapshot.parse("727:727:").invisible(727)
+    # 64-bit snapshot values against 32-bit xids, across wraparound.
+    epoch = 5 << 32
+    wrapped = Snapshot.parse(f"{epoch + 0xFFFFFFF0}:{epoch + (1 << 32) + 5}:")
+    assert wrapped.invisible(6) and not wrapped.invisible(3) and not wrapped.invisible(0xFFFFFFF5)
+
+
+def test_resume_tokens_round_trip_and_are_refused_for_another_stream():
+    position = token.Position("bf1", "req", ("public.a", "public.b"), ("42", "x"), ("99", "z"))
+    raw = token.encode(position, "sys/db/slot/permanent")
+    assert token.decode(raw, "sys/db/slot/permanent", "req") == position
+    with pytest.raises(token.TokenRefused, match="belongs to another stream") as refused:
+        token.decode(raw, "sys/db/slot/temporary/abc/0", "req")
+    assert not refused.value.malformed
+    with pytest.raises(token.TokenRefused, match="different snapshot.tables"):
+        token.decode(raw, "sys/db/slot/permanent", "other")
+    with pytest.raises(token.TokenRefused, match="damaged"):
+        token.decode(raw[:-1] + bytes([raw[-1] ^ 1]), "sys/db/slot/permanent", "req")
+    with pytest.raises(token.TokenRefused, match="not a walstream resume token"):
+        token.decode(b"garbage", "sys/db/slot/permanent", "req")
+
+
+def test_snapshot_request_validation():
+    spec = SnapshotSpec.parse(pb.SnapshotRequest(tables=["public.o*", "x"]))
+    assert spec.wants("public", "orders") and spec.wants("public", "x") and not spec.wants("public", "y")
+    assert SnapshotSpec.parse(pb.SnapshotRequest()).wants("any", "table")
+    with pytest.raises(InvalidSubscription, match=r"snapshot.tables\[1\]: 'a.b.c' is not a table pattern"):
+        SnapshotSpec.parse(pb.SnapshotRequest(tables=["ok", "a.b.c"]))
+    assert spec.chunk_size(10_000, 20_000) == 2000
+    assert spec.chunk_size(400, 20_000) == 100  # a quarter of the client queue
+    with pytest.raises(InvalidSubscription, match="chunk_rows: 500 is above this server.s maximum; use 1 to 100"):
+        SnapshotSpec.parse(pb.SnapshotRequest(chunk_rows=500)).chunk_size(400, 20_000)
+    sub = Subscription.parse(pb.Subscription(include_tables=["public.*"]))
+    assert spec.request_hash(sub) == SnapshotSpec.parse(pb.SnapshotRequest(tables=["public.o*", "x"])).request_hash(sub)
+    assert spec.request_hash(sub) != SnapshotSpec.parse(pb.SnapshotRequest(tables=["x"])).request_hash(sub)
+
+
+def test_snapshot_rows_are_never_handed_to_another_client():
+    tracker: AckTracker[object] = AckTracker()
+    first: ClientLedger[object] = ClientLedger("a", "v1")
+    txn = tracker.begin(1, 100)
+    change, row = V1Item(b"c", pb.INSERT, 90), SnapshotItem(b"s", pb.SNAPSHOT, 95)
+    tracker.deliver(first, 90, txn, change)
+    tracker.deliver(first, 95, txn, row)
+    tracker.commit(txn, 110)
+    tracker.client_left(first, last=True)
+    second: ClientLedger[object] = ClientLedger("b", "v1")
+    assert tracker.adopt_orphans(second, lambda event: ()) == [change]
+    assert tracker.ack(second, 90) == 1
+    assert tracker.confirmed_lsn == 110  # the dropped snapshot row holds nothing
