@@ -21,6 +21,7 @@ import shutil
 import socket
 import subprocess
 import tempfile
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -233,7 +234,21 @@ class Cluster:
         raise ClusterError(f"PostgreSQL did not start; see {self.logfile}: {self.log_tail()}")
 
     def stop(self, mode: str = "fast") -> None:
+        """Stop the server and return once its postmaster has exited. pg_ctl -w returns when the postmaster
+        removed its pid file, which it does on its way out: a moment later (longer on a loaded machine) the
+        process can still be there."""
+        postmaster = self._postmaster_pid()
         self._run(["pg_ctl", "-D", str(self.datadir), "-m", mode, "-w", "-t", "60", "stop"], check=False)
+        if postmaster is not None:
+            deadline = time.monotonic() + 30
+            while _alive(postmaster) and time.monotonic() < deadline:
+                time.sleep(0.01)
+
+    def _postmaster_pid(self) -> int | None:
+        try:
+            return int((self.datadir / "postmaster.pid").read_text().split("\n", 1)[0])
+        except (OSError, ValueError):
+            return None
 
     def restart(self, mode: str = "fast") -> None:
         self.stop(mode)
@@ -258,3 +273,12 @@ class Cluster:
 
     def __exit__(self, *exc: object) -> None:
         self.destroy()
+
+
+def _alive(pid: int) -> bool:
+    """The process exists and is not a zombie (an exited process its parent has not reaped yet)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+    return "\nState:\tZ" not in status
