@@ -5,13 +5,13 @@ from __future__ import annotations
 import itertools
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import psycopg2
 import psycopg2.extensions
 import pytest
-from support import autocommit_connection
+from support import WalstreamProcess, autocommit_connection
 
 from walstream.pgcluster import BINDIR_ENV, Cluster, ClusterError, embedded_bindir, find_bindir, server_version
 
@@ -135,3 +135,19 @@ def testdb(pg: Cluster, unique_name: str) -> Iterator[TestDB]:
                         "WHERE database = %s AND NOT active", (name,))
             cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         admin.close()
+
+
+@pytest.fixture
+def walstream(testdb: TestDB, tmp_path: Path) -> Iterator[Callable[..., WalstreamProcess]]:
+    """walstream(*extra options) starts `walstream start` on testdb's publication "pub" and a permanent slot;
+    every process started is killed at the end of the test."""
+    started: list[WalstreamProcess] = []
+
+    def start(*extra: str) -> WalstreamProcess:
+        ws = WalstreamProcess(testdb.dsn, "pub", testdb.slot, temporary=False, log_dir=tmp_path, extra=extra)
+        started.append(ws.start())
+        return ws
+
+    yield start
+    for ws in started:
+        ws.kill()

@@ -11,25 +11,11 @@ import grpc
 import psycopg2
 import pytest
 from snapshot_replica import Replica, ReplicaClient
-from support import WalstreamProcess, confirmed_flush, wait_confirmed
+from support import confirmed_flush, wait_confirmed
 
 from walstream._proto import walstream_v1_pb2 as pb
 from walstream._proto import walstream_v1_pb2_grpc
 from walstream.pgcluster import free_port
-
-
-@pytest.fixture
-def walstream(testdb, tmp_path):
-    started: list[WalstreamProcess] = []
-
-    def start(*extra: str) -> WalstreamProcess:
-        ws = WalstreamProcess(testdb.dsn, "pub", testdb.slot, temporary=False, log_dir=tmp_path, extra=extra)
-        started.append(ws.start())
-        return ws
-
-    yield start
-    for ws in started:
-        ws.kill()
 
 
 def wait_progress(client: ReplicaClient, chunks: int, timeout: float = 60) -> None:

@@ -9,9 +9,7 @@ import threading
 
 import grpc
 import psycopg2
-import pytest
 from snapshot_replica import Replica, ReplicaClient
-from support import WalstreamProcess
 
 from walstream._proto import walstream_v1_pb2 as pb
 
@@ -86,20 +84,6 @@ def assert_equal(replica: Replica, testdb) -> None:
     assert not (missing or extra or wrong), (
         f"replica differs: {len(missing)} missing {missing[:5]}, {len(extra)} extra {extra[:5]}, "
         f"{len(wrong)} wrong {[(k, got[k], expected[k]) for k in wrong[:3]]}")
-
-
-@pytest.fixture
-def walstream(testdb, tmp_path):
-    started: list[WalstreamProcess] = []
-
-    def start(*extra: str) -> WalstreamProcess:
-        ws = WalstreamProcess(testdb.dsn, "pub", testdb.slot, temporary=False, log_dir=tmp_path, extra=extra)
-        started.append(ws.start())
-        return ws
-
-    yield start
-    for ws in started:
-        ws.kill()
 
 
 def test_backfill_under_concurrent_writes_builds_an_equal_replica(testdb, walstream):

@@ -14,7 +14,7 @@ from typing import NoReturn
 import grpc
 import psycopg2
 import pytest
-from support import SeedClient, WalstreamProcess, confirmed_flush, expect_nothing_from, take_from, wait_confirmed
+from support import SeedClient, confirmed_flush, expect_nothing_from, take_from, wait_confirmed
 
 from walstream._proto import walstream_v1_pb2 as pb
 from walstream._proto import walstream_v1_pb2_grpc
@@ -154,20 +154,6 @@ def status(addr: str) -> pb.StatusResponse:
         return walstream_v1_pb2_grpc.WalstreamStub(channel).Status(pb.StatusRequest(), timeout=10)
 
 
-@pytest.fixture
-def start_ws(testdb, tmp_path):
-    started: list[WalstreamProcess] = []
-
-    def start(*extra: str) -> WalstreamProcess:
-        ws = WalstreamProcess(testdb.dsn, "pub", testdb.slot, temporary=False, log_dir=tmp_path, extra=extra)
-        started.append(ws.start())
-        return ws
-
-    yield start
-    for ws in started:
-        ws.kill()
-
-
 def epoch_us(testdb, expr: str) -> int:
     """PostgreSQL's own answer: microseconds since 1970 of a timestamp[tz] expression."""
     return int(testdb.query(f"SELECT (extract(epoch FROM {expr}) * 1000000)::numeric(30,0)")[0][0])
@@ -185,11 +171,11 @@ TYPED = """CREATE TABLE typed (
     ia int[], ia2 int[], ta text[], m mood, dom posint, u uuid, iv interval, big text)"""
 
 
-def test_typed_values_row_images_and_relation_metadata(testdb, start_ws):
+def test_typed_values_row_images_and_relation_metadata(testdb, walstream):
     testdb.execute("CREATE TYPE mood AS ENUM ('sad', 'happy')", "CREATE DOMAIN posint AS int CHECK (VALUE > 0)",
                    TYPED, "CREATE TABLE audit (id int, note text, n numeric)",
                    "ALTER TABLE audit REPLICA IDENTITY FULL", "CREATE PUBLICATION pub FOR ALL TABLES")
-    ws = start_ws()
+    ws = walstream()
     client = V1Client(ws.addr)
     ws.wait_log("connected")
     big = "x" * 300_000  # stored out of line (TOASTed)
@@ -300,12 +286,12 @@ def test_typed_values_row_images_and_relation_metadata(testdb, start_ws):
     assert "Traceback" not in ws.log()
 
 
-def test_transactions_messages_and_truncate(testdb, start_ws):
+def test_transactions_messages_and_truncate(testdb, walstream):
     testdb.execute("CREATE TABLE t (id int PRIMARY KEY, who text)",
                    "CREATE TABLE a (id serial PRIMARY KEY)", "CREATE TABLE b (id int)",
                    "CREATE TABLE c (id int REFERENCES a)", "CREATE TABLE d (id int)",
                    "CREATE PUBLICATION pub FOR ALL TABLES")
-    ws = start_ws()
+    ws = walstream()
     full = V1Client(ws.addr, transaction_boundaries=True, logical_messages=True)
     plain = V1Client(ws.addr)  # neither boundaries nor messages
     ws.wait_log("connected", count=2)
@@ -379,12 +365,12 @@ def test_transactions_messages_and_truncate(testdb, start_ws):
     plain.close()
 
 
-def test_filters_and_the_slot(testdb, start_ws):
+def test_filters_and_the_slot(testdb, walstream):
     testdb.execute("CREATE TABLE orders (id int PRIMARY KEY)", "CREATE TABLE order_items (id int PRIMARY KEY)",
                    "CREATE TABLE users (id int PRIMARY KEY, name text)", "CREATE SCHEMA audit",
                    "CREATE TABLE audit.log (id int PRIMARY KEY)", "CREATE TABLE audit.secret (id int PRIMARY KEY)",
                    "CREATE PUBLICATION pub FOR ALL TABLES")
-    ws = start_ws()
+    ws = walstream()
     a = V1Client(ws.addr, include_tables=["order*", "audit.*"], exclude_tables=["audit.secret"],
                  transaction_boundaries=True)
     b = V1Client(ws.addr, include_tables=["public.us?rs"], operations=[pb.INSERT, pb.DELETE], auto_ack=False)
@@ -422,9 +408,9 @@ def test_filters_and_the_slot(testdb, start_ws):
         assert client.error is None
 
 
-def test_batching_and_acks(testdb, start_ws):
+def test_batching_and_acks(testdb, walstream):
     testdb.execute("CREATE TABLE bulk (id int PRIMARY KEY, v text)", "CREATE PUBLICATION pub FOR ALL TABLES")
-    ws = start_ws()
+    ws = walstream()
     small = V1Client(ws.addr, auto_ack=False, batch=pb.BatchLimits(max_events=500),
                      transaction_boundaries=True)
     tiny = V1Client(ws.addr, batch=pb.BatchLimits(max_bytes=2000))
@@ -484,9 +470,9 @@ BAD_FIRST = [
 ]
 
 
-def test_invalid_subscriptions_status_and_the_seed_api_alongside(testdb, start_ws):
+def test_invalid_subscriptions_status_and_the_seed_api_alongside(testdb, walstream):
     testdb.execute("CREATE TABLE t (id int PRIMARY KEY, v text)", "CREATE PUBLICATION pub FOR ALL TABLES")
-    ws = start_ws()
+    ws = walstream()
     with grpc.insecure_channel(ws.addr) as channel:
         stub = walstream_v1_pb2_grpc.WalstreamStub(channel)
         for request, message in BAD_FIRST:
@@ -566,11 +552,11 @@ def test_status_when_postgresql_cannot_be_reached() -> None:
     assert (st.streaming, st.server_version, st.pgoutput_version) == (False, "15.6", 3)
 
 
-def test_unacked_events_are_handed_across_apis(testdb, start_ws):
+def test_unacked_events_are_handed_across_apis(testdb, walstream):
     """The last client leaving with unacknowledged events hands them to the next, in that client's API."""
     testdb.execute("CREATE TABLE t (id int PRIMARY KEY, v text)", "CREATE TABLE u (id int PRIMARY KEY)",
                    "CREATE PUBLICATION pub FOR ALL TABLES")
-    ws = start_ws()
+    ws = walstream()
     v1 = V1Client(ws.addr, auto_ack=False)
     ws.wait_log("connected")
     testdb.execute("INSERT INTO t VALUES (1, 'a'), (2, 'b')", "TRUNCATE t, u")
