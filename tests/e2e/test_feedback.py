@@ -14,7 +14,9 @@ import socket
 import struct
 import threading
 import time
+from collections.abc import Iterator
 
+import pytest
 from support import SeedClient, WalstreamProcess, confirmed_flush, wait_confirmed
 
 WAIT = 60
@@ -108,53 +110,55 @@ class KeepaliveInjector:
         self.server.close()
 
 
-def test_a_keepalive_after_a_relation_message_does_not_confirm_unacknowledged_changes(testdb) -> None:
-    testdb.execute("CREATE TABLE t (id int PRIMARY KEY, v text)", f"CREATE PUBLICATION {testdb.slot} FOR TABLE t")
+@pytest.fixture
+def proxied(testdb) -> Iterator[tuple[KeepaliveInjector, str]]:
+    """The proxy, and a connection string through it (no SSL or GSS request: the first packet is the
+    startup message, which the proxy expects)."""
     proxy = KeepaliveInjector(testdb.cluster.port)
-    dsn = (f"host=127.0.0.1 port={proxy.port} user=postgres dbname={testdb.name} "
-           "sslmode=disable gssencmode=disable")
     try:
-        with WalstreamProcess(dsn, testdb.slot, testdb.slot) as ws:
-            client = SeedClient(ws.addr, auto_ack=False)
-            try:
-                ws.wait_log("connected")
-                before = confirmed_flush(testdb.dsn, testdb.slot)
-                proxy.armed.set()
-                testdb.execute("INSERT INTO t VALUES (1, 'one')")  # the first change: a Relation message first
-                [event] = client.take(1)
-                assert proxy.replied.wait(WAIT), "walstream sent no status update after a keepalive asked for one"
-                assert all(flush <= event.lsn for flush in proxy.flushes), (
-                    f"walstream reported flush {max(proxy.flushes):X} past the change at {event.lsn:X}, "
-                    "which nobody acknowledged")
-                assert confirmed_flush(testdb.dsn, testdb.slot) == before
-                client.ack(event.lsn)
-                wait_confirmed(testdb.dsn, testdb.slot, event.lsn + 1)  # acked: now it moves
-            finally:
-                client.close()
+        yield proxy, (f"host=127.0.0.1 port={proxy.port} user=postgres dbname={testdb.name} "
+                      "sslmode=disable gssencmode=disable")
     finally:
         proxy.close()
 
 
-def test_status_updates_never_go_backwards(testdb) -> None:
+def test_a_keepalive_after_a_relation_message_does_not_confirm_unacknowledged_changes(testdb, proxied) -> None:
+    testdb.execute("CREATE TABLE t (id int PRIMARY KEY, v text)", f"CREATE PUBLICATION {testdb.slot} FOR TABLE t")
+    proxy, dsn = proxied
+    with WalstreamProcess(dsn, testdb.slot, testdb.slot) as ws:
+        client = SeedClient(ws.addr, auto_ack=False)
+        try:
+            ws.wait_log("connected")
+            before = confirmed_flush(testdb.dsn, testdb.slot)
+            proxy.armed.set()
+            testdb.execute("INSERT INTO t VALUES (1, 'one')")  # the first change: a Relation message first
+            [event] = client.take(1)
+            assert proxy.replied.wait(WAIT), "walstream sent no status update after a keepalive asked for one"
+            assert all(flush <= event.lsn for flush in proxy.flushes), (
+                f"walstream reported flush {max(proxy.flushes):X} past the change at {event.lsn:X}, "
+                "which nobody acknowledged")
+            assert confirmed_flush(testdb.dsn, testdb.slot) == before
+            client.ack(event.lsn)
+            wait_confirmed(testdb.dsn, testdb.slot, event.lsn + 1)  # acked: now it moves
+        finally:
+            client.close()
+
+
+def test_status_updates_never_go_backwards(testdb, proxied) -> None:
     """Every flush position walstream reports is at least the one before (supabase/etl's rule)."""
     testdb.execute("CREATE TABLE t (id int PRIMARY KEY)", f"CREATE PUBLICATION {testdb.slot} FOR TABLE t")
-    proxy = KeepaliveInjector(testdb.cluster.port)
-    dsn = (f"host=127.0.0.1 port={proxy.port} user=postgres dbname={testdb.name} "
-           "sslmode=disable gssencmode=disable")
-    try:
-        with WalstreamProcess(dsn, testdb.slot, testdb.slot) as ws:
-            client = SeedClient(ws.addr)
-            try:
-                for i in range(20):
-                    testdb.execute(f"INSERT INTO t VALUES ({i})")
-                events = client.take(20)
-                wait_confirmed(testdb.dsn, testdb.slot, events[-1].lsn + 1)
-                deadline = time.monotonic() + WAIT
-                while not proxy.flushes or proxy.flushes[-1] <= events[-1].lsn:
-                    assert time.monotonic() < deadline, "no status update reported the last ack"
-                    time.sleep(0.05)
-                assert proxy.flushes == sorted(proxy.flushes)
-            finally:
-                client.close()
-    finally:
-        proxy.close()
+    proxy, dsn = proxied
+    with WalstreamProcess(dsn, testdb.slot, testdb.slot) as ws:
+        client = SeedClient(ws.addr)
+        try:
+            for i in range(20):
+                testdb.execute(f"INSERT INTO t VALUES ({i})")
+            events = client.take(20)
+            wait_confirmed(testdb.dsn, testdb.slot, events[-1].lsn + 1)
+            deadline = time.monotonic() + WAIT
+            while not proxy.flushes or proxy.flushes[-1] <= events[-1].lsn:
+                assert time.monotonic() < deadline, "no status update reported the last ack"
+                time.sleep(0.05)
+            assert proxy.flushes == sorted(proxy.flushes)
+        finally:
+            client.close()
