@@ -17,7 +17,7 @@ from grpc.aio import EOF  # type: ignore[attr-defined]  # grpc-stubs lag behind 
 from .._proto import walstream_v1_pb2 as pb
 from .._proto import walstream_v1_pb2_grpc as pb_grpc
 from . import core
-from .core import Backoff, Options, Session, StreamError
+from .core import Backoff, Options, Session, SnapshotState, StreamError
 from .credentials import PathArg, channel_credentials, with_token
 from .model import Batch, Change, SnapshotProgress, Status
 
@@ -124,7 +124,7 @@ class _Stream:
         await self.channel.close(None)
 
 
-class AsyncClient:
+class AsyncClient(SnapshotState):
     """A subscriber of walstream.v1 for asyncio. See docs/client.md.
 
         async with AsyncClient("127.0.0.1:50051", tables=["public.orders"]) as client:
@@ -248,24 +248,6 @@ class AsyncClient:
         acks = self._session.ack(item)
         if self._stream is not None:
             self._stream.send(acks)
-
-    # -- snapshots --------------------------------------------------------------------------------------
-
-    @property
-    def resume_token(self) -> bytes:
-        """The resume token of the last snapshot chunk whose rows you acknowledged (b"": none yet). Store it
-        with your data; pass it as resume_token= to continue the snapshot after a restart."""
-        return self._session.resume_token or self.options.resume_token
-
-    @property
-    def snapshot_progress(self) -> dict[str, SnapshotProgress]:
-        """The latest progress received per table ("schema.table")."""
-        return dict(self._session.progress)
-
-    @property
-    def snapshot_done(self) -> bool:
-        """The snapshot is complete and you acknowledged its last rows."""
-        return self._session.snapshot_done
 
     # -- the rest ---------------------------------------------------------------------------------------
 

@@ -398,3 +398,26 @@ def status_from(response: pb.StatusResponse) -> dict[str, Any]:
 
 def metadata_list(options: Options) -> Sequence[tuple[str, str]] | None:
     return options.metadata or None
+
+
+class SnapshotState:
+    """The snapshot side of Client and AsyncClient: the resume token and progress their session keeps."""
+
+    _session: Session
+    options: Options
+
+    @property
+    def resume_token(self) -> bytes:
+        """The resume token of the last snapshot chunk whose rows you acknowledged (b"": none yet). Store it
+        with your data; pass it as resume_token= to continue the snapshot after a restart."""
+        return self._session.resume_token or self.options.resume_token
+
+    @property
+    def snapshot_progress(self) -> dict[str, SnapshotProgress]:
+        """The latest progress received per table ("schema.table")."""
+        return dict(self._session.progress)
+
+    @property
+    def snapshot_done(self) -> bool:
+        """The snapshot is complete and you acknowledged its last rows."""
+        return self._session.snapshot_done

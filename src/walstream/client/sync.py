@@ -16,7 +16,7 @@ import grpc
 from .._proto import walstream_v1_pb2 as pb
 from .._proto import walstream_v1_pb2_grpc as pb_grpc
 from . import core
-from .core import Backoff, Options, Session, StreamError
+from .core import Backoff, Options, Session, SnapshotState, StreamError
 from .credentials import PathArg, channel_credentials, with_token
 from .model import Batch, Change, SnapshotProgress, Status
 
@@ -121,7 +121,7 @@ def _wait_for_poller(channel: grpc.Channel, timeout: float = 0.5) -> None:
         time.sleep(0.01)
 
 
-class Client:
+class Client(SnapshotState):
     """A subscriber of walstream.v1 (blocking). See docs/client.md.
 
         with Client("127.0.0.1:50051", tables=["public.orders"]) as client:
@@ -261,24 +261,6 @@ class Client:
             if stream is not None and not stream.ended:
                 for lsn in acks:
                     stream.acks.put(lsn)
-
-    # -- snapshots --------------------------------------------------------------------------------------
-
-    @property
-    def resume_token(self) -> bytes:
-        """The resume token of the last snapshot chunk whose rows you acknowledged (b"": none yet). Store it
-        with your data; pass it as resume_token= to continue the snapshot after a restart."""
-        return self._session.resume_token or self.options.resume_token
-
-    @property
-    def snapshot_progress(self) -> dict[str, SnapshotProgress]:
-        """The latest progress received per table ("schema.table")."""
-        return dict(self._session.progress)
-
-    @property
-    def snapshot_done(self) -> bool:
-        """The snapshot is complete and you acknowledged its last rows."""
-        return self._session.snapshot_done
 
     # -- the rest ---------------------------------------------------------------------------------------
 
