@@ -185,7 +185,7 @@ class Hub:
                 size = adapter.size(payload)
                 if size > CLIENT_RECEIVE_LIMIT:
                     self._warn_oversized(event, lsn, size)
-                deliver(client.ledger, lsn, txn, payload, event, held(size))
+                deliver(client.ledger, lsn, txn, payload, event, HELD_PER_BYTE * size + HELD_FIXED)  # held(), inlined
                 append(payload)
         self.unwoken = True
 

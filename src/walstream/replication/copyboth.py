@@ -26,7 +26,7 @@ import psycopg2._psycopg
 PG_EPOCH_OFFSET_US = 946_684_800_000_000  # 2000-01-01 in microseconds since 1970
 _XLOG_HEADER = 25  # w + dataStart + walEnd + sendTime
 _KEEPALIVE = struct.Struct(">QQB")  # after the 'k'
-_LSN_PAIR = struct.Struct(">QQ")
+_LSN = struct.Struct(">Q")
 _STATUS = struct.Struct(">cQQQQB")
 _SQLSTATE, _PRIMARY, _DETAIL = ord("C"), ord("M"), ord("D")
 PGRES_FATAL_ERROR = 7
@@ -36,16 +36,14 @@ def _bind() -> ctypes.CDLL:
     lib = ctypes.CDLL(psycopg2._psycopg.__file__)  # its libpq comes with it: dlsym searches dependencies
     vp, cp, i = ctypes.c_void_p, ctypes.c_char_p, ctypes.c_int
     for name, restype, argtypes in (
-        ("PQconsumeInput", i, [vp]),
-        ("PQgetCopyData", i, [vp, ctypes.POINTER(vp), i]),
         ("PQputCopyData", i, [vp, cp, i]),
         ("PQflush", i, [vp]),
-        ("PQfreemem", None, [vp]),
         ("PQerrorMessage", cp, [vp]),
         ("PQgetResult", vp, [vp]),
         ("PQresultStatus", i, [vp]),
         ("PQresultErrorField", cp, [vp, i]),
         ("PQclear", None, [vp]),
+        ("PQfreemem", None, [vp]),
     ):
         func = getattr(lib, name)
         func.restype, func.argtypes = restype, argtypes
@@ -53,6 +51,13 @@ def _bind() -> ctypes.CDLL:
 
 
 _lib = _bind()
+# The read path runs once per message: its calls keep the GIL (PyDLL; none of them blocks: the connection is
+# read in async mode) and take ctypes objects as they are (no argtypes to convert through), which makes each
+# call about half as expensive. Integers passed bare are C ints, which libffi widens.
+_hot = ctypes.PyDLL(psycopg2._psycopg.__file__)
+_get_copy_data, _consume_input, _free = _hot.PQgetCopyData, _hot.PQconsumeInput, _hot.PQfreemem
+_bytes_from = ctypes.pythonapi.PyBytes_FromStringAndSize
+_bytes_from.restype = ctypes.py_object
 
 
 @dataclass(frozen=True)
@@ -83,35 +88,34 @@ class CopyBoth:
     def __init__(self, pgconn_ptr: int) -> None:
         self._conn = ctypes.c_void_p(pgconn_ptr)
         self._buf = ctypes.c_void_p()
+        self._buf_ref = ctypes.byref(self._buf)
         self.wal_end = 0  # the server's WAL end from the last keepalive
         self.reply_requested = False
 
     def read(self) -> tuple[int, bytes] | None:
-        conn, buf = self._conn, self._buf
+        conn, buf, buf_ref = self._conn, self._buf, self._buf_ref
         consumed = False
         while True:
-            n = _lib.PQgetCopyData(conn, ctypes.byref(buf), 1)
+            n = _get_copy_data(conn, buf_ref, 1)
             if n > 0:
-                address = buf.value
-                assert address is not None
                 try:
-                    kind = ctypes.string_at(address, 1)
-                    if kind == b"w" and n > _XLOG_HEADER:
-                        data_start = _LSN_PAIR.unpack(ctypes.string_at(address + 1, 16))[0]
-                        return data_start, ctypes.string_at(address + _XLOG_HEADER, n - _XLOG_HEADER)
-                    if kind == b"k" and n >= 1 + _KEEPALIVE.size:
-                        wal_end, _, reply = _KEEPALIVE.unpack(ctypes.string_at(address + 1, _KEEPALIVE.size))
-                        self.wal_end = max(self.wal_end, wal_end)
-                        self.reply_requested = self.reply_requested or bool(reply)
-                        consumed = True
-                        continue
-                    raise CopyBothError(f"unexpected replication message {kind!r} of {n} bytes")
+                    message: bytes = _bytes_from(buf, n)  # one copy out of libpq's buffer
                 finally:
-                    _lib.PQfreemem(buf)
+                    _free(buf)
+                kind = message[0]
+                if kind == 0x77 and n > _XLOG_HEADER:  # 'w' XLogData
+                    return _LSN.unpack_from(message, 1)[0], message[_XLOG_HEADER:]
+                if kind == 0x6B and n >= 1 + _KEEPALIVE.size:  # 'k' primary keepalive
+                    wal_end, _, reply = _KEEPALIVE.unpack_from(message, 1)
+                    self.wal_end = max(self.wal_end, wal_end)
+                    self.reply_requested = self.reply_requested or bool(reply)
+                    consumed = True
+                    continue
+                raise CopyBothError(f"unexpected replication message {message[:1]!r} of {n} bytes")
             if n == 0:
                 if consumed:
                     return None
-                if not _lib.PQconsumeInput(conn):
+                if not _consume_input(conn):
                     raise CopyBothError(self._libpq_error())
                 consumed = True  # read what the socket had; if that completed nothing, the socket is drained
                 continue
