@@ -6,9 +6,9 @@ from __future__ import annotations
 import queue
 import threading
 import time
-from collections.abc import Iterator
 
 import grpc
+from support import until_none
 
 from walstream._proto import walstream_v1_pb2 as pb
 from walstream._proto import walstream_v1_pb2_grpc
@@ -90,16 +90,9 @@ class ReplicaClient:
         self.events = 0
         self._out: queue.Queue[pb.SubscribeRequest | None] = queue.Queue()
         self._out.put(pb.SubscribeRequest(subscription=pb.Subscription(snapshot=snapshot, **subscription)))  # type: ignore[arg-type]
-        self._call = walstream_v1_pb2_grpc.WalstreamStub(self.channel).Subscribe(self._requests())
+        self._call = walstream_v1_pb2_grpc.WalstreamStub(self.channel).Subscribe(until_none(self._out))
         self._thread = threading.Thread(target=self._read, daemon=True)
         self._thread.start()
-
-    def _requests(self) -> Iterator[pb.SubscribeRequest]:
-        while True:
-            request = self._out.get()
-            if request is None:
-                return
-            yield request
 
     def _read(self) -> None:
         replica = self.replica

@@ -160,6 +160,12 @@ def expect_nothing_from(items: queue.Queue[T], wait: float, fail: Callable[[T], 
     fail(extra)
 
 
+def until_none(items: queue.Queue[T | None]) -> Iterator[T]:
+    """What a test thread puts on `items`, until it puts None: a gRPC client's request stream."""
+    while (item := items.get()) is not None:
+        yield item
+
+
 class SeedClient:
     """A client of plugin.PluginService/Session. With auto_ack it acks every event after receiving it."""
 

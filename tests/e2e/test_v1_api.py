@@ -7,14 +7,13 @@ import math
 import queue
 import threading
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import NoReturn
 
 import grpc
 import psycopg2
 import pytest
-from support import SeedClient, confirmed_flush, expect_nothing_from, take_from, wait_confirmed
+from support import SeedClient, confirmed_flush, expect_nothing_from, take_from, until_none, wait_confirmed
 
 from walstream._proto import walstream_v1_pb2 as pb
 from walstream._proto import walstream_v1_pb2_grpc
@@ -87,16 +86,9 @@ class V1Client:
         self.done = threading.Event()
         self._out: queue.Queue[pb.SubscribeRequest | None] = queue.Queue()
         self._out.put(pb.SubscribeRequest(subscription=pb.Subscription(**subscription)))  # type: ignore[arg-type]
-        self._call = self.stub.Subscribe(self._requests())
+        self._call = self.stub.Subscribe(until_none(self._out))
         self._thread = threading.Thread(target=self._read, daemon=True)
         self._thread.start()
-
-    def _requests(self) -> Iterator[pb.SubscribeRequest]:
-        while True:
-            request = self._out.get()
-            if request is None:
-                return
-            yield request
 
     def _read(self) -> None:
         try:
