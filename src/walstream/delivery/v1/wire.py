@@ -2,7 +2,7 @@
 
 The hot path of the batched API. Building a `Value` message per column and serialising the `Event` costs
 about three times as much as writing the bytes: a row of five columns is a handful of byte strings joined
-once. The message classes (walstream.processing.typed) remain the reference: for every scalar kind the bytes
+once. The message classes (walstream.delivery.v1.typed) remain the reference: for every scalar kind the bytes
 written here are exactly what upb serialises for the same Value (tests/unit/test_v1wire.py checks that), and
 every type without an encoder here - arrays, bytea, user types, text in a non-UTF-8 server encoding - goes
 through the message classes column by column.
@@ -18,8 +18,8 @@ import logging
 import struct
 from collections.abc import Callable
 
-from ..replication.messages import COLUMN_NULL, COLUMN_TEXT, COLUMN_UNCHANGED_TOAST, TupleData
-from .text import undecodable
+from ...events.text import undecodable
+from ...source.messages import COLUMN_NULL, COLUMN_TEXT, COLUMN_UNCHANGED_TOAST, TupleData
 from .typed import INT64_MAX, RelationTyping, ValueConverter, parse_date, parse_time, parse_timestamp, to_value
 
 log = logging.getLogger(__name__)

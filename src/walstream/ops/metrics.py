@@ -3,7 +3,7 @@
 The hot path keeps plain ints and dicts (Pipeline's counters, the hub's clients and queues, the ack
 tracker's positions); this module's collector turns them into metric families only when Prometheus asks,
 so reading the stream never calls into prometheus_client. The HTTP server runs in its own thread, so a
-scrape that samples the slot on PostgreSQL (walstream.slot_monitor) never blocks the event loop.
+scrape that samples the slot on PostgreSQL (walstream.source.slot_monitor) never blocks the event loop.
 Metric names and meanings: docs/operations.md.
 """
 
@@ -20,13 +20,13 @@ from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 
-from .delivery.hub import Hub
-from .delivery.v1_service import WalstreamServicer
-from .errors import ConfigError
-from .pipeline import Pipeline
-from .processing.events import PG_EPOCH_US
-from .sinks.attach import metric_families as sink_metric_families
-from .slot_monitor import SlotMonitor
+from ..delivery.hub import Hub
+from ..delivery.v1.service import WalstreamServicer
+from ..errors import ConfigError
+from ..events.change import PG_EPOCH_US
+from ..session import Pipeline
+from ..sinks.attach import metric_families as sink_metric_families
+from ..source.slot_monitor import SlotMonitor
 
 SAMPLE_MAX_AGE = 1.0  # seconds: a scrape reuses a slot sample younger than this
 

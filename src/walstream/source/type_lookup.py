@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from ..errors import SourceError
-from ..processing.values import TypeInfo, catalog_lookup
+from ..events.values import TypeInfo, catalog_lookup
 from .catalog import Connection, SideConnection, SideQueryFailed
 
 _SCHEMAS_SQL = ("SELECT t.oid::int, n.nspname::text FROM pg_catalog.pg_type t "

@@ -33,14 +33,14 @@ from typing import TextIO
 import grpc
 import psycopg2
 
-from ._proto import plugin_pb2, plugin_pb2_grpc
-from .app import serve
-from .config import StartConfig
+from .._proto import plugin_pb2, plugin_pb2_grpc
+from ..app import serve
+from ..config import StartConfig
+from ..errors import ConfigError, ErrorKind, SourceError
+from ..lsn import format_lsn
+from ..pgcluster import Cluster, ClusterError, embedded_bindir, find_bindir, server_version
+from ..source.catalog import first_line
 from .demo_writer import Writer, create_schema
-from .errors import ConfigError, ErrorKind, SourceError
-from .lsn import format_lsn
-from .pgcluster import Cluster, ClusterError, embedded_bindir, find_bindir, server_version
-from .replication.catalog import first_line
 
 DATABASE = "walstream_demo"
 PUBLICATION = "walstream_demo"

@@ -14,11 +14,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from .._proto import walstream_v1_pb2 as pb
-from ..processing import v1wire as wire
-from ..processing.events import PG_EPOCH_US, ChangeEvent, Op, RelationInfo, TxnInfo
-from ..processing.typed import TypedCatalog
-from ..replication.messages import TRUNCATE_CASCADE, TRUNCATE_RESTART_IDENTITY
+from ..._proto import walstream_v1_pb2 as pb
+from ...events.change import PG_EPOCH_US, ChangeEvent, Op, RelationInfo, TxnInfo
+from ...source.messages import TRUNCATE_CASCADE, TRUNCATE_RESTART_IDENTITY
+from . import wire
+from .typed import TypedCatalog
 
 DEFAULT_MAX_EVENTS, MAX_EVENTS = 1000, 10_000
 DEFAULT_MAX_BYTES, MAX_BYTES = 1 << 20, 4 << 20
@@ -156,7 +156,7 @@ def same_relation(a: RelationInfo, b: RelationInfo) -> bool:
 class Encoder:
     """Builds each event's V1Item once, for every subscriber, and each relation's proto once.
 
-    Row events (the hot path) are written as wire bytes by walstream.processing.v1wire; the rest (BEGIN,
+    Row events (the hot path) are written as wire bytes by walstream.delivery.v1.wire; the rest (BEGIN,
     COMMIT, TRUNCATE, MESSAGE) are built as messages and serialised.
     """
 

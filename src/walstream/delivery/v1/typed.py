@@ -29,10 +29,10 @@ import functools
 import logging
 from collections.abc import Callable
 
-from .._proto.walstream_v1_pb2 import Column, Row, Value
-from .events import RelationInfo
-from .pgtext import PgTextError, parse_array, parse_vector
-from .values import BUILTIN, TypeCatalog
+from ..._proto.walstream_v1_pb2 import Column, Row, Value
+from ...events.change import RelationInfo
+from ...events.pgtext import PgTextError, parse_array, parse_vector
+from ...events.values import BUILTIN, TypeCatalog
 
 log = logging.getLogger(__name__)
 

@@ -4,7 +4,7 @@ Two positions are kept apart, as in pg_recvlogical: `written` is how far walstre
 `confirmed` (the AckTracker's) is what clients have acknowledged; only `confirmed` is reported as flushed.
 
 The counters here (bytes_read, reconnects, status_updates_sent; the assembler counts changes) are plain
-ints read by walstream.metrics at scrape time: the read loop never calls into a metrics library.
+ints read by walstream.ops.metrics at scrape time: the read loop never calls into a metrics library.
 """
 
 from __future__ import annotations
@@ -17,13 +17,13 @@ from collections.abc import Callable, Mapping
 from .config import StartConfig
 from .delivery.hub import Hub
 from .errors import SlotInUseError, WalstreamError
+from .events.assembler import Assembler
+from .events.text import text_decoder
+from .events.values import TypeCatalog, TypeInfo
 from .lsn import format_lsn
-from .processing.assembler import Assembler
-from .processing.text import text_decoder
-from .processing.values import TypeCatalog, TypeInfo
-from .replication.decoder import decode_message, plain_insert
-from .replication.messages import Relation
-from .replication.stream import ReplicationStream, StreamInfo
+from .source.decoder import decode_message, plain_insert
+from .source.messages import Relation
+from .source.stream import ReplicationStream, StreamInfo
 from .threads import in_daemon_thread
 
 log = logging.getLogger(__name__)

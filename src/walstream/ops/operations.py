@@ -11,13 +11,13 @@ from typing import TYPE_CHECKING
 
 import grpc
 
-from .config import StartConfig
-from .delivery.hub import Hub
-from .delivery.v1_service import WalstreamServicer
+from ..config import StartConfig
+from ..delivery.hub import Hub
+from ..delivery.v1.service import WalstreamServicer
+from ..session import Pipeline
+from ..source.slot_monitor import SlotMonitor
 from .health import Health
-from .pipeline import Pipeline
 from .security import is_loopback
-from .slot_monitor import SlotMonitor
 
 if TYPE_CHECKING:
     from .metrics import MetricsServer

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import psycopg2
 import psycopg2.extensions
 
-from .replication import catalog
+from . import catalog
 
 log = logging.getLogger(__name__)
 

@@ -10,7 +10,7 @@ import ipaddress
 import ssl
 from pathlib import Path
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 AUTH_TOKEN_ENV = "WALSTREAM_AUTH_TOKEN"
 DEFAULT_MAX_CLIENTS = 100

@@ -14,7 +14,7 @@ from typing import NamedTuple
 
 import orjson
 
-from ..replication.messages import COLUMN_NULL, COLUMN_TEXT, RelationColumn, TupleData
+from ..source.messages import COLUMN_NULL, COLUMN_TEXT, RelationColumn, TupleData
 from . import values
 from .text import undecodable
 

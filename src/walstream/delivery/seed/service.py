@@ -12,9 +12,9 @@ from collections.abc import AsyncIterator, Sequence
 
 import grpc
 
-from .._proto import plugin_pb2, plugin_pb2_grpc
-from ..processing.events import ChangeEvent, Op
-from .hub import Client, Hub, finish_requests
+from ..._proto import plugin_pb2, plugin_pb2_grpc
+from ...events.change import ChangeEvent, Op
+from ..hub import Client, Hub, finish_requests
 
 
 class SeedAdapter:

@@ -1,6 +1,6 @@
 """walstream.v1.Walstream: batched, typed, transactional streaming (Subscribe) and Status.
 
-A thin layer over the hub: each subscriber gets a V1Adapter (walstream.delivery.v1_adapter) that picks and
+A thin layer over the hub: each subscriber gets a V1Adapter (walstream.delivery.v1.adapter) that picks and
 encodes its events; this module turns the subscriber's queue into Batches and its acks into hub acks (the
 contract of walstream.delivery.acks, shared with the seed API).
 
@@ -23,18 +23,18 @@ import grpc
 import psycopg2
 from google.protobuf.message import DecodeError
 
-from .. import __version__
-from .._proto import walstream_v1_pb2 as pb
-from .._proto import walstream_v1_pb2_grpc
-from ..processing.events import RelationInfo
-from ..processing.v1wire import field
-from ..replication import catalog
-from ..sinks.attach import status_of as sink_status
-from .hub import Client, Hub, finish_requests
-from .v1_adapter import Encoder, InvalidSubscription, Subscription, V1Adapter, V1Item, same_relation
+from ... import __version__
+from ..._proto import walstream_v1_pb2 as pb
+from ..._proto import walstream_v1_pb2_grpc
+from ...events.change import RelationInfo
+from ...sinks.attach import status_of as sink_status
+from ...source import catalog
+from ..hub import Client, Hub, finish_requests
+from .adapter import Encoder, InvalidSubscription, Subscription, V1Adapter, V1Item, same_relation
+from .wire import field
 
 if TYPE_CHECKING:
-    from ..snapshot.runner import Plan, SnapshotService
+    from ...snapshot.runner import Plan, SnapshotService
 
 log = logging.getLogger(__name__)
 
@@ -214,7 +214,7 @@ class WalstreamServicer(walstream_v1_pb2_grpc.WalstreamServicer):
         self.encoder = encoder
         self.status = status
         self.snapshots = snapshots  # None: snapshot requests are refused
-        self.batches_sent = 0  # read by walstream.metrics
+        self.batches_sent = 0  # read by walstream.ops.metrics
 
     async def Subscribe(  # noqa: N802 (name fixed by the proto)
         self, request_iterator: AsyncIterator[pb.SubscribeRequest], context: Context,
@@ -278,8 +278,8 @@ class WalstreamServicer(walstream_v1_pb2_grpc.WalstreamServicer):
     async def _plan_snapshot(self, sub: Subscription, request: pb.SnapshotRequest,
                              context: Context) -> Plan | None:
         """The client's validated backfill, or None after ending the call with the reason."""
-        from ..snapshot.request import SnapshotUnavailable  # noqa: PLC0415 (walstream.snapshot imports this)
-        from ..snapshot.token import TokenRefused  # noqa: PLC0415
+        from ...snapshot.request import SnapshotUnavailable  # noqa: PLC0415 (walstream.snapshot imports this)
+        from ...snapshot.token import TokenRefused  # noqa: PLC0415
 
         if self.snapshots is None:
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION, "snapshot: not available on this server")

@@ -27,9 +27,9 @@ from typing import IO, Any
 
 import orjson
 
-from .client import Change, Client, SnapshotProgress, StreamError
-from .errors import ErrorKind, WalstreamError
-from .lsn import format_lsn
+from ..client import Change, Client, SnapshotProgress, StreamError
+from ..errors import ErrorKind, WalstreamError
+from ..lsn import format_lsn
 
 DEFAULT_SERVER = "127.0.0.1:50051"
 SERVER_ENV = "WALSTREAM_ADDR"

@@ -1,4 +1,4 @@
-"""Typed, immutable pgoutput messages, as decoded by walstream.replication.decoder.
+"""Typed, immutable pgoutput messages, as decoded by walstream.source.decoder.
 
 Field names follow PostgreSQL's src/include/replication/logicalproto.h. LSNs are ints; timestamps are
 microseconds since 2000-01-01 00:00:00 UTC (PostgreSQL's epoch), exactly as sent.

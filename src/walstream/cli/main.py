@@ -19,13 +19,14 @@ from typing import Any, NoReturn
 import orjson
 import psycopg2
 
-from . import __version__, security
-from .config import StartConfig, parse_size, validate_slot_name
-from .dsn import parse_connection, redact
-from .errors import ConfigError, WalstreamError
-from .logs import FORMATS, LEVELS, setup_logging
-from .replication import catalog
-from .sinks import spec as sink_spec
+from .. import __version__
+from ..config import StartConfig, parse_size, validate_slot_name
+from ..errors import ConfigError, WalstreamError
+from ..ops import security
+from ..ops.logs import FORMATS, LEVELS, setup_logging
+from ..sinks import spec as sink_spec
+from ..source import catalog
+from ..source.dsn import parse_connection, redact
 
 log = logging.getLogger(__name__)
 
@@ -364,7 +365,7 @@ RunStart = Callable[[StartConfig], int]
 
 def _run_start() -> RunStart:
     # Imported late: the engine is heavy (gRPC) and list/delete never need it.
-    from .app import run_start
+    from ..app import run_start
 
     return run_start
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import orjson
 
-from .dsn import redact
+from ..source.dsn import redact
 
 _MASK = "********"
 

@@ -16,9 +16,9 @@ from typing import Any, Protocol
 
 from ..errors import ProtocolError
 from ..lsn import format_lsn
-from ..replication import messages as m
-from ..replication.messages import TupleData
-from .events import ChangeEvent, Converter, Op, RelationInfo, TxnInfo
+from ..source import messages as m
+from ..source.messages import TupleData
+from .change import ChangeEvent, Converter, Op, RelationInfo, TxnInfo
 
 log = logging.getLogger(__name__)
 

@@ -15,8 +15,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio  # type: ignore[attr-defined]
 from grpc_reflection.v1alpha import reflection
 
-from ._proto import plugin_pb2, walstream_v1_pb2
-from .pipeline import STREAMING
+from .._proto import plugin_pb2, walstream_v1_pb2
+from ..session import STREAMING
 
 log = logging.getLogger(__name__)
 

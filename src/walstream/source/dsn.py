@@ -10,7 +10,7 @@ import re
 import psycopg2
 from psycopg2.extensions import make_dsn, parse_dsn
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 APPLICATION_NAME = "walstream"
 

@@ -1,4 +1,4 @@
-"""Decode pgoutput messages (protocol versions 1-4) into the frozen types of walstream.replication.messages.
+"""Decode pgoutput messages (protocol versions 1-4) into the frozen types of walstream.source.messages.
 
 The layouts are those written by PostgreSQL's src/backend/replication/logical/proto.c. Every read is
 bounds-checked; anything that does not match raises DecodeError with one line naming the message type,
@@ -19,8 +19,9 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from walstream.errors import DecodeError
-from walstream.replication import messages as m
-from walstream.replication.messages import COLUMN_BINARY, COLUMN_TEXT, Cell, PgoutputMessage, TupleData
+from walstream.source.messages import COLUMN_BINARY, COLUMN_TEXT, Cell, PgoutputMessage, TupleData
+
+from . import messages as m
 
 __all__ = ["StreamDecoder", "decode_message", "describe"]
 

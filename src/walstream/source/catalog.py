@@ -17,9 +17,9 @@ import psycopg2
 import psycopg2.errors
 import psycopg2.extensions
 
-from ..dsn import parse_connection, plain_dsn, redact
 from ..errors import ErrorKind, SourceError, WalstreamError
 from ..lsn import parse_lsn
+from .dsn import parse_connection, plain_dsn, redact
 
 Connection = psycopg2.extensions.connection
 

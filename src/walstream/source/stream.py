@@ -2,7 +2,7 @@
 
 Blocking libpq calls (connect, slot creation, START_REPLICATION) run in a worker thread; reading never
 blocks (CopyBoth.read returns None when the socket is drained) and runs on the event loop. Once streaming,
-the connection is read and answered by walstream.replication.copyboth, never by psycopg2's read_message
+the connection is read and answered by walstream.source.copyboth, never by psycopg2's read_message
 (which would report a flush position of its own choosing).
 """
 
@@ -17,13 +17,13 @@ import psycopg2.errors
 import psycopg2.extensions
 import psycopg2.extras
 
-from ..dsn import parse_connection
 from ..errors import ErrorKind, SlotInUseError, SourceError
+from ..events.text import SQL_ASCII
 from ..lsn import format_lsn, parse_lsn
-from ..processing.text import SQL_ASCII
 from ..threads import in_daemon_thread
 from .catalog import CONNECT_TIMEOUT, first_line
 from .copyboth import CopyBoth, CopyBothError
+from .dsn import parse_connection
 
 log = logging.getLogger(__name__)
 
@@ -123,7 +123,7 @@ class ReplicationStream:
         pgconn = conn.pgconn_ptr
         assert pgconn is not None  # an open connection has one
         self._wire = CopyBoth(pgconn)
-        if conn.encoding.replace("_", "") == "SQLASCII":  # no encoding at all: processing/text.py has the rule
+        if conn.encoding.replace("_", "") == "SQLASCII":  # no encoding at all: events/text.py has the rule
             encoding = SQL_ASCII
         else:
             encoding = psycopg2.extensions.encodings.get(conn.encoding, "utf-8")
