@@ -81,7 +81,7 @@ class Pipeline:
                 # A permanent slot is created at most once, and never after it was seen to exist.
                 create = not (self._opened_once or self._slot_seen)
                 stream = ReplicationStream(self.dsn, self.config.slot, self.config.publication,
-                                           self.config.temporary, create=create)
+                                           self.config.temporary, create=create, failover=self.config.failover)
                 try:
                     opened = await self._open(stream)
                 except SlotInUseError as exc:
