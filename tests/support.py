@@ -50,6 +50,7 @@ class WalstreamProcess:
                      "--slot", slot, "--port", str(self.port), "--host", "127.0.0.1",
                      "--temporary", "true" if temporary else "false", *extra]
         self.proc: subprocess.Popen[bytes] | None = None
+        self.metrics_port = int(extra[extra.index("--metrics-port") + 1]) if "--metrics-port" in extra else None
 
     def start(self, wait_for: str = "listening on", timeout: float = 30) -> WalstreamProcess:
         self._log = open(self.log_path, "ab")

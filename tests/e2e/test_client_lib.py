@@ -17,6 +17,7 @@ from decimal import Decimal
 from typing import NoReturn
 
 import pytest
+from slot_checks import metrics_args, quick_status_updates, reported_flush_after_acks
 from support import WalstreamProcess, confirmed_flush, expect_nothing_from, take_from, wait_confirmed
 
 from walstream import AsyncClient, Change, Client, ServerUnreachable, StreamError
@@ -39,7 +40,9 @@ def setup(testdb, *extra: str) -> None:
 @pytest.fixture
 def ws(testdb, tmp_path) -> Iterator[WalstreamProcess]:
     setup(testdb)
-    proc = WalstreamProcess(testdb.dsn, "pub", testdb.slot, temporary=False, log_dir=tmp_path).start()
+    quick_status_updates(testdb.dsn, testdb.name)
+    proc = WalstreamProcess(testdb.dsn, "pub", testdb.slot, temporary=False, log_dir=tmp_path,
+                            extra=metrics_args()[1]).start()
     try:
         yield proc
     finally:
@@ -148,8 +151,9 @@ def test_ack_of_events_sharing_an_lsn(testdb, ws):
         assert [c.new["id"] for c in changes] == [1, 2, 3, 4, 5]
         assert len({c.lsn for c in changes}) < 5  # shared LSNs (the case this test is about)
         client.ack(changes[2])
-        time.sleep(1)
-        assert confirmed_flush(testdb.dsn, testdb.slot) < end  # 4 and 5 are not acknowledged
+        # 4 and 5 are not acknowledged: the first status update after the ack still holds the slot back.
+        assert reported_flush_after_acks(testdb.dsn, testdb.slot, ws.metrics_port, acks=1) < end
+        assert confirmed_flush(testdb.dsn, testdb.slot) < end
         client.ack(changes[4])
         wait_confirmed(testdb.dsn, testdb.slot, end)
         reader.stop()
