@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import re
-from dataclasses import dataclass
+from .base import StreamInfo
 
 import psycopg2
 import psycopg2.errors
@@ -56,16 +56,6 @@ def parse_duration(text: str) -> float:
 def quote_publication(name: str) -> str:
     # pgoutput splits publication_names as an identifier list: quote so any name is taken literally.
     return '"' + name.replace('"', '""') + '"'
-
-
-@dataclass(frozen=True)
-class StreamInfo:
-    server_version: int
-    proto_version: int
-    encoding: str  # Python codec of the server encoding (pgoutput sends text in it), or text.SQL_ASCII
-    created_slot: bool
-    start_lsn: int  # consistent point of a new slot, else 0
-    sender_timeout: float  # the server's wal_sender_timeout in seconds (0: disabled)
 
 
 class ReplicationStream:
