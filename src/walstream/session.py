@@ -21,9 +21,9 @@ from .events.assembler import Assembler
 from .events.text import text_decoder
 from .events.values import TypeCatalog, TypeInfo
 from .lsn import format_lsn
+from .source.base import OpenSource, Source, StreamInfo
 from .source.decoder import decode_message, plain_insert
 from .source.messages import Relation
-from .source.base import OpenSource, Source, StreamInfo
 from .source.stream import ReplicationStream
 from .threads import in_daemon_thread
 

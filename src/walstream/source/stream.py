@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import re
-from .base import StreamInfo
 
 import psycopg2
 import psycopg2.errors
@@ -21,6 +20,7 @@ from ..errors import ErrorKind, SlotInUseError, SourceError
 from ..events.text import SQL_ASCII
 from ..lsn import format_lsn, parse_lsn
 from ..threads import in_daemon_thread
+from .base import StreamInfo
 from .catalog import CONNECT_TIMEOUT, first_line
 from .copyboth import CopyBoth, CopyBothError
 from .dsn import parse_connection
