@@ -21,9 +21,10 @@ from .events.assembler import Assembler
 from .events.text import text_decoder
 from .events.values import TypeCatalog, TypeInfo
 from .lsn import format_lsn
+from .source.base import OpenSource, Source, StreamInfo
 from .source.decoder import decode_message, plain_insert
 from .source.messages import Relation
-from .source.stream import ReplicationStream, StreamInfo
+from .source.stream import ReplicationStream
 from .threads import in_daemon_thread
 
 log = logging.getLogger(__name__)
@@ -44,16 +45,21 @@ FetchTypes = Callable[[list[int]], tuple[Mapping[int, TypeInfo], Mapping[int, st
 
 class Pipeline:
     def __init__(self, config: StartConfig, dsn: str, hub: Hub, types: TypeCatalog,
-                 fetch_types: FetchTypes | None = None) -> None:
+                 fetch_types: FetchTypes | None = None, open_source: OpenSource | None = None) -> None:
         self.config = config
         self.dsn = dsn
         self.hub = hub
         self.types = types
         self.fetch_types = fetch_types
+        self.open_source: OpenSource = open_source or (lambda create: ReplicationStream(
+            dsn, config.slot, config.publication, config.temporary, create=create, failover=config.failover))
         self.type_schemas: dict[int, str] = {}  # filled with the types fetched: the v1 type names' schemas
         self.assembler = Assembler(hub, types, text_decoder("utf-8"))
         self.stopping = _StopEvent(self._wake_reader)  # set() also ends the reader's wait for data
         self._reader_wait: asyncio.Future[None] | None = None
+        # An ack that moves the confirmed position ends an idle wait for data: it is reported within
+        # MIN_STATUS_GAP, not at the next status interval.
+        hub.on_confirmed = lambda lsn: self._wake_reader()
         self.first_attempt = asyncio.Event()  # the slot exists (or is held elsewhere) or start failed
         self.state = STARTING
         self.on_state: Callable[[str], None] = lambda state: None  # called on every change of state
@@ -80,8 +86,7 @@ class Pipeline:
             while not self.stopping.is_set():
                 # A permanent slot is created at most once, and never after it was seen to exist.
                 create = not (self._opened_once or self._slot_seen)
-                stream = ReplicationStream(self.dsn, self.config.slot, self.config.publication,
-                                           self.config.temporary, create=create, failover=self.config.failover)
+                stream = self.open_source(create)
                 try:
                     opened = await self._open(stream)
                 except SlotInUseError as exc:
@@ -155,7 +160,7 @@ class Pipeline:
         log.info("streaming slot %s (pgoutput protocol %d, PostgreSQL %d)", self.config.slot, proto,
                  server_version)
 
-    async def _open(self, stream: ReplicationStream) -> StreamInfo | None:
+    async def _open(self, stream: Source) -> StreamInfo | None:
         """stream.open(), or None if walstream is asked to stop first: an unreachable host can hold a
         connection attempt for the whole connect_timeout, longer than the shutdown grace."""
         opening = asyncio.ensure_future(stream.open())
@@ -186,7 +191,7 @@ class Pipeline:
 
     # -- the loop -------------------------------------------------------------------------------------
 
-    async def _pump(self, stream: ReplicationStream) -> None:
+    async def _pump(self, stream: Source) -> None:
         hub, assembler, tracker = self.hub, self.assembler, self.hub.tracker
         handle, insert, read = assembler.handle, assembler.insert, stream.read
         loop = asyncio.get_running_loop()
@@ -219,12 +224,12 @@ class Pipeline:
                     self.written_lsn = lsn
                 size += len(data)
                 if data[0] == 0x49 and (row := plain_insert(data)) is not None:  # an Insert: no message object
-                    insert(row[0], row[1], lsn)
+                    insert(row[0], row[1], lsn, data)
                 else:
                     decoded = decode_message(data)
                     if type(decoded) is Relation and self.fetch_types is not None:
                         await self.ensure_types([c.type_oid for c in decoded.columns])
-                    handle(decoded, lsn)
+                    handle(decoded, lsn, data)
                 if not hub.can_accept():
                     break
             else:
@@ -248,7 +253,7 @@ class Pipeline:
         self._status(stream, force=True)
         log.info("replication closed at confirmed position %s", format_lsn(tracker.confirmed_lsn))
 
-    def _read_ahead(self, stream: ReplicationStream) -> None:
+    def _read_ahead(self, stream: Source) -> None:
         """Paused: read past keepalives, holding back the first data message until a client can take it.
 
         So a quiet slot still follows the server's WAL end while no client is connected; PostgreSQL's fast
@@ -259,7 +264,7 @@ class Pipeline:
             if self._held is None:
                 self._follow_wal_end(stream)
 
-    def _follow_wal_end(self, stream: ReplicationStream) -> None:
+    def _follow_wal_end(self, stream: Source) -> None:
         """The stream is drained: with nothing open or pending, the server's WAL end is confirmed."""
         if not self.assembler.in_transaction and self.hub.tracker.idle_advance(stream.wal_end):
             self.written_lsn = max(self.written_lsn, self.hub.tracker.confirmed_lsn)
@@ -270,7 +275,7 @@ class Pipeline:
             self.hub.capacity.clear()
             await self._wait(self.hub.capacity.wait(), deadline - time.monotonic())
 
-    def _status(self, stream: ReplicationStream, force: bool = False) -> None:
+    def _status(self, stream: Source, force: bool = False) -> None:
         now = time.monotonic()
         confirmed = self.hub.tracker.confirmed_lsn
         since = now - self._last_status

@@ -25,8 +25,9 @@ import psycopg2.extensions
 import pytest
 from support import has_xml_support
 
-from walstream.events.values import TypeCatalog, catalog_lookup
+from walstream.events.values import TypeCatalog
 from walstream.pgcluster import Cluster
+from walstream.source.type_lookup import catalog_lookup
 
 SCHEMA = "walstream_values_e2e"
 

@@ -31,7 +31,6 @@ from types import FrameType
 from typing import TextIO
 
 import grpc
-import psycopg2
 
 from .._proto import plugin_pb2, plugin_pb2_grpc
 from ..app import serve
@@ -39,6 +38,7 @@ from ..config import StartConfig
 from ..errors import ConfigError, ErrorKind, SourceError
 from ..lsn import format_lsn
 from ..pgcluster import Cluster, ClusterError, embedded_bindir, find_bindir, server_version
+from ..source import catalog
 from ..source.catalog import first_line
 from .demo_writer import Writer, create_schema
 
@@ -137,13 +137,12 @@ def _check_port(port: int) -> None:
 
 
 def _prepare(cluster: Cluster) -> str:
-    admin = psycopg2.connect(cluster.dsn)
-    admin.autocommit = True
+    admin = catalog.connect(cluster.dsn)
     with admin.cursor() as cur:
         cur.execute(f"CREATE DATABASE {DATABASE}")
     admin.close()
     dsn = f"host=127.0.0.1 port={cluster.port} user=postgres dbname={DATABASE}"
-    conn = psycopg2.connect(dsn)
+    conn = catalog.connect(dsn)
     try:
         create_schema(conn, PUBLICATION)
     finally:

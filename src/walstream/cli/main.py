@@ -17,7 +17,6 @@ from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
 import orjson
-import psycopg2
 
 from .. import __version__
 from ..config import StartConfig, parse_size, validate_slot_name
@@ -522,7 +521,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     except WalstreamError as exc:
         _error(str(exc))
-    except psycopg2.Error as exc:
+    except catalog.DatabaseError as exc:
         _error(f"PostgreSQL: {catalog.first_line(exc)}")
     except KeyboardInterrupt:
         return 130

@@ -23,6 +23,7 @@ from . import failover as failover_slots
 from .dsn import parse_connection, plain_dsn, redact
 
 Connection = psycopg2.extensions.connection
+DatabaseError = psycopg2.Error  # what the driver raises: callers outside source/ catch it by this name
 
 PLUGIN = "pgoutput"
 MIN_SERVER_VERSION = 100000  # pgoutput and publications arrived in PostgreSQL 10
@@ -340,3 +341,23 @@ def drop_slot(conn: Connection, slot: str) -> None:
         ) from None
     except psycopg2.errors.InsufficientPrivilege as exc:
         raise SourceError(first_line(exc), ErrorKind.PERMISSION) from None
+
+
+# The server's WAL position, and the slot's confirmed position as PostgreSQL has it (walstream's own starts
+# at 0 until clients acknowledge something, or the slot idles forward).
+_WAL_POSITIONS_SQL = """
+SELECT (CASE WHEN pg_catalog.pg_is_in_recovery() THEN pg_catalog.pg_last_wal_replay_lsn()
+             ELSE pg_catalog.pg_current_wal_lsn() END - '0/0'::pg_catalog.pg_lsn)::text,
+       (SELECT (confirmed_flush_lsn - '0/0'::pg_catalog.pg_lsn)::text
+          FROM pg_catalog.pg_replication_slots WHERE slot_name = %s)
+"""
+
+
+def wal_positions(conn: Connection, slot: str) -> tuple[int, int] | None:
+    """(the server's WAL position, the slot's confirmed_flush_lsn or 0), or None when it has no position."""
+    with conn.cursor() as cur:
+        cur.execute(_WAL_POSITIONS_SQL, (slot,))
+        row = cur.fetchone()
+    if row is None or row[0] is None:
+        return None
+    return int(row[0]), int(row[1] or 0)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import re
-from dataclasses import dataclass
 
 import psycopg2
 import psycopg2.errors
@@ -22,6 +21,7 @@ from ..events.text import SQL_ASCII
 from ..lsn import format_lsn, parse_lsn
 from ..threads import in_daemon_thread
 from . import failover as failover_slots
+from .base import StreamInfo
 from .catalog import CONNECT_TIMEOUT, first_line
 from .copyboth import CopyBoth, CopyBothError
 from .dsn import parse_connection
@@ -57,16 +57,6 @@ def parse_duration(text: str) -> float:
 def quote_publication(name: str) -> str:
     # pgoutput splits publication_names as an identifier list: quote so any name is taken literally.
     return '"' + name.replace('"', '""') + '"'
-
-
-@dataclass(frozen=True)
-class StreamInfo:
-    server_version: int
-    proto_version: int
-    encoding: str  # Python codec of the server encoding (pgoutput sends text in it), or text.SQL_ASCII
-    created_slot: bool
-    start_lsn: int  # consistent point of a new slot, else 0
-    sender_timeout: float  # the server's wal_sender_timeout in seconds (0: disabled)
 
 
 class ReplicationStream:

@@ -20,7 +20,6 @@ from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, Protocol, cast
 
 import grpc
-import psycopg2
 from google.protobuf.message import DecodeError
 
 from ... import __version__
@@ -331,22 +330,12 @@ def format_server_version(version: int) -> str:
     return f"{version // 10000}.{version // 100 % 100}.{version % 100}"
 
 
-# The server's WAL position, and the slot's confirmed position as PostgreSQL has it (walstream's own starts
-# at 0 until clients acknowledge something, or the slot idles forward).
-_WAL_SQL = """
-SELECT (CASE WHEN pg_catalog.pg_is_in_recovery() THEN pg_catalog.pg_last_wal_replay_lsn()
-             ELSE pg_catalog.pg_current_wal_lsn() END - '0/0'::pg_catalog.pg_lsn)::text,
-       (SELECT (confirmed_flush_lsn - '0/0'::pg_catalog.pg_lsn)::text
-          FROM pg_catalog.pg_replication_slots WHERE slot_name = %s)
-"""
-
-
 class ServerStatus:
     """The Status answer: positions from the hub and the pipeline; the server's WAL position over a plain
     connection of its own (opened on first use and again after it was lost), queried off the event loop."""
 
     def __init__(self, hub: Hub, pipeline: PipelineView, slot: str, temporary: bool, conn_str: str,
-                 connect: Callable[[str], psycopg2.extensions.connection] = catalog.connect) -> None:
+                 connect: Callable[[str], catalog.Connection] = catalog.connect) -> None:
         self.hub, self.pipeline, self.slot, self.temporary = hub, pipeline, slot, temporary
         self._side = catalog.SideConnection(conn_str, connect)
 
@@ -354,18 +343,10 @@ class ServerStatus:
         """(the server's WAL position, the slot's confirmed_flush_lsn), or None when PostgreSQL cannot be
         reached."""
         try:
-            return self._side.run(self._query_positions)
+            return self._side.run(lambda conn: catalog.wal_positions(conn, self.slot))
         except catalog.SideQueryFailed as exc:
             log.debug("Status: cannot read the server's WAL position: %s", exc)
             return None
-
-    def _query_positions(self, conn: psycopg2.extensions.connection) -> tuple[int, int] | None:
-        with conn.cursor() as cur:
-            cur.execute(_WAL_SQL, (self.slot,))
-            row = cur.fetchone()
-        if row is None or row[0] is None:
-            return None
-        return int(row[0]), int(row[1] or 0)
 
     async def __call__(self) -> pb.StatusResponse:
         positions = await asyncio.to_thread(self.positions)
