@@ -50,17 +50,23 @@ def reported_flush_after_acks(dsn: str, slot: str, metrics_port: int, acks: int,
     """The flush LSN of walstream's first status update sent after it had processed `acks` acks in all."""
     _poll(f"walstream has processed {acks} acks",
           lambda: counter(metrics_port, "walstream_acks_received") >= acks, timeout)
+    return reported_flush_after(dsn, slot, 0, timeout)
+
+
+def reported_flush_after(dsn: str, slot: str, read_past: int, timeout: float = 30) -> int:
+    """The flush LSN of the first status update walstream sends from now on that reports having read up
+    to `read_past` (its write position)."""
     conn = psycopg2.connect(dsn)
     conn.autocommit = True
     try:
         with conn.cursor() as cur:
             cur.execute("SELECT clock_timestamp()")
-            (processed,) = cur.fetchone()  # type: ignore[misc]
+            (since,) = cur.fetchone()  # type: ignore[misc]
 
             def reply() -> int | None:
                 cur.execute("SELECT r.flush_lsn - '0/0'::pg_lsn FROM pg_stat_replication r JOIN "
-                            "pg_replication_slots s ON s.active_pid = r.pid "
-                            "WHERE s.slot_name = %s AND r.reply_time > %s", (slot, processed))
+                            "pg_replication_slots s ON s.active_pid = r.pid WHERE s.slot_name = %s "
+                            "AND r.reply_time > %s AND r.write_lsn - '0/0'::pg_lsn >= %s", (slot, since, read_past))
                 row = cur.fetchone()
                 return None if row is None else int(row[0]) + 1  # +1: position 0/0 is still an answer
 
