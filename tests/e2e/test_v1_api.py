@@ -13,6 +13,7 @@ from typing import NoReturn
 import grpc
 import psycopg2
 import pytest
+from slot_checks import metrics_args, quick_status_updates, reported_flush_after_acks
 from support import SeedClient, confirmed_flush, expect_nothing_from, take_from, until_none, wait_confirmed
 
 from walstream._proto import walstream_v1_pb2 as pb
@@ -402,7 +403,8 @@ def test_filters_and_the_slot(testdb, walstream):
 
 def test_batching_and_acks(testdb, walstream):
     testdb.execute("CREATE TABLE bulk (id int PRIMARY KEY, v text)", "CREATE PUBLICATION pub FOR ALL TABLES")
-    ws = walstream()
+    quick_status_updates(testdb.dsn, testdb.name)
+    ws = walstream(*metrics_args()[1])
     small = V1Client(ws.addr, auto_ack=False, batch=pb.BatchLimits(max_events=500),
                      transaction_boundaries=True)
     tiny = V1Client(ws.addr, batch=pb.BatchLimits(max_bytes=2000))
@@ -420,14 +422,18 @@ def test_batching_and_acks(testdb, walstream):
     assert len(tiny.batches) < 1000
 
     # Not acknowledged: the slot stays before the transaction; acking each batch's last event moves it.
+    # (Checked on the first status update after walstream processed the acks so far: tiny's, one a batch.)
     commit = got[-1].event
-    time.sleep(1)
-    assert confirmed_flush(testdb.dsn, testdb.slot) < commit.end_lsn
+    acks = sum(1 for b in tiny.batches if b.events)
+    flushed = reported_flush_after_acks(testdb.dsn, testdb.slot, ws.metrics_port, acks)
+    assert flushed < commit.end_lsn and flushed <= max(start, commit.commit_lsn)
     assert confirmed_flush(testdb.dsn, testdb.slot) <= max(start, commit.commit_lsn)
     for batch in small.batches[:-1]:
         small.ack(batch.events[-1].lsn)
-    time.sleep(0.5)
-    assert confirmed_flush(testdb.dsn, testdb.slot) < commit.end_lsn  # the COMMIT is not acked yet
+    acks += len(small.batches) - 1
+    # The COMMIT is not acked yet.
+    assert reported_flush_after_acks(testdb.dsn, testdb.slot, ws.metrics_port, acks) < commit.end_lsn
+    assert confirmed_flush(testdb.dsn, testdb.slot) < commit.end_lsn
     small.ack(commit.lsn)
     wait_confirmed(testdb.dsn, testdb.slot, commit.end_lsn)
 
