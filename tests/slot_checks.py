@@ -11,11 +11,15 @@ from __future__ import annotations
 
 import time
 import urllib.request
+from collections.abc import Callable
+from typing import TypeVar
 
 import psycopg2
 from prometheus_client.parser import text_string_to_metric_families
 
 from walstream.pgcluster import free_port
+
+T = TypeVar("T")
 
 
 def metrics_args() -> tuple[int, tuple[str, ...]]:
@@ -35,11 +39,11 @@ def counter(port: int, name: str) -> float:
     raise AssertionError(f"no metric {name} in walstream's /metrics")
 
 
-def _poll(what: str, check: object, timeout: float) -> object:
+def _poll(what: str, check: Callable[[], T | None], timeout: float) -> T:
     deadline = time.monotonic() + timeout
     while True:
-        value = check()  # type: ignore[operator]
-        if value:
+        value = check()
+        if value is not None:
             return value
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout:.0f} s waiting until {what}")
@@ -49,7 +53,7 @@ def _poll(what: str, check: object, timeout: float) -> object:
 def reported_flush_after_acks(dsn: str, slot: str, metrics_port: int, acks: int, timeout: float = 30) -> int:
     """The flush LSN of walstream's first status update sent after it had processed `acks` acks in all."""
     _poll(f"walstream has processed {acks} acks",
-          lambda: counter(metrics_port, "walstream_acks_received") >= acks, timeout)
+          lambda: True if counter(metrics_port, "walstream_acks_received") >= acks else None, timeout)
     return reported_flush_after(dsn, slot, 0, timeout)
 
 
@@ -68,9 +72,9 @@ def reported_flush_after(dsn: str, slot: str, read_past: int, timeout: float = 3
                             "pg_replication_slots s ON s.active_pid = r.pid WHERE s.slot_name = %s "
                             "AND r.reply_time > %s AND r.write_lsn - '0/0'::pg_lsn >= %s", (slot, since, read_past))
                 row = cur.fetchone()
-                return None if row is None else int(row[0]) + 1  # +1: position 0/0 is still an answer
+                return None if row is None else int(row[0])
 
-            return int(_poll("walstream has sent a status update since", reply, timeout)) - 1  # type: ignore[arg-type]
+            return _poll("walstream has sent a status update since", reply, timeout)
     finally:
         conn.close()
 
