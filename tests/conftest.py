@@ -103,7 +103,7 @@ class TestDB:
             return cur.fetchall()
 
     def wal_lsn(self) -> int:
-        return int(self.query("SELECT pg_current_wal_lsn() - '0/0'::pg_lsn")[0][0])  # type: ignore[arg-type]
+        return int(self.query("SELECT pg_current_wal_lsn() - '0/0'::pg_lsn")[0][0])
 
 
 @pytest.fixture

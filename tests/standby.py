@@ -6,6 +6,7 @@ import os
 import pwd
 import time
 from collections.abc import Callable
+from typing import Any
 
 import psycopg2
 
@@ -48,7 +49,7 @@ def promote(standby: Cluster) -> None:
     standby._run(["pg_ctl", "-D", str(standby.datadir), "-w", "-t", "60", "promote"])
 
 
-def scalar(dsn: str, sql: str, params: tuple[object, ...] = ()) -> object:
+def scalar(dsn: str, sql: str, params: tuple[object, ...] = ()) -> Any:
     conn = psycopg2.connect(dsn)
     conn.autocommit = True
     try:

@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NoReturn, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import grpc
 import psycopg2
@@ -107,7 +107,7 @@ class Event:
     lsn: int
     schema: str
     table: str
-    payload: dict[str, object] | None
+    payload: Any  # the decoded json_payload: a dict, or None for TRUNCATE
     raw: str = ""  # json_payload exactly as sent
 
     @property

@@ -56,7 +56,7 @@ def insert(dsn: str, ids: range, one_transaction: bool = False) -> None:
 
 
 def ids_of(client: SeedClient, n: int) -> list[int]:
-    return [int(e.payload["id"]) for e in client.take(n, timeout=60) if e.payload]  # type: ignore[call-overload]
+    return [int(e.payload["id"]) for e in client.take(n, timeout=60) if e.payload]
 
 
 def synced_slot(standby: Cluster) -> tuple[object, ...] | None:
@@ -89,8 +89,8 @@ def test_streaming_resumes_on_the_promoted_standby_from_the_acknowledged_positio
         # Delivered, never acknowledged: they must come again after the failover.
         insert(primary.dsn, range(11, 21))
         assert ids_of(client, 10) == list(range(11, 21))
-        end = int(scalar(primary.dsn, "SELECT pg_current_wal_lsn() - '0/0'::pg_lsn"))  # type: ignore[arg-type]
-        wait_until("the standby has replayed the last insert", lambda: int(scalar(  # type: ignore[arg-type]
+        end = int(scalar(primary.dsn, "SELECT pg_current_wal_lsn() - '0/0'::pg_lsn"))
+        wait_until("the standby has replayed the last insert", lambda: int(scalar(
             standby.dsn, "SELECT pg_last_wal_replay_lsn() - '0/0'::pg_lsn")) >= end)
     finally:
         ws.kill()

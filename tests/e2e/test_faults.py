@@ -33,7 +33,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import grpc
 import orjson
@@ -194,6 +194,8 @@ class Tracker:
         self.done = threading.Event()
         self.cond = threading.Condition()
         self._out: queue.Queue[object] = queue.Queue()
+        self.channel: grpc.Channel  # set by the subclass when the call starts
+        self.call: Any
 
     # subclasses: _ack_message(lsn), start the call reading into _got()
     def _ack_message(self, lsn: int) -> object:
@@ -590,7 +592,7 @@ def test_fast_shutdown_is_not_blocked_by_an_idle_walstream(pg, testdb, tmp_path,
     ws.wait_log("streaming slot")  # walstream holds a walsender: the shutdown has to wait for it
     testdb.conn.close()
     stopped = threading.Event()
-    stopper = threading.Thread(target=lambda: (pg.stop("fast"), stopped.set()), daemon=True)
+    stopper = threading.Thread(target=lambda: (pg.stop("fast"), stopped.set(), None)[-1], daemon=True)
     stopper.start()
     try:
         finished = stopped.wait(15)
@@ -617,6 +619,7 @@ def test_walstream_sigkill_mid_transaction_then_restart(testdb, tmp_path, procs)
     # Every transaction acknowledged whole has reached the slot before the crash.
     done_rows = [r for r in first.rows[:first.acked] if r.txn < big]
     wait_confirmed(testdb.dsn, testdb.slot, done_rows[-1].lsn + 1, timeout=WAIT)
+    assert ws.proc is not None
     ws.proc.send_signal(signal.SIGKILL)
     ws.proc.wait(30)
     slot_inactive(testdb)
@@ -820,6 +823,7 @@ def test_fifty_clients_at_once(testdb, tmp_path, procs):
     first_lsn = clients[1].rows[0].lsn
 
     def reported_flush() -> int:  # in the first status update after walstream processed every ack sent
+        assert ws.metrics_port is not None
         return reported_flush_after_acks(testdb.dsn, testdb.slot, ws.metrics_port, sum(c.acks_sent for c in clients))
 
     assert reported_flush() <= first_lsn  # two clients acknowledged nothing yet
@@ -884,7 +888,7 @@ def test_bad_input_gets_a_clear_status_and_never_moves_the_slot(testdb, tmp_path
     err = raw_stream(ws.addr, "/walstream.v1.Walstream/Subscribe",
                      [pb.SubscribeRequest(ack=pb.Ack(lsn=row1.lsn)).SerializeToString()])
     assert err is not None and err.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert err.details().startswith("subscription: the first message must carry a Subscription")
+    assert str(err.details()).startswith("subscription: the first message must carry a Subscription")
     err = raw_stream(ws.addr, "/walstream.v1.Walstream/Subscribe", [])
     assert err is not None and err.code() == grpc.StatusCode.INVALID_ARGUMENT
     slot_unmoved(rejected)
