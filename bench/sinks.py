@@ -56,6 +56,9 @@ def main() -> int:
     parser.add_argument("--rows", type=int, default=200_000)
     parser.add_argument("--per-txn", type=int, default=1000)
     parser.add_argument("--sinks", default="nats,kafka")
+    parser.add_argument("--walstream-src", type=Path, action="append", default=[],
+                        help="run walstream from this src directory (repeat to compare versions in one run; "
+                        "default: this checkout's)")
     args = parser.parse_args()
     bindir = find_bindir(["/usr/lib/postgresql/15/bin"], embedded=False)
     work = Path(tempfile.mkdtemp(prefix="walstream-bench-sinks-"))
@@ -71,9 +74,9 @@ def main() -> int:
                      f"{min(args.rows, start + args.per_txn)}) g")
         end = int(sql(dsn, "SELECT pg_current_wal_insert_lsn() - '0/0'::pg_lsn")[0][0])  # type: ignore[arg-type]
         sql(dsn, "SELECT txid_current()")
-        results: list[tuple[str, float]] = []
+        results: list[tuple[str, float, float | None, float | None]] = []
         sql(dsn, "SELECT pg_copy_logical_replication_slot('base', 'floor')")
-        results.append(("pg_recvlogical", recvlogical(bindir, dsn, "floor", end)))
+        results.append(("pg_recvlogical", recvlogical(bindir, dsn, "floor", end), None, None))
         brokers = Brokers(work)
         try:
             for kind in args.sinks.split(","):
@@ -81,19 +84,24 @@ def main() -> int:
                 if url is None:
                     print(f"walstream --sink {kind} skipped: {brokers.unavailable[kind]}")
                     continue
-                sql(dsn, f"SELECT pg_copy_logical_replication_slot('base', 'sink_{kind}')")
-                # SINK_PYSPY=PREFIX: sample walstream with py-spy into PREFIX.<kind>.txt
-                spy = Path(f"{os.environ['SINK_PYSPY']}.{kind}.txt") if os.environ.get("SINK_PYSPY") else None
-                out = drain_sink(dsn, f"sink_{kind}", end, args.rows, url, work / f"walstream-{kind}.log", 900,
-                                 spy_out=spy)
-                results.append((f"walstream --sink {kind}", out["seconds"]))
+                for i, src in enumerate(args.walstream_src or [ROOT / "src"]):
+                    slot = f"sink_{kind}_{i}"
+                    sql(dsn, f"SELECT pg_copy_logical_replication_slot('base', '{slot}')")
+                    # SINK_PYSPY=PREFIX: sample walstream with py-spy into PREFIX.<kind>.txt
+                    spy = Path(f"{os.environ['SINK_PYSPY']}.{kind}.txt") if os.environ.get("SINK_PYSPY") else None
+                    out = drain_sink(dsn, slot, end, args.rows, url, work / f"walstream-{slot}.log", 900, src=src,
+                                     spy_out=spy, broker_pid=brokers.pid(kind))
+                    name = f"walstream --sink {kind}" + (f" ({src})" if args.walstream_src else "")
+                    results.append((name, out["seconds"], out["walstream_cpu"], out["consumer_cpu"]))
         finally:
             brokers.stop_all()
     floor = results[0][1]
     print(f"{args.rows} rows, {args.per_txn} per transaction, PostgreSQL 15, {os.cpu_count()} CPUs")
-    print(f"{'method':<24} {'seconds':>8} {'rows/s':>10} {'vs pg_recvlogical':>18}")
-    for name, seconds in results:
-        print(f"{name:<24} {seconds:>8.2f} {args.rows / seconds:>10.0f} {floor / seconds:>17.3f}x")
+    print(f"{'method':<24} {'seconds':>8} {'rows/s':>10} {'vs pg_recvlogical':>18} {'walstream CPU s':>16} "
+          f"{'broker CPU s':>13}")
+    for name, seconds, cpu, broker_cpu in results:
+        print(f"{name:<24} {seconds:>8.2f} {args.rows / seconds:>10.0f} {floor / seconds:>17.3f}x "
+              f"{'' if cpu is None else f'{cpu:.2f}':>16} {'' if broker_cpu is None else f'{broker_cpu:.2f}':>13}")
     return 0
 
 

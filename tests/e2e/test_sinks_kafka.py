@@ -35,7 +35,7 @@ from support import WalstreamProcess
 if TYPE_CHECKING:
     from conftest import TestDB
 
-pytestmark = [pytest.mark.slow, pytest.mark.parametrize("pg", ["15"], indirect=True, ids=["pg15"])]
+pytestmark = pytest.mark.slow  # on PostgreSQL 15 and 18 (the `pg` fixture, tests/conftest.py)
 
 
 @pytest.fixture(scope="module")

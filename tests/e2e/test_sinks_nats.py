@@ -47,7 +47,7 @@ from walstream.pgcluster import free_port
 if TYPE_CHECKING:
     from conftest import TestDB
 
-pytestmark = [pytest.mark.slow, pytest.mark.parametrize("pg", ["15"], indirect=True, ids=["pg15"])]
+pytestmark = pytest.mark.slow  # on PostgreSQL 15 and 18 (the `pg` fixture, tests/conftest.py)
 
 STREAM = "WALSTREAM"
 
