@@ -1,5 +1,6 @@
-"""The benchmark harness (bench/run.py) on a tiny workload, so it cannot rot: every workload, every method,
-latency and memory run end to end and the JSON has every figure, the broker sinks' rows included. The numbers themselves mean nothing here.
+"""The benchmark harness (bench/run.py) on a tiny workload, so it cannot rot: every workload, every method
+(the broker sinks' included), latency and memory run end to end and the JSON has every figure. The numbers
+themselves mean nothing here.
 
 The Go seed client (grpc-ceiling-go) needs Go and protoc's Go plugins: the test installs them with the
 examples' script first; where that cannot be done it checks that the method is skipped with the reason, and

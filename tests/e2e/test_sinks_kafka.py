@@ -23,8 +23,10 @@ from confluent_kafka import Consumer
 from sinkcheck import (
     PGBENCH_KEYS,
     Message,
+    apply_to_database,
     confirmed_flush,
     pgbench_init,
+    pgbench_replica,
     replay,
     run_pgbench,
     snapshot,
@@ -106,6 +108,10 @@ def test_pgbench_through_kafka_replays_identically(testdb: TestDB, kafka: KafkaB
     messages = read_topics(kafka.bootstrap, prefix, 2400)
     assert len(messages) == 2400, "the idempotent producer wrote a change twice without any fault"
     assert replay(initial, messages, PGBENCH_KEYS) == snapshot(testdb)
+    with pgbench_replica(testdb) as replica:  # and into a second database, as SQL: identical tables
+        assert snapshot(replica) == initial
+        apply_to_database(replica, messages, PGBENCH_KEYS)
+        assert snapshot(replica) == snapshot(testdb)
     account = next(m for m in messages if m.body["table"] == "pgbench_accounts")
     assert account.where == f"{prefix}.public.pgbench_accounts"
     assert orjson.loads(account.headers["key"]) == {"aid": account.body["new"]["aid"]}
