@@ -75,7 +75,7 @@ CEILINGS = (CEILING, CEILING_GO)
 DEBEZIUM, PGSTREAM = "debezium", "pgstream"
 PEERS = [DEBEZIUM, PGSTREAM]
 DB = "bench"
-PROTO_VERSION = 3  # what walstream asks PostgreSQL 15 for (walstream.replication.stream.protocol_version)
+PROTO_VERSION = 3  # what walstream asks PostgreSQL 15 for (walstream.source.stream.protocol_version)
 # fsync/full_page_writes as a real server has them; the write phase turns fsync and synchronous_commit off.
 CLUSTER_SETTINGS = {"fsync": "on", "full_page_writes": "on", "shared_buffers": "256MB", "max_wal_size": "4GB",
                     "wal_sender_timeout": "60s"}

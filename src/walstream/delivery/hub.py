@@ -19,8 +19,9 @@ from typing import Any, Protocol
 import grpc
 from google.protobuf.message import DecodeError
 
+from ..events.change import ChangeEvent
+from ..events.replay import compact, restore
 from ..lsn import format_lsn
-from ..processing.events import ChangeEvent
 from .acks import AckTracker, ClientLedger, TxnRecord
 
 log = logging.getLogger(__name__)
@@ -39,8 +40,8 @@ class Adapter(Protocol):
 
 
 # Until acknowledged, a delivery holds its encoded message and (shared by every client it went to) the
-# decoded change it was made from, about as large again: count each as twice its encoded size, plus the
-# fixed cost of the ledger entry and the objects around it.
+# pgoutput message it was made from (events/replay.py), about as large again: count each as twice its
+# encoded size, plus the fixed cost of the ledger entry and the objects around it.
 HELD_PER_BYTE, HELD_FIXED = 2, 200
 CLIENT_RECEIVE_LIMIT = 4 * 1024 * 1024  # gRPC clients' default max_receive_message_length
 
@@ -92,7 +93,7 @@ class Hub:
         self.capacity = asyncio.Event()  # set whenever can_accept() may have become true
         self.acks_rejected = 0
         self.unwoken = False  # publish() queued messages that no sender was woken for yet
-        self.acks_received = 0  # every ack, matched or not (read by walstream.metrics)
+        self.acks_received = 0  # every ack, matched or not (read by walstream.ops.metrics)
         self.oversized_sent = 0  # changes whose message exceeds gRPC's default client receive limit
         self._oversized: ChangeEvent | None = None
         self._ids = itertools.count(1)
@@ -108,7 +109,7 @@ class Hub:
         if self.tracker.has_orphans:
             before = self.tracker.confirmed_lsn
             adapter = client.adapter
-            resent = self.tracker.adopt_orphans(client.ledger, adapter.expand,  # type: ignore[arg-type]
+            resent = self.tracker.adopt_orphans(client.ledger, lambda record: adapter.expand(restore(record)),
                                                 lambda message: held(adapter.size(message)))
             if self.tracker.confirmed_lsn != before:
                 self.on_confirmed(self.tracker.confirmed_lsn)
@@ -176,16 +177,18 @@ class Hub:
     def begin(self, xid: int, commit_lsn: int) -> TxnRecord:
         return self.tracker.begin(xid, commit_lsn)
 
-    def publish(self, event: ChangeEvent, txn: TxnRecord | None) -> None:
-        """Queue the event's messages for every client; wake() then lets their senders run."""
+    def publish(self, event: ChangeEvent, txn: TxnRecord | None, raw: bytes = b"") -> None:
+        """Queue the event's messages for every client; wake() then lets their senders run. The ledger keeps
+        the compact record of the event (events/replay.py), not the event."""
         deliver = self.tracker.deliver
+        record = compact(event, raw)
         for client in self.clients:
             append, adapter = client.queue.append, client.adapter
             for lsn, payload in adapter.expand(event):
                 size = adapter.size(payload)
                 if size > CLIENT_RECEIVE_LIMIT:
                     self._warn_oversized(event, lsn, size)
-                deliver(client.ledger, lsn, txn, payload, event, HELD_PER_BYTE * size + HELD_FIXED)  # held(), inlined
+                deliver(client.ledger, lsn, txn, payload, record, HELD_PER_BYTE * size + HELD_FIXED)  # held(), inlined
                 append(payload)
         self.unwoken = True
 

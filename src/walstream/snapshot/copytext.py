@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 
-from ..replication.messages import COLUMN_NULL, COLUMN_TEXT, Cell, TupleData
+from ..source.messages import COLUMN_NULL, COLUMN_TEXT, Cell, TupleData
 
 NULL_CELL = Cell(COLUMN_NULL, None)
 _ESCAPE = re.compile(rb"\\(?:([0-7]{1,3})|x([0-9a-fA-F]{1,2})|(.))", re.S)
