@@ -126,11 +126,9 @@ PGBENCH_KEYS = {"pgbench_accounts": ("aid",), "pgbench_branches": ("bid",), "pgb
 def pgbench_replica(db: TestDB) -> Iterator[TestDB]:
     """A second database on db's cluster, initialised by `pgbench -i` as db was (pgbench's initial rows are
     the same every time; the caller checks it), dropped afterwards."""
-    from conftest import TestDB  # the tests' own class, so snapshot() and pgbench() take it
-
     name = f"{db.name[:50]}_replica"
     db.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)', f'CREATE DATABASE "{name}"')
-    replica = TestDB(db.cluster, name)
+    replica = type(db)(db.cluster, name)  # the tests' own TestDB class (conftest), so snapshot() takes it
     try:
         done = pgbench(replica, "-i", "-s", "1", "-q")
         out, _ = done.communicate(timeout=120)
