@@ -7,6 +7,7 @@ import os
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import psycopg2
 import psycopg2.extensions
@@ -97,7 +98,7 @@ class TestDB:
             for sql in statements:
                 cur.execute(sql, params)
 
-    def query(self, sql: str, params: tuple[object, ...] | None = None) -> list[tuple[object, ...]]:
+    def query(self, sql: str, params: tuple[object, ...] | None = None) -> list[tuple[Any, ...]]:
         with self.conn.cursor() as cur:
             cur.execute(sql, params)
             return cur.fetchall()

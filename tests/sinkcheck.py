@@ -119,7 +119,8 @@ def replay(initial: dict[str, Counter[str]], messages: Iterable[Message],
     return {table: Counter(rows.values()) for table, rows in state.items()}
 
 
-PGBENCH_KEYS = {"pgbench_accounts": ("aid",), "pgbench_branches": ("bid",), "pgbench_tellers": ("tid",)}
+PGBENCH_KEYS: dict[str, tuple[str, ...]] = {
+    "pgbench_accounts": ("aid",), "pgbench_branches": ("bid",), "pgbench_tellers": ("tid",)}
 
 
 @contextmanager
@@ -183,7 +184,7 @@ def apply_to_database(replica: TestDB, messages: Iterable[Message], keys: dict[s
 def confirmed_flush(db: TestDB, slot: str) -> int:
     rows = db.query("SELECT confirmed_flush_lsn - '0/0'::pg_lsn FROM pg_replication_slots WHERE slot_name = %s",
                     (slot,))
-    return int(rows[0][0]) if rows and rows[0][0] is not None else 0  # type: ignore[arg-type]
+    return int(rows[0][0]) if rows and rows[0][0] is not None else 0
 
 
 def wait_until(what: str, check: Callable[[], bool], timeout: float, log: Callable[[], str] = str) -> None:

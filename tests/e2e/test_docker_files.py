@@ -235,7 +235,7 @@ def test_compose_db_service() -> None:
         else:
             source, target = str(volume).split(":")[:2]
             mounts[target] = source
-    source = mounts.get("/docker-entrypoint-initdb.d")
+    source = mounts.get("/docker-entrypoint-initdb.d", "")
     assert source is not None, f"the init scripts are not mounted at /docker-entrypoint-initdb.d: {mounts}"
     assert (ROOT / source).resolve() == INIT_DIR.resolve()
 
@@ -379,7 +379,7 @@ def test_dockerignore_matcher_is_not_vacuous() -> None:
 def test_release_workflow() -> None:
     workflow = release_workflow()
     # YAML 1.1 (PyYAML) reads the bare key `on` as the boolean true.
-    trigger = workflow.get("on", workflow.get(True))
+    trigger: Any = workflow.get("on", workflow.get(True))  # type: ignore[call-overload]
     tags = trigger["push"]["tags"]
     assert "v*" in ([tags] if isinstance(tags, str) else tags)
     assert workflow["permissions"]["packages"] == "write"

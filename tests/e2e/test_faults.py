@@ -592,7 +592,12 @@ def test_fast_shutdown_is_not_blocked_by_an_idle_walstream(pg, testdb, tmp_path,
     ws.wait_log("streaming slot")  # walstream holds a walsender: the shutdown has to wait for it
     testdb.conn.close()
     stopped = threading.Event()
-    stopper = threading.Thread(target=lambda: (pg.stop("fast"), stopped.set(), None)[-1], daemon=True)
+
+    def stop() -> None:
+        pg.stop("fast")
+        stopped.set()
+
+    stopper = threading.Thread(target=stop, daemon=True)
     stopper.start()
     try:
         finished = stopped.wait(15)

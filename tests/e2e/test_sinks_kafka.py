@@ -14,7 +14,7 @@ import uuid
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import orjson
 import pytest
@@ -67,9 +67,11 @@ def read_topics(bootstrap: str, prefix: str, until: int, idle: float = 3.0, time
                     return out
                 continue
             last = time.monotonic()
-            headers = {k: v.decode() for k, v in (msg.headers() or [])}
-            headers["key"] = (msg.key() or b"").decode()
-            m = Message(headers, orjson.loads(msg.value()), msg.topic())
+            pairs: Any = msg.headers() or []  # (str, bytes) pairs
+            headers = {str(k): v.decode() for k, v in pairs}
+            key: Any = msg.key() or b""
+            headers["key"] = key.decode()
+            m = Message(headers, orjson.loads(msg.value() or b"{}"), str(msg.topic()))
             out.append(m)
             seen.add(m.position)
         raise AssertionError(f"read {len(seen)} distinct changes of {until} within {timeout} s")

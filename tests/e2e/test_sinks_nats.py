@@ -65,7 +65,7 @@ async def _read_stream(url: str, stream: str = STREAM) -> list[Message]:
         out = []
         for seq in range(info.state.first_seq, info.state.last_seq + 1):
             raw = await js.get_msg(stream, seq)
-            out.append(Message(dict(raw.headers or {}), orjson.loads(raw.data or b"{}"), raw.subject))
+            out.append(Message(dict(raw.headers or {}), orjson.loads(raw.data or b"{}"), str(raw.subject)))
         return out
     finally:
         await nc.close()
@@ -88,7 +88,7 @@ def stream_count(url: str) -> int:
 
 
 @pytest.fixture
-def nats_server(tmp_path: Path):  # type: ignore[no-untyped-def]
+def nats_server(tmp_path: Path):
     server = NatsServer(tmp_path / "nats").start()
     yield server
     server.stop()

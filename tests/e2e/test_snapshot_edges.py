@@ -175,7 +175,7 @@ def test_a_changed_key_ends_the_backfill_and_a_dropped_table_is_skipped(testdb, 
     finally:
         client.channel.close()
     assert client.error is not None and client.error.code() == grpc.StatusCode.FAILED_PRECONDITION
-    assert "the key of public.b changed during the backfill (from id to id, v)" in client.error.details()
+    assert "the key of public.b changed during the backfill (from id to id, v)" in str(client.error.details())
 
 
 def test_an_update_leaving_a_toasted_value_out_inside_a_window_still_completes_the_row(testdb, walstream):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from test_cli import CONN, FakeCatalog, parse, run
+from test_cli import CONN, FakeCatalog, parse, run  # type: ignore[import-not-found]  # a sibling test module
 
 from walstream.config import StartConfig
 from walstream.errors import ConfigError, ErrorKind, SourceError
