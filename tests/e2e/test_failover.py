@@ -15,9 +15,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
-from conftest import require_build
 from standby import promote, scalar, start_standby, wait_until
-from support import SeedClient, WalstreamProcess, autocommit_connection, execute, run_cli, wait_confirmed
+from support import SeedClient, WalstreamProcess, autocommit_connection, execute, require_build, run_cli, wait_confirmed
 
 from walstream.pgcluster import Cluster
 
