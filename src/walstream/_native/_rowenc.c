@@ -1,0 +1,226 @@
+/* walstream._native._rowenc: one walstream.v1 Row written to wire bytes in C (see delivery/v1/wire.py,
+ * the reference). Plain C against the CPython API: no build dependency beyond a C compiler.
+ *
+ * encode_row(cells, kinds, slow) -> bytes | None
+ *   cells: the tuple of Cell (kind str, data bytes | None) pgoutput sent;
+ *   kinds: one byte per column, K_* below; K_SLOW columns are written by slow[i](data) (the Python
+ *          encoder of that column, returning framed bytes);
+ *   None: this row needs the Python path (a value that does not parse the strict way PostgreSQL writes it,
+ *         a binary column, a slow encoder that raised, a column count that does not match). The caller
+ *         then encodes the row in Python, which gives the same bytes or raises the same errors.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <stdint.h>
+#include <string.h>
+
+enum { K_SLOW = 0, K_SINT64 = 1, K_NUMERIC = 2, K_TEXT = 3, K_JSON = 4, K_BOOL = 5 };
+
+typedef struct {
+    char *data;
+    Py_ssize_t len, cap;
+    char stack[1024];
+} Buf;
+
+static int buf_reserve(Buf *b, Py_ssize_t extra) {
+    if (b->len + extra <= b->cap)
+        return 0;
+    Py_ssize_t cap = b->cap * 2;
+    while (cap < b->len + extra)
+        cap *= 2;
+    char *p;
+    if (b->data == b->stack) {
+        p = PyMem_Malloc((size_t)cap);
+        if (p != NULL)
+            memcpy(p, b->data, (size_t)b->len);
+    } else {
+        p = PyMem_Realloc(b->data, (size_t)cap);
+    }
+    if (p == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    b->data = p;
+    b->cap = cap;
+    return 0;
+}
+
+static inline void put_varint(Buf *b, uint64_t v) {
+    while (v > 127) {
+        b->data[b->len++] = (char)((v & 127) | 128);
+        v >>= 7;
+    }
+    b->data[b->len++] = (char)v;
+}
+
+static inline int varint_size(uint64_t v) {
+    int n = 1;
+    while (v > 127) {
+        v >>= 7;
+        n++;
+    }
+    return n;
+}
+
+/* -?[0-9]+ within int64, as PostgreSQL writes int2/int4/int8; 0 on anything else. */
+static int parse_int64(const char *s, Py_ssize_t n, int64_t *out) {
+    Py_ssize_t i = 0;
+    int neg = 0;
+    if (n > 0 && s[0] == '-') {
+        neg = 1;
+        i = 1;
+    }
+    if (i == n || n - i > 19)
+        return 0;
+    uint64_t v = 0;
+    for (; i < n; i++) {
+        unsigned d = (unsigned char)s[i] - '0';
+        if (d > 9)
+            return 0;
+        v = v * 10 + d;
+    }
+    if (neg) {
+        if (v > (uint64_t)INT64_MAX + 1)
+            return 0;
+        *out = (int64_t)(0 - v);
+    } else {
+        if (v > (uint64_t)INT64_MAX)
+            return 0;
+        *out = (int64_t)v;
+    }
+    return 1;
+}
+
+static const char V_NULL[] = "\x0a\x02\x08\x01";
+static const char V_TOAST[] = "\x0a\x02\x10\x01";
+
+static PyObject *encode_row(PyObject *self, PyObject *args) {
+    PyObject *cells, *slow;
+    const char *kinds;
+    Py_ssize_t nkinds;
+    if (!PyArg_ParseTuple(args, "O!y#O!:encode_row", &PyTuple_Type, &cells, &kinds, &nkinds, &PyTuple_Type,
+                          &slow))
+        return NULL;
+    Py_ssize_t ncols = PyTuple_GET_SIZE(cells);
+    if (ncols != nkinds || PyTuple_GET_SIZE(slow) != nkinds)
+        Py_RETURN_NONE;
+    Buf b = {NULL, 0, sizeof(b.stack), {0}};
+    b.data = b.stack;
+    PyObject *result = NULL;
+    for (Py_ssize_t i = 0; i < ncols; i++) {
+        PyObject *cell = PyTuple_GET_ITEM(cells, i);
+        if (!PyTuple_Check(cell) || PyTuple_GET_SIZE(cell) != 2)
+            goto fallback;
+        PyObject *kind = PyTuple_GET_ITEM(cell, 0), *data = PyTuple_GET_ITEM(cell, 1);
+        if (!PyUnicode_Check(kind) || PyUnicode_GET_LENGTH(kind) != 1)
+            goto fallback;
+        Py_UCS4 k = PyUnicode_READ_CHAR(kind, 0);
+        if (k == 'n' || k == 'u') {
+            if (buf_reserve(&b, 4) < 0)
+                goto error;
+            memcpy(b.data + b.len, k == 'n' ? V_NULL : V_TOAST, 4);
+            b.len += 4;
+            continue;
+        }
+        if (k != 't' || !PyBytes_Check(data))
+            goto fallback;
+        const char *s = PyBytes_AS_STRING(data);
+        Py_ssize_t n = PyBytes_GET_SIZE(data);
+        switch ((unsigned char)kinds[i]) {
+        case K_SINT64: {
+            int64_t v;
+            if (!parse_int64(s, n, &v))
+                goto fallback;
+            uint64_t z = ((uint64_t)v << 1) ^ (uint64_t)(v >> 63);
+            if (buf_reserve(&b, 13) < 0)
+                goto error;
+            b.data[b.len++] = 0x0a;
+            b.data[b.len++] = (char)(1 + varint_size(z));
+            b.data[b.len++] = 0x20; /* Value.int64: field 4, varint */
+            put_varint(&b, z);
+            break;
+        }
+        case K_NUMERIC:
+        case K_TEXT:
+        case K_JSON: {
+            unsigned char tag = kinds[i] == K_NUMERIC ? 6 : kinds[i] == K_TEXT ? 7 : 9;
+            uint64_t inner = 1 + (uint64_t)varint_size((uint64_t)n) + (uint64_t)n;
+            if (buf_reserve(&b, 1 + 10 + 1 + 10 + n) < 0)
+                goto error;
+            b.data[b.len++] = 0x0a;
+            put_varint(&b, inner);
+            b.data[b.len++] = (char)(tag << 3 | 2);
+            put_varint(&b, (uint64_t)n);
+            memcpy(b.data + b.len, s, (size_t)n);
+            b.len += n;
+            break;
+        }
+        case K_BOOL: {
+            if (n != 1 || (s[0] != 't' && s[0] != 'f'))
+                goto fallback;
+            if (buf_reserve(&b, 4) < 0)
+                goto error;
+            memcpy(b.data + b.len, "\x0a\x02\x18", 3);
+            b.data[b.len + 3] = s[0] == 't';
+            b.len += 4;
+            break;
+        }
+        case K_SLOW: {
+            PyObject *out = PyObject_CallOneArg(PyTuple_GET_ITEM(slow, i), data);
+            if (out == NULL) {
+                if (!PyErr_ExceptionMatches(PyExc_Exception))
+                    goto error; /* KeyboardInterrupt, MemoryError...: not a value problem */
+                PyErr_Clear();
+                goto fallback;
+            }
+            if (!PyBytes_Check(out)) {
+                Py_DECREF(out);
+                goto fallback;
+            }
+            Py_ssize_t m = PyBytes_GET_SIZE(out);
+            if (buf_reserve(&b, m) < 0) {
+                Py_DECREF(out);
+                goto error;
+            }
+            memcpy(b.data + b.len, PyBytes_AS_STRING(out), (size_t)m);
+            b.len += m;
+            Py_DECREF(out);
+            break;
+        }
+        default:
+            goto fallback;
+        }
+    }
+    result = PyBytes_FromStringAndSize(b.data, b.len);
+    goto done;
+fallback:
+    result = Py_NewRef(Py_None);
+    goto done;
+error:
+    result = NULL;
+done:
+    if (b.data != b.stack)
+        PyMem_Free(b.data);
+    return result;
+}
+
+static PyMethodDef methods[] = {
+    {"encode_row", encode_row, METH_VARARGS,
+     "encode_row(cells, kinds, slow) -> Row bytes, or None: encode this row in Python."},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_rowenc", "walstream.v1 rows in C.", -1, methods};
+
+PyMODINIT_FUNC PyInit__rowenc(void) {
+    PyObject *m = PyModule_Create(&module);
+    if (m == NULL)
+        return NULL;
+    if (PyModule_AddIntConstant(m, "K_SLOW", K_SLOW) < 0 || PyModule_AddIntConstant(m, "K_SINT64", K_SINT64) < 0 ||
+        PyModule_AddIntConstant(m, "K_NUMERIC", K_NUMERIC) < 0 || PyModule_AddIntConstant(m, "K_TEXT", K_TEXT) < 0 ||
+        PyModule_AddIntConstant(m, "K_JSON", K_JSON) < 0 || PyModule_AddIntConstant(m, "K_BOOL", K_BOOL) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}
