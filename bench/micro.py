@@ -32,8 +32,8 @@ SHAPES: dict[str, tuple[list[tuple[str, int, bool]], Callable[[int], list[str]]]
              lambda g: [str(g), str(g % 1000), f"{(g % 100000) / 100.0:.2f}", f"label-{g}",
                         "2026-12-04 20:10:11.123456+00"]),
     "wide": ([("id", 20, True), ("doc", 3802, False), ("body", 25, False)],
-             lambda g: [str(g), '{"id": %d, "tags": ["a", "b", %d], "name": "customer %d", "score": 1.5, '
-                        '"active": true, "address": {"zip": "00042", "city": "City 42"}}' % (g, g % 10, g),
+             lambda g: [str(g), f'{{"id": {g}, "tags": ["a", "b", {g % 10}], "name": "customer {g}", "score": 1.5, '
+                        '"active": true, "address": {"zip": "00042", "city": "City 42"}}',
                         "0123456789abcdef" * 64]),
     "lat": ([("id", 20, True), ("t_ns", 20, False), ("note", 25, False)],
             lambda g: [str(g), str(1_700_000_000_000_000_000 + g), "x"]),

@@ -28,20 +28,27 @@ except ImportError as exc:  # not built (no C compiler at install time): the Pyt
     _import_error = str(exc)
 
 
-def _choose(setting: str | None) -> str:
+def _choose(setting: str | None) -> tuple[str, str]:
+    """(implementation, problem): a problem is raised by require(), so the CLI reports it as one line."""
     if setting in (None, ""):
-        return "native" if _rowenc is not None else "python"
+        return ("native" if _rowenc is not None else "python"), ""
     if setting == "0":
-        return "python"
+        return "python", ""
     if setting == "1":
         if _rowenc is None:
-            raise ImportError(f"{ENV}=1 but the native accelerator walstream._native is not built "
-                              f"({_import_error}); reinstall with a C compiler present, or unset {ENV}")
-        return "native"
-    raise ConfigError(f"{ENV} must be 0 (pure Python) or 1 (require native), not {setting!r}")
+            return "python", (f"{ENV}=1 but the native accelerator walstream._native is not built "
+                              f"({_import_error}); reinstall walstream with a C compiler present, or unset {ENV}")
+        return "native", ""
+    return "python", f"{ENV} must be 0 (pure Python) or 1 (require the native accelerator), not {setting!r}"
 
 
-implementation = _choose(os.environ.get(ENV))
+implementation, _problem = _choose(os.environ.get(ENV))
+
+
+def require() -> None:
+    """Raise ConfigError if WALSTREAM_NATIVE asks for what cannot be had (or is not 0/1)."""
+    if _problem:
+        raise ConfigError(_problem)
 
 
 def available_implementations() -> list[str]:
@@ -51,7 +58,7 @@ def available_implementations() -> list[str]:
 def description() -> str:
     """For --version and the start log line."""
     if implementation == "native":
-        return "native (C accelerator)"
+        return "native C accelerator"
     why = f"{ENV}=0" if _rowenc is not None else "accelerator not built"
     return f"pure Python ({why})"
 
@@ -60,6 +67,7 @@ def row_encoder(utf8: bool) -> tuple[RowEncodeFn, dict[int, int]] | None:
     """The native Row encoder and the kind code of each type OID it writes itself (others: K_SLOW, the
     column's Python encoder called from C), or None: pure Python. The kinds are those of wire.py's byte
     encoders; text-like ones only from a UTF-8 server, as there."""
+    require()
     r = _rowenc
     if implementation != "native" or r is None:
         return None
