@@ -23,7 +23,7 @@ from walstream.events.assembler import Assembler
 from walstream.events.change import ChangeEvent
 from walstream.events.text import text_decoder
 from walstream.events.values import TypeCatalog
-from walstream.source.decoder import decode_message, plain_insert
+from walstream.source.decoder import decode_message, insert_decoder, plain_insert
 
 # (name, columns as (name, type oid, key), one row's column texts for row g)
 SHAPES: dict[str, tuple[list[tuple[str, int, bool]], Callable[[int], list[str]]]] = {
@@ -93,9 +93,14 @@ def measure(shape: str, rows: int, repeat: int) -> dict[str, float]:
     decoded = [plain_insert(m) for m in msgs]
     lsn = 1 << 32
 
-    def decode() -> None:
-        for m in msgs:
-            plain_insert(m)
+    def decode(impl: str) -> Callable[[], None]:
+        with native.using(impl):
+            plain = insert_decoder()
+
+        def run() -> None:
+            for m in msgs:
+                plain(m)
+        return run
 
     def assemble() -> None:
         sink.events.clear()
@@ -120,7 +125,10 @@ def measure(shape: str, rows: int, repeat: int) -> dict[str, float]:
             e.json_bytes()
 
     us = 1e6 / rows
-    result = {"decode": _best(decode, repeat) * us, "assemble": _best(assemble, repeat) * us}
+    result: dict[str, float] = {}
+    for impl in native.available_implementations():
+        result[f"decode ({impl})"] = _best(decode(impl), repeat) * us
+    result["assemble"] = _best(assemble, repeat) * us
     for impl in native.available_implementations():
         with native.using(impl):
             result[f"v1 encode ({impl})"] = _best(v1(impl), repeat) * us

@@ -78,6 +78,15 @@ def row_encoder(utf8: bool) -> tuple[RowEncodeFn, dict[int, int]] | None:
     return fn, kinds
 
 
+def insert_decoder() -> tuple[Callable[..., None], Callable[[bytes], Any]] | None:
+    """The C twin of decoder.plain_insert as (configure, plain_insert), or None: pure Python."""
+    require()
+    r = _rowenc
+    if implementation != "native" or r is None:
+        return None
+    return r.configure, r.plain_insert
+
+
 @contextmanager
 def using(name: str) -> Iterator[None]:
     """Run a block with one implementation (tests and bench/micro.py compare both in one process); encoders

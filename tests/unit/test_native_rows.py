@@ -8,6 +8,7 @@ Skipped where the accelerator was not built; under CI=true a missing build fails
 
 from __future__ import annotations
 
+import json
 import os
 import struct
 from collections.abc import Callable
@@ -15,7 +16,7 @@ from collections.abc import Callable
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from test_replay import Recorder, feed
+from test_replay import GOLDEN, Recorder, feed
 from test_v1wire import BAD, VALUES, reference_row, relation
 
 from walstream import native
@@ -24,7 +25,7 @@ from walstream.delivery.v1.typed import TypedCatalog
 from walstream.delivery.v1.wire import RowEncoder
 from walstream.errors import ProtocolError
 from walstream.events.values import TypeCatalog
-from walstream.source.decoder import plain_insert
+from walstream.source.decoder import decode_message, insert_decoder, plain_insert
 from walstream.source.messages import Cell
 
 
@@ -129,9 +130,10 @@ def _insert(*texts: bytes) -> bytes:
 def _outcome(msg: bytes) -> tuple[str, object]:
     """What the Insert fast path + Row encoding make of a message: its bytes, or the error it raises."""
     try:
-        row = plain_insert(msg)
+        row = insert_decoder()(msg)
         if row is None:
             return "none", None
+        assert all(type(c) is Cell for c in row[1])
         rows = RowEncoder(TypedCatalog(TypeCatalog()).relation(relation((20, True), (25, False), (1700, False))),
                           utf8=True)
         return "row", rows.row(row[1])
@@ -143,6 +145,8 @@ def _outcome(msg: bytes) -> tuple[str, object]:
 @given(st.data())
 def test_truncated_and_corrupted_messages_give_the_same_outcome(data: st.DataObject) -> None:
     msg = bytearray(_insert(b"42", "é".encode() * 3, b"12.50"))
+    if data.draw(st.booleans()):  # a NULL and an unchanged TOAST column in place of the last two
+        msg = bytearray(msg[:msg.index(b"t", 10)]) + b"nu"  # (the 'N' tuple's first column ends before it)
     cut = data.draw(st.integers(0, len(msg)))
     flips = data.draw(st.lists(st.tuples(st.integers(0, len(msg) - 1), st.integers(0, 255)), max_size=3))
     for pos, value in flips:
@@ -150,6 +154,23 @@ def test_truncated_and_corrupted_messages_give_the_same_outcome(data: st.DataObj
     corrupted = bytes(msg[:cut]) if data.draw(st.booleans()) else bytes(msg)
     python, compiled = both(lambda: [repr(_outcome(corrupted)).encode()])
     assert python == compiled
+
+
+def test_golden_inserts_decode_to_equal_cells() -> None:
+    lines = (GOLDEN / "pgoutput_v1.jsonl").read_text().splitlines()[1:]
+    messages = [bytes.fromhex(json.loads(line)["hex"]) for line in lines]
+    with native.using("native"):
+        decode = insert_decoder()
+    assert decode is not plain_insert
+    inserts = 0
+    for msg in messages:
+        got, want = decode(msg), plain_insert(msg)
+        assert got == want
+        if want is not None:
+            inserts += 1
+            assert all(type(c) is Cell for c in got[1])  # type: ignore[index]
+            assert want == (decode_message(msg).relation_id, decode_message(msg).new)  # type: ignore[union-attr]
+    assert inserts > 5
 
 
 def test_bad_shapes_fall_back_and_never_crash() -> None:

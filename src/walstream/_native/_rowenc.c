@@ -204,7 +204,96 @@ done:
     return result;
 }
 
+/* --- plain_insert(buf): decoder.plain_insert in C ---------------------------------------------------------
+ * configure(Cell, null_cell, unchanged_cell, fallback) once; then plain_insert(buf) gives (relation id, tuple
+ * of Cell) for a well-formed Insert, and for anything else (another message, a truncated or corrupted one)
+ * returns fallback(buf): the Python decoder, which returns None or raises its clear error. */
+static PyTypeObject *cell_type = NULL;
+static PyObject *null_cell = NULL, *unchanged_cell = NULL, *insert_fallback = NULL, *kind_t = NULL, *kind_b = NULL;
+
+static PyObject *configure(PyObject *self, PyObject *args) {
+    PyObject *cls, *null_c, *unchanged_c, *fallback;
+    if (!PyArg_ParseTuple(args, "O!OOO:configure", &PyType_Type, &cls, &null_c, &unchanged_c, &fallback))
+        return NULL;
+    if (!PyType_IsSubtype((PyTypeObject *)cls, &PyTuple_Type)) {
+        PyErr_SetString(PyExc_TypeError, "configure: Cell must be a tuple subclass");
+        return NULL;
+    }
+    Py_XSETREF(cell_type, (PyTypeObject *)Py_NewRef(cls));
+    Py_XSETREF(null_cell, Py_NewRef(null_c));
+    Py_XSETREF(unchanged_cell, Py_NewRef(unchanged_c));
+    Py_XSETREF(insert_fallback, Py_NewRef(fallback));
+    Py_RETURN_NONE;
+}
+
+static PyObject *plain_insert(PyObject *self, PyObject *buf) {
+    if (insert_fallback == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "walstream._native: plain_insert before configure");
+        return NULL;
+    }
+    if (!PyBytes_Check(buf))
+        return PyObject_CallOneArg(insert_fallback, buf);
+    const unsigned char *s = (const unsigned char *)PyBytes_AS_STRING(buf);
+    Py_ssize_t n = PyBytes_GET_SIZE(buf);
+    if (n <= 7 || s[0] != 'I' || s[5] != 'N')
+        return PyObject_CallOneArg(insert_fallback, buf);
+    Py_ssize_t natts = (Py_ssize_t)s[6] << 8 | s[7], pos = 8;
+    PyObject *cells = PyTuple_New(natts);
+    if (cells == NULL)
+        return NULL;
+    for (Py_ssize_t i = 0; i < natts; i++) {
+        if (pos >= n)
+            goto fallback;
+        unsigned char k = s[pos];
+        if (k == 'n' || k == 'u') {
+            PyTuple_SET_ITEM(cells, i, Py_NewRef(k == 'n' ? null_cell : unchanged_cell));
+            pos++;
+            continue;
+        }
+        if ((k != 't' && k != 'b') || pos + 5 > n)
+            goto fallback;
+        int32_t len = (int32_t)((uint32_t)s[pos + 1] << 24 | (uint32_t)s[pos + 2] << 16 | (uint32_t)s[pos + 3] << 8 |
+                                (uint32_t)s[pos + 4]);
+        if (len < 0 || len > n - (pos + 5))
+            goto fallback;
+        PyObject *data = PyBytes_FromStringAndSize((const char *)s + pos + 5, len);
+        if (data == NULL)
+            goto error;
+        PyObject *cell = cell_type->tp_alloc(cell_type, 2);
+        if (cell == NULL) {
+            Py_DECREF(data);
+            goto error;
+        }
+        PyTuple_SET_ITEM(cell, 0, Py_NewRef(k == 't' ? kind_t : kind_b));
+        PyTuple_SET_ITEM(cell, 1, data);
+        PyTuple_SET_ITEM(cells, i, cell);
+        pos += 5 + len;
+    }
+    if (pos != n)
+        goto fallback;
+    uint32_t relid = (uint32_t)s[1] << 24 | (uint32_t)s[2] << 16 | (uint32_t)s[3] << 8 | (uint32_t)s[4];
+    PyObject *rel = PyLong_FromUnsignedLong(relid);
+    if (rel == NULL)
+        goto error;
+    PyObject *out = PyTuple_New(2);
+    if (out == NULL) {
+        Py_DECREF(rel);
+        goto error;
+    }
+    PyTuple_SET_ITEM(out, 0, rel);
+    PyTuple_SET_ITEM(out, 1, cells);
+    return out;
+fallback:
+    Py_DECREF(cells); /* unfilled slots are NULL: tuple dealloc skips them */
+    return PyObject_CallOneArg(insert_fallback, buf);
+error:
+    Py_DECREF(cells);
+    return NULL;
+}
+
 static PyMethodDef methods[] = {
+    {"configure", configure, METH_VARARGS, "configure(Cell, null_cell, unchanged_cell, fallback)"},
+    {"plain_insert", plain_insert, METH_O, "plain_insert(buf) -> (relation id, cells) | fallback(buf)"},
     {"encode_row", encode_row, METH_VARARGS,
      "encode_row(cells, kinds, slow) -> Row bytes, or None: encode this row in Python."},
     {NULL, NULL, 0, NULL},
@@ -213,6 +302,10 @@ static PyMethodDef methods[] = {
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_rowenc", "walstream.v1 rows in C.", -1, methods};
 
 PyMODINIT_FUNC PyInit__rowenc(void) {
+    kind_t = PyUnicode_InternFromString("t");
+    kind_b = PyUnicode_InternFromString("b");
+    if (kind_t == NULL || kind_b == NULL)
+        return NULL;
     PyObject *m = PyModule_Create(&module);
     if (m == NULL)
         return NULL;

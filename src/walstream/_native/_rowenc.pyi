@@ -1,4 +1,6 @@
-from walstream.source.messages import TupleData
+from collections.abc import Callable
+
+from walstream.source.messages import Cell, TupleData
 
 K_SLOW: int
 K_SINT64: int
@@ -8,3 +10,6 @@ K_JSON: int
 K_BOOL: int
 
 def encode_row(cells: TupleData, kinds: bytes, slow: tuple[object, ...], /) -> bytes | None: ...
+def configure(cell: type[Cell], null_cell: Cell, unchanged_cell: Cell,
+              fallback: Callable[[bytes], tuple[int, TupleData] | None], /) -> None: ...
+def plain_insert(buf: bytes, /) -> tuple[int, TupleData] | None: ...
