@@ -87,6 +87,17 @@ def insert_decoder() -> tuple[Callable[..., None], Callable[[bytes], Any]] | Non
     return r.configure, r.plain_insert
 
 
+def copy_reader(get_copy_data: int, freemem: int) -> Callable[[int], Any] | None:
+    """The C CopyData reader, bound to libpq's PQgetCopyData and PQfreemem (by address), or None."""
+    require()
+    r = _rowenc
+    if implementation != "native" or r is None:
+        return None
+    r.set_libpq(get_copy_data, freemem)
+    fn: Callable[[int], Any] = r.read_copy_data
+    return fn
+
+
 @contextmanager
 def using(name: str) -> Iterator[None]:
     """Run a block with one implementation (tests and bench/micro.py compare both in one process); encoders

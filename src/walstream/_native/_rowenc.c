@@ -291,7 +291,66 @@ error:
     return NULL;
 }
 
+/* --- read_copy_data(conn): one CopyData from libpq, called through psycopg2's own libpq ----------------------
+ * set_libpq(PQgetCopyData address, PQfreemem address) once (copyboth.py finds them with ctypes: no libpq
+ * headers or link here). read_copy_data(conn pointer) -> (data_start, pgoutput message) for an XLogData,
+ * the whole message as bytes for anything else (a keepalive: copyboth.py reads it), or PQgetCopyData's
+ * result n <= 0 as an int. One copy out of libpq's buffer, straight into the message's bytes. */
+typedef int (*get_copy_data_fn)(void *, char **, int);
+typedef void (*freemem_fn)(void *);
+static get_copy_data_fn pq_get_copy_data = NULL;
+static freemem_fn pq_freemem = NULL;
+
+static PyObject *set_libpq(PyObject *self, PyObject *args) {
+    unsigned long long get_addr, free_addr;
+    if (!PyArg_ParseTuple(args, "KK:set_libpq", &get_addr, &free_addr))
+        return NULL;
+    if (get_addr == 0 || free_addr == 0) {
+        PyErr_SetString(PyExc_ValueError, "set_libpq: a function address is 0");
+        return NULL;
+    }
+    pq_get_copy_data = (get_copy_data_fn)(uintptr_t)get_addr;
+    pq_freemem = (freemem_fn)(uintptr_t)free_addr;
+    Py_RETURN_NONE;
+}
+
+static PyObject *read_copy_data(PyObject *self, PyObject *arg) {
+    if (pq_get_copy_data == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "walstream._native: read_copy_data before set_libpq");
+        return NULL;
+    }
+    void *conn = PyLong_AsVoidPtr(arg);
+    if (conn == NULL) {
+        if (!PyErr_Occurred())
+            PyErr_SetString(PyExc_ValueError, "read_copy_data: a NULL connection");
+        return NULL;
+    }
+    char *buf = NULL;
+    int n = pq_get_copy_data(conn, &buf, 1); /* async: never blocks */
+    if (n <= 0)
+        return PyLong_FromLong(n);
+    PyObject *out;
+    if (buf[0] == 'w' && n > 25) {
+        const unsigned char *u = (const unsigned char *)buf;
+        uint64_t lsn = 0;
+        for (int i = 1; i < 9; i++)
+            lsn = lsn << 8 | u[i];
+        PyObject *data = PyBytes_FromStringAndSize(buf + 25, n - 25);
+        PyObject *start = data == NULL ? NULL : PyLong_FromUnsignedLongLong(lsn);
+        out = start == NULL ? NULL : PyTuple_Pack(2, start, data);
+        Py_XDECREF(start);
+        Py_XDECREF(data);
+    } else {
+        out = PyBytes_FromStringAndSize(buf, n);
+    }
+    pq_freemem(buf);
+    return out;
+}
+
 static PyMethodDef methods[] = {
+    {"set_libpq", set_libpq, METH_VARARGS, "set_libpq(PQgetCopyData address, PQfreemem address)"},
+    {"read_copy_data", read_copy_data, METH_O,
+     "read_copy_data(conn) -> (data_start, message) | the raw message | PQgetCopyData's n <= 0"},
     {"configure", configure, METH_VARARGS, "configure(Cell, null_cell, unchanged_cell, fallback)"},
     {"plain_insert", plain_insert, METH_O, "plain_insert(buf) -> (relation id, cells) | fallback(buf)"},
     {"encode_row", encode_row, METH_VARARGS,
