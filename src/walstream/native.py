@@ -19,6 +19,8 @@ from .errors import ConfigError
 
 ENV = "WALSTREAM_NATIVE"
 RowEncodeFn = Callable[[Any, bytes, tuple[Any, ...]], "bytes | None"]
+# (op field, lsn, txn fields, ordinal, relation field, cells, kinds, column encoders) -> framed Event | None
+InsertEventFn = Callable[[bytes, int, bytes, int, bytes, Any, bytes, tuple[Any, ...]], "bytes | None"]
 
 _rowenc: ModuleType | None = None
 _import_error = ""
@@ -63,10 +65,11 @@ def description() -> str:
     return f"pure Python ({why})"
 
 
-def row_encoder(utf8: bool) -> tuple[RowEncodeFn, dict[int, int]] | None:
-    """The native Row encoder and the kind code of each type OID it writes itself (others: K_SLOW, the
-    column's Python encoder called from C), or None: pure Python. The kinds are those of wire.py's byte
-    encoders; text-like ones only from a UTF-8 server, as there."""
+def row_encoder(utf8: bool) -> tuple[RowEncodeFn, InsertEventFn, dict[int, int]] | None:
+    """The native Row encoder, the INSERT Event writer (adapter.Encoder._row_item in one call) and the kind
+    code of each type OID they write themselves (others: K_SLOW, the column's Python encoder called from C),
+    or None: pure Python. The kinds are those of wire.py's byte encoders; text-like ones only from a UTF-8
+    server, as there."""
     require()
     r = _rowenc
     if implementation != "native" or r is None:
@@ -75,7 +78,8 @@ def row_encoder(utf8: bool) -> tuple[RowEncodeFn, dict[int, int]] | None:
     if utf8:
         kinds.update({25: r.K_TEXT, 1043: r.K_TEXT, 1042: r.K_TEXT, 19: r.K_TEXT, 114: r.K_JSON, 3802: r.K_JSON})
     fn: RowEncodeFn = r.encode_row
-    return fn, kinds
+    event: InsertEventFn = r.insert_event
+    return fn, event, kinds
 
 
 def insert_decoder() -> tuple[Callable[..., None], Callable[[bytes], Any]] | None:

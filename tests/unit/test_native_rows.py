@@ -24,6 +24,7 @@ from walstream.delivery.v1.adapter import Encoder
 from walstream.delivery.v1.typed import TypedCatalog
 from walstream.delivery.v1.wire import RowEncoder
 from walstream.errors import ProtocolError
+from walstream.events.change import ChangeEvent, Op, TxnInfo
 from walstream.events.values import TypeCatalog
 from walstream.source.decoder import decode_message, insert_decoder, plain_insert
 from walstream.source.messages import Cell
@@ -107,14 +108,19 @@ CELL_KIND = st.sampled_from(["t", "t", "t", "n", "u"])
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.lists(st.tuples(COLUMN, CELL_KIND, st.booleans()), min_size=1, max_size=12), st.booleans())
-def test_generated_rows_are_byte_equal(columns: list[tuple[tuple[int, str], str, bool]], utf8: bool) -> None:
+@given(st.lists(st.tuples(COLUMN, CELL_KIND, st.booleans()), min_size=1, max_size=12), st.booleans(),
+       st.integers(0, 2**64 - 1), st.integers(0, 2**32 - 1), st.integers(0, 2**40))
+def test_generated_rows_are_byte_equal(columns: list[tuple[tuple[int, str], str, bool]], utf8: bool, lsn: int,
+                                       xid: int, ordinal: int) -> None:
     rel = relation(*((oid, key) for (oid, _), _, key in columns))
     cells = tuple(Cell(kind, text.encode() if kind == "t" else None) for (_, text), kind, _ in columns)
 
+    event = ChangeEvent(Op.INSERT, lsn, TxnInfo(xid, lsn, -5), ordinal, rel, new=cells)
+
     def encode() -> list[bytes]:
         rows = RowEncoder(TypedCatalog(TypeCatalog()).relation(rel), utf8=utf8)
-        return [rows.row(cells), rows.row(cells, key_only=True)]
+        # and the whole INSERT event (native: one call writes it, adapter.Encoder._row_item)
+        return [rows.row(cells), rows.row(cells, key_only=True), Encoder(TypedCatalog(TypeCatalog())).item(event).data]
 
     python, compiled = both(encode)
     assert python == compiled

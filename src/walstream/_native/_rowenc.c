@@ -94,50 +94,42 @@ static int parse_int64(const char *s, Py_ssize_t n, int64_t *out) {
 static const char V_NULL[] = "\x0a\x02\x08\x01";
 static const char V_TOAST[] = "\x0a\x02\x10\x01";
 
-static PyObject *encode_row(PyObject *self, PyObject *args) {
-    PyObject *cells, *slow;
-    const char *kinds;
-    Py_ssize_t nkinds;
-    if (!PyArg_ParseTuple(args, "O!y#O!:encode_row", &PyTuple_Type, &cells, &kinds, &nkinds, &PyTuple_Type,
-                          &slow))
-        return NULL;
+/* The Row of cells into b: 1 written, 0 this row needs the Python path, -1 a Python error is set. */
+static int write_row(Buf *b, PyObject *cells, const char *kinds, Py_ssize_t nkinds, PyObject *slow) {
     Py_ssize_t ncols = PyTuple_GET_SIZE(cells);
     if (ncols != nkinds || PyTuple_GET_SIZE(slow) != nkinds)
-        Py_RETURN_NONE;
-    Buf b = {NULL, 0, sizeof(b.stack), {0}};
-    b.data = b.stack;
-    PyObject *result = NULL;
+        return 0;
     for (Py_ssize_t i = 0; i < ncols; i++) {
         PyObject *cell = PyTuple_GET_ITEM(cells, i);
         if (!PyTuple_Check(cell) || PyTuple_GET_SIZE(cell) != 2)
-            goto fallback;
+            return 0;
         PyObject *kind = PyTuple_GET_ITEM(cell, 0), *data = PyTuple_GET_ITEM(cell, 1);
         if (!PyUnicode_Check(kind) || PyUnicode_GET_LENGTH(kind) != 1)
-            goto fallback;
+            return 0;
         Py_UCS4 k = PyUnicode_READ_CHAR(kind, 0);
         if (k == 'n' || k == 'u') {
-            if (buf_reserve(&b, 4) < 0)
-                goto error;
-            memcpy(b.data + b.len, k == 'n' ? V_NULL : V_TOAST, 4);
-            b.len += 4;
+            if (buf_reserve(b, 4) < 0)
+                return -1;
+            memcpy(b->data + b->len, k == 'n' ? V_NULL : V_TOAST, 4);
+            b->len += 4;
             continue;
         }
         if (k != 't' || !PyBytes_Check(data))
-            goto fallback;
+            return 0;
         const char *s = PyBytes_AS_STRING(data);
         Py_ssize_t n = PyBytes_GET_SIZE(data);
         switch ((unsigned char)kinds[i]) {
         case K_SINT64: {
             int64_t v;
             if (!parse_int64(s, n, &v))
-                goto fallback;
+                return 0;
             uint64_t z = ((uint64_t)v << 1) ^ (uint64_t)(v >> 63);
-            if (buf_reserve(&b, 13) < 0)
-                goto error;
-            b.data[b.len++] = 0x0a;
-            b.data[b.len++] = (char)(1 + varint_size(z));
-            b.data[b.len++] = 0x20; /* Value.int64: field 4, varint */
-            put_varint(&b, z);
+            if (buf_reserve(b, 13) < 0)
+                return -1;
+            b->data[b->len++] = 0x0a;
+            b->data[b->len++] = (char)(1 + varint_size(z));
+            b->data[b->len++] = 0x20; /* Value.int64: field 4, varint */
+            put_varint(b, z);
             break;
         }
         case K_NUMERIC:
@@ -145,63 +137,134 @@ static PyObject *encode_row(PyObject *self, PyObject *args) {
         case K_JSON: {
             unsigned char tag = kinds[i] == K_NUMERIC ? 6 : kinds[i] == K_TEXT ? 7 : 9;
             uint64_t inner = 1 + (uint64_t)varint_size((uint64_t)n) + (uint64_t)n;
-            if (buf_reserve(&b, 1 + 10 + 1 + 10 + n) < 0)
-                goto error;
-            b.data[b.len++] = 0x0a;
-            put_varint(&b, inner);
-            b.data[b.len++] = (char)(tag << 3 | 2);
-            put_varint(&b, (uint64_t)n);
-            memcpy(b.data + b.len, s, (size_t)n);
-            b.len += n;
+            if (buf_reserve(b, 1 + 10 + 1 + 10 + n) < 0)
+                return -1;
+            b->data[b->len++] = 0x0a;
+            put_varint(b, inner);
+            b->data[b->len++] = (char)(tag << 3 | 2);
+            put_varint(b, (uint64_t)n);
+            memcpy(b->data + b->len, s, (size_t)n);
+            b->len += n;
             break;
         }
         case K_BOOL: {
             if (n != 1 || (s[0] != 't' && s[0] != 'f'))
-                goto fallback;
-            if (buf_reserve(&b, 4) < 0)
-                goto error;
-            memcpy(b.data + b.len, "\x0a\x02\x18", 3);
-            b.data[b.len + 3] = s[0] == 't';
-            b.len += 4;
+                return 0;
+            if (buf_reserve(b, 4) < 0)
+                return -1;
+            memcpy(b->data + b->len, "\x0a\x02\x18", 3);
+            b->data[b->len + 3] = s[0] == 't';
+            b->len += 4;
             break;
         }
         case K_SLOW: {
             PyObject *out = PyObject_CallOneArg(PyTuple_GET_ITEM(slow, i), data);
             if (out == NULL) {
                 if (!PyErr_ExceptionMatches(PyExc_Exception))
-                    goto error; /* KeyboardInterrupt, MemoryError...: not a value problem */
+                    return -1; /* KeyboardInterrupt, MemoryError...: not a value problem */
                 PyErr_Clear();
-                goto fallback;
+                return 0;
             }
             if (!PyBytes_Check(out)) {
                 Py_DECREF(out);
-                goto fallback;
+                return 0;
             }
             Py_ssize_t m = PyBytes_GET_SIZE(out);
-            if (buf_reserve(&b, m) < 0) {
+            if (buf_reserve(b, m) < 0) {
                 Py_DECREF(out);
-                goto error;
+                return -1;
             }
-            memcpy(b.data + b.len, PyBytes_AS_STRING(out), (size_t)m);
-            b.len += m;
+            memcpy(b->data + b->len, PyBytes_AS_STRING(out), (size_t)m);
+            b->len += m;
             Py_DECREF(out);
             break;
         }
         default:
-            goto fallback;
+            return 0;
         }
     }
-    result = PyBytes_FromStringAndSize(b.data, b.len);
-    goto done;
-fallback:
-    result = Py_NewRef(Py_None);
-    goto done;
-error:
-    result = NULL;
-done:
-    if (b.data != b.stack)
-        PyMem_Free(b.data);
+    return 1;
+}
+
+static void buf_free(Buf *b) {
+    if (b->data != b->stack)
+        PyMem_Free(b->data);
+}
+
+static PyObject *encode_row(PyObject *self, PyObject *args) {
+    PyObject *cells, *slow;
+    const char *kinds;
+    Py_ssize_t nkinds;
+    if (!PyArg_ParseTuple(args, "O!y#O!:encode_row", &PyTuple_Type, &cells, &kinds, &nkinds, &PyTuple_Type,
+                          &slow))
+        return NULL;
+    Buf b = {NULL, 0, sizeof(b.stack), {0}};
+    b.data = b.stack;
+    int ok = write_row(&b, cells, kinds, nkinds, slow);
+    PyObject *result = ok > 0 ? PyBytes_FromStringAndSize(b.data, b.len) : ok == 0 ? Py_NewRef(Py_None) : NULL;
+    buf_free(&b);
     return result;
+}
+
+/* insert_event(op_field, lsn, txn_fields, ordinal, relation_field, cells, kinds, slow) -> bytes | None:
+ * adapter.Encoder._row_item for an INSERT in one call: the framed Batch.events element (field 2) holding
+ * the Event's fields in field order, defaults left out, and the new row; None: the row needs Python. */
+static PyObject *insert_event(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 8) {
+        PyErr_SetString(PyExc_TypeError, "insert_event takes 8 arguments");
+        return NULL;
+    }
+    PyObject *op = args[0], *txn = args[2], *relf = args[4], *cells = args[5], *kinds = args[6], *slow = args[7];
+    if (!PyBytes_Check(op) || !PyBytes_Check(txn) || !PyBytes_Check(relf) || !PyTuple_Check(cells) ||
+        !PyBytes_Check(kinds) || !PyTuple_Check(slow)) {
+        PyErr_SetString(PyExc_TypeError, "insert_event: bytes, int, bytes, int, bytes, tuple, bytes, tuple");
+        return NULL;
+    }
+    uint64_t lsn = PyLong_AsUnsignedLongLong(args[1]);
+    if (lsn == (uint64_t)-1 && PyErr_Occurred())
+        return NULL;
+    uint64_t ordinal = PyLong_AsUnsignedLongLong(args[3]);
+    if (ordinal == (uint64_t)-1 && PyErr_Occurred())
+        return NULL;
+    Buf b = {NULL, 0, sizeof(b.stack), {0}};
+    b.data = b.stack;
+    int ok = write_row(&b, cells, PyBytes_AS_STRING(kinds), PyBytes_GET_SIZE(kinds), slow);
+    if (ok <= 0) {
+        buf_free(&b);
+        return ok == 0 ? Py_NewRef(Py_None) : NULL;
+    }
+    Py_ssize_t nop = PyBytes_GET_SIZE(op), ntxn = PyBytes_GET_SIZE(txn), nrel = PyBytes_GET_SIZE(relf);
+    uint64_t body = (uint64_t)(nop + ntxn + nrel) + (lsn ? 1 + (uint64_t)varint_size(lsn) : 0) +
+                    (ordinal ? 1 + (uint64_t)varint_size(ordinal) : 0) + 1 + (uint64_t)varint_size((uint64_t)b.len) +
+                    (uint64_t)b.len;
+    Py_ssize_t total = 1 + varint_size(body) + (Py_ssize_t)body;
+    PyObject *out = PyBytes_FromStringAndSize(NULL, total);
+    if (out == NULL) {
+        buf_free(&b);
+        return NULL;
+    }
+    Buf o = {PyBytes_AS_STRING(out), 0, total, {0}}; /* exact size: put_varint needs no reserve */
+    o.data[o.len++] = 0x12;
+    put_varint(&o, body);
+    memcpy(o.data + o.len, PyBytes_AS_STRING(op), (size_t)nop);
+    o.len += nop;
+    if (lsn) {
+        o.data[o.len++] = 0x10;
+        put_varint(&o, lsn);
+    }
+    memcpy(o.data + o.len, PyBytes_AS_STRING(txn), (size_t)ntxn);
+    o.len += ntxn;
+    if (ordinal) {
+        o.data[o.len++] = 0x30;
+        put_varint(&o, ordinal);
+    }
+    memcpy(o.data + o.len, PyBytes_AS_STRING(relf), (size_t)nrel);
+    o.len += nrel;
+    o.data[o.len++] = 0x42;
+    put_varint(&o, (uint64_t)b.len);
+    memcpy(o.data + o.len, b.data, (size_t)b.len);
+    buf_free(&b);
+    return out;
 }
 
 /* --- plain_insert(buf): decoder.plain_insert in C ---------------------------------------------------------
@@ -351,6 +414,8 @@ static PyMethodDef methods[] = {
     {"set_libpq", set_libpq, METH_VARARGS, "set_libpq(PQgetCopyData address, PQfreemem address)"},
     {"read_copy_data", read_copy_data, METH_O,
      "read_copy_data(conn) -> (data_start, message) | the raw message | PQgetCopyData's n <= 0"},
+    {"insert_event", (PyCFunction)(void (*)(void))insert_event, METH_FASTCALL,
+     "insert_event(op_field, lsn, txn_fields, ordinal, relation_field, cells, kinds, slow) -> bytes | None"},
     {"configure", configure, METH_VARARGS, "configure(Cell, null_cell, unchanged_cell, fallback)"},
     {"plain_insert", plain_insert, METH_O, "plain_insert(buf) -> (relation id, cells) | fallback(buf)"},
     {"encode_row", encode_row, METH_VARARGS,

@@ -187,7 +187,7 @@ def value_encoder(type_oid: int, utf8: bool) -> ValueEncoder | None:
 class RowEncoder:
     """A relation's rows -> Row message bytes (unframed), one encoder per column."""
 
-    __slots__ = ("typing", "encoders", "relation_field", "native", "kinds")
+    __slots__ = ("typing", "encoders", "relation_field", "native", "native_insert", "kinds")
 
     def __init__(self, typing: RelationTyping, utf8: bool) -> None:
         self.typing = typing
@@ -200,7 +200,8 @@ class RowEncoder:
         # The C accelerator (walstream.native) writes whole rows; None from it means: this row in Python.
         accelerated = native.row_encoder(utf8)
         self.native = accelerated[0] if accelerated else None
-        self.kinds = bytes(accelerated[1].get(c.type_oid, 0) for c in columns) if accelerated else b""
+        self.native_insert = accelerated[1] if accelerated else None  # adapter.Encoder._row_item's INSERT
+        self.kinds = bytes(accelerated[2].get(c.type_oid, 0) for c in columns) if accelerated else b""
 
     def _slow_encoder(self, convert: ValueConverter) -> ValueEncoder:
         decode = self.typing.decode
