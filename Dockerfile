@@ -4,9 +4,13 @@
 #   docker run -p 50051:50051 walstream --connection "host=... user=... password=... dbname=..." \
 #       start --publication my_publication --slot my_slot
 #
-# Every dependency (psycopg2-binary, grpcio, protobuf, orjson) ships manylinux wheels for amd64 and arm64,
-# so the image needs no libpq headers. walstream's own C accelerator (src/walstream/_native) is compiled in a
-# build stage that has gcc; the runtime image gets the wheel only, no compiler.
+# The broker sinks (`start --sink nats://... | kafka://...`, docs/sinks.md) are in by default: the `sinks`
+# extra (nats-py, confluent-kafka with librdkafka inside its wheel, about 15 MB). An image without them:
+#   docker build --build-arg EXTRAS= -t walstream .
+#
+# Every dependency (psycopg2-binary, grpcio, protobuf, orjson, confluent-kafka) ships manylinux wheels for
+# amd64 and arm64, so the image needs no libpq headers. walstream's own C accelerator (src/walstream/_native)
+# is compiled in a build stage that has gcc; the runtime image gets the wheel only, no compiler.
 FROM python:3.12-slim AS build
 RUN apt-get update && apt-get install -y --no-install-recommends gcc libc6-dev && rm -rf /var/lib/apt/lists/*
 COPY pyproject.toml setup.py README.md /tmp/walstream/
@@ -15,6 +19,9 @@ RUN pip wheel --no-cache-dir --no-deps --wheel-dir /wheels /tmp/walstream
 
 FROM python:3.12-slim
 
+# Optional dependency groups of pyproject.toml to install, comma-separated ("" for none).
+ARG EXTRAS=sinks
+
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
@@ -22,7 +29,9 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_ROOT_USER_ACTION=ignore
 
 COPY --from=build /wheels /tmp/wheels
-RUN pip install --no-cache-dir /tmp/wheels/*.whl \
+# The wheel first, then the extras for the walstream now installed (pip keeps that one).
+RUN pip install --no-cache-dir /tmp/wheels/walstream-*.whl \
+    && pip install --no-cache-dir "walstream${EXTRAS:+[$EXTRAS]}" \
     && rm -rf /tmp/wheels \
     && WALSTREAM_NATIVE=1 python -c "from walstream import native; native.require()" \
     && groupadd --system --gid 10001 walstream \

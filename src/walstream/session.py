@@ -52,7 +52,7 @@ class Pipeline:
         self.types = types
         self.fetch_types = fetch_types
         self.open_source: OpenSource = open_source or (lambda create: ReplicationStream(
-            dsn, config.slot, config.publication, config.temporary, create=create))
+            dsn, config.slot, config.publication, config.temporary, create=create, failover=config.failover))
         self.type_schemas: dict[int, str] = {}  # filled with the types fetched: the v1 type names' schemas
         self.assembler = Assembler(hub, types, text_decoder("utf-8"))
         self.stopping = _StopEvent(self._wake_reader)  # set() also ends the reader's wait for data

@@ -16,8 +16,8 @@ from collections.abc import Callable
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from test_replay import GOLDEN, Recorder, feed
-from test_v1wire import BAD, VALUES, reference_row, relation
+from test_replay import GOLDEN, Recorder, feed  # type: ignore[import-not-found]  # a sibling test module
+from test_v1wire import BAD, VALUES, reference_row, relation  # type: ignore[import-not-found]
 
 from walstream import native
 from walstream.delivery.v1.adapter import Encoder

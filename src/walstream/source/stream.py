@@ -20,6 +20,7 @@ from ..errors import ErrorKind, SlotInUseError, SourceError
 from ..events.text import SQL_ASCII
 from ..lsn import format_lsn, parse_lsn
 from ..threads import in_daemon_thread
+from . import failover as failover_slots
 from .base import StreamInfo
 from .catalog import CONNECT_TIMEOUT, first_line
 from .copyboth import CopyBoth, CopyBothError
@@ -63,12 +64,15 @@ class ReplicationStream:
     (or found held by another process) is never created again: a new slot would silently skip every change
     committed since the old one was lost."""
 
-    def __init__(self, dsn: str, slot: str, publication: str, temporary: bool, create: bool = True) -> None:
+    def __init__(self, dsn: str, slot: str, publication: str, temporary: bool, create: bool = True,
+                 failover: bool = False) -> None:
+        failover_slots.check_permanent(failover, temporary)
         self.dsn = dsn
         self.slot = slot
         self.publication = publication
         self.temporary = temporary
         self.create = create
+        self.failover = failover
         self._conn: psycopg2.extras.LogicalReplicationConnection | None = None
         self._wire: CopyBoth | None = None
 
@@ -92,6 +96,8 @@ class ReplicationStream:
             cur = conn.cursor()
             created, start_lsn = self._ensure_slot(cur) if self.create or self.temporary else (False, 0)
             version = conn.server_version
+            if self.failover and not created:
+                self._enable_failover(cur)
             cur.execute("SHOW wal_sender_timeout")
             row = cur.fetchone()
             sender_timeout = parse_duration(str(row[0])) if row else 60.0
@@ -124,6 +130,8 @@ class ReplicationStream:
             if self.temporary:
                 # psycopg2's create_replication_slot has no TEMPORARY; the name is validated [a-z0-9_].
                 cur.execute(f'CREATE_REPLICATION_SLOT "{self.slot}" TEMPORARY LOGICAL pgoutput NOEXPORT_SNAPSHOT')
+            elif self.failover:
+                cur.execute(failover_slots.create_command(self.slot))
             else:
                 cur.create_replication_slot(self.slot, output_plugin="pgoutput")
         except psycopg2.errors.DuplicateObject:
@@ -134,9 +142,15 @@ class ReplicationStream:
             raise _classify(exc, self.slot) from None
         row = cur.fetchone()
         consistent = row[1] if row else "0/0"
-        log.info("created %s replication slot %s at %s", "temporary" if self.temporary else "permanent",
-                 self.slot, consistent)
+        kind = "temporary" if self.temporary else "permanent failover" if self.failover else "permanent"
+        log.info("created %s replication slot %s at %s", kind, self.slot, consistent)
         return True, parse_lsn(consistent)
+
+    def _enable_failover(self, cur: psycopg2.extras.ReplicationCursor) -> None:
+        try:
+            failover_slots.enable(cur, self.slot)
+        except psycopg2.Error as exc:
+            raise _classify(exc, self.slot) from None
 
     # -- streaming ------------------------------------------------------------------------------------
 
