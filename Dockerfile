@@ -9,7 +9,14 @@
 #   docker build --build-arg EXTRAS= -t walstream .
 #
 # Every dependency (psycopg2-binary, grpcio, protobuf, orjson, confluent-kafka) ships manylinux wheels for
-# amd64 and arm64, so the slim image needs no compiler or libpq headers.
+# amd64 and arm64, so the image needs no libpq headers. walstream's own C accelerator (src/walstream/_native)
+# is compiled in a build stage that has gcc; the runtime image gets the wheel only, no compiler.
+FROM python:3.12-slim AS build
+RUN apt-get update && apt-get install -y --no-install-recommends gcc libc6-dev && rm -rf /var/lib/apt/lists/*
+COPY pyproject.toml setup.py README.md /tmp/walstream/
+COPY src /tmp/walstream/src
+RUN pip wheel --no-cache-dir --no-deps --wheel-dir /wheels /tmp/walstream
+
 FROM python:3.12-slim
 
 # Optional dependency groups of pyproject.toml to install, comma-separated ("" for none).
@@ -21,12 +28,12 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_ROOT_USER_ACTION=ignore
 
-# Only what `pip install .` reads: the project metadata (pyproject.toml names README.md as the long
-# description) and the package itself; the generated gRPC stubs are committed under src/walstream/_proto.
-COPY pyproject.toml README.md /tmp/walstream/
-COPY src /tmp/walstream/src
-RUN pip install --no-cache-dir "/tmp/walstream${EXTRAS:+[$EXTRAS]}" \
-    && rm -rf /tmp/walstream \
+COPY --from=build /wheels /tmp/wheels
+# The wheel first, then the extras for the walstream now installed (pip keeps that one).
+RUN pip install --no-cache-dir /tmp/wheels/walstream-*.whl \
+    && pip install --no-cache-dir "walstream${EXTRAS:+[$EXTRAS]}" \
+    && rm -rf /tmp/wheels \
+    && WALSTREAM_NATIVE=1 python -c "from walstream import native; native.require()" \
     && groupadd --system --gid 10001 walstream \
     && useradd --system --uid 10001 --gid walstream --no-create-home --shell /usr/sbin/nologin walstream
 

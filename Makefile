@@ -5,7 +5,8 @@ PY := $(VENV)/bin/python
 
 .PHONY: setup test test-fast lint proto check-proto clean demo bench bench-sinks
 
-$(VENV)/.installed: pyproject.toml
+# setup.py and the C sources: the editable install compiles the accelerator in place, so a change rebuilds it.
+$(VENV)/.installed: pyproject.toml setup.py $(wildcard src/walstream/_native/*.c)
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[dev]'

@@ -13,6 +13,7 @@ import signal
 
 import grpc
 
+from . import native
 from ._proto import plugin_pb2_grpc
 from .config import StartConfig
 from .delivery import auth
@@ -86,6 +87,7 @@ async def serve(config: StartConfig, ready: asyncio.Event | None = None) -> int:
     log.info("listening on %s:%d (slot %s, %s, publication %s)", config.host, port, config.slot,
              "temporary" if config.temporary else "permanent", config.publication)
     tls, client_certs = config.tls_cert is not None, config.tls_client_ca is not None
+    log.info("hot path: %s", native.description())
     log.info("gRPC: %s", security.describe(tls, client_certs, config.auth_token is not None, config.max_clients))
     for warning in security.startup_warnings(config.host, tls, client_certs, config.auth_token):
         log.warning("%s", warning)

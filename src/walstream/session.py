@@ -22,7 +22,7 @@ from .events.text import text_decoder
 from .events.values import TypeCatalog, TypeInfo
 from .lsn import format_lsn
 from .source.base import OpenSource, Source, StreamInfo
-from .source.decoder import decode_message, plain_insert
+from .source.decoder import decode_message, insert_decoder
 from .source.messages import Relation
 from .source.stream import ReplicationStream
 from .threads import in_daemon_thread
@@ -194,6 +194,7 @@ class Pipeline:
     async def _pump(self, stream: Source) -> None:
         hub, assembler, tracker = self.hub, self.assembler, self.hub.tracker
         handle, insert, read = assembler.handle, assembler.insert, stream.read
+        plain_insert = insert_decoder()  # the C accelerator's when it is active (walstream.native)
         loop = asyncio.get_running_loop()
         deadline: float | None = None
         while True:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import logging
+import os
 import struct
 from collections import Counter
 from collections.abc import Iterator
@@ -25,8 +26,14 @@ import psycopg2.extensions
 import pytest
 from support import has_xml_support
 
+from walstream import native
+from walstream.delivery.v1.typed import TypedCatalog
+from walstream.delivery.v1.wire import RowEncoder
+from walstream.events.change import RelationInfo
 from walstream.events.values import TypeCatalog
 from walstream.pgcluster import Cluster
+from walstream.source.decoder import decode_message
+from walstream.source.messages import Insert, Relation
 from walstream.source.type_lookup import catalog_lookup
 
 SCHEMA = "walstream_values_e2e"
@@ -341,6 +348,31 @@ def test_pgoutput_row_equals_to_jsonb_row(conn: psycopg2.extensions.connection, 
             rows += 1
     assert rows == width
     CHECKED["pgoutput-row"] += rows
+    _same_v1_bytes_with_each_implementation(messages)
+
+
+def _same_v1_bytes_with_each_implementation(messages: list[bytes]) -> None:
+    """The batched API's rows of every sampled type: the native accelerator writes what the pure-Python
+    reference writes (which test_v1wire checks against upb), byte for byte."""
+    outputs = []
+    for impl in native.available_implementations():
+        with native.using(impl):
+            assembler_rows: list[bytes] = []
+            typed = TypedCatalog(TypeCatalog())
+            rel = None
+            for msg in messages:
+                decoded = decode_message(msg)
+                if isinstance(decoded, Relation):
+                    cols = decoded.columns
+                    rel = RelationInfo(decoded.relation_id, decoded.namespace, decoded.name, "d", cols,
+                                       tuple(str for _ in cols), (0,), bytes.decode)
+                elif isinstance(decoded, Insert):
+                    assert rel is not None
+                    assembler_rows.append(RowEncoder(typed.relation(rel), utf8=True).row(decoded.new))
+            outputs.append(assembler_rows)
+    if os.environ.get("CI") == "true":
+        assert len(outputs) == 2, "CI=true: the native accelerator must be built"
+    assert all(out == outputs[0] for out in outputs)
 
 
 def _relation_columns(msg: bytes) -> list[tuple[str, int]]:

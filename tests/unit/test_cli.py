@@ -8,7 +8,7 @@ from typing import Any
 import psycopg2
 import pytest
 
-from walstream import __version__
+from walstream import __version__, native
 from walstream.cli import main as cli
 from walstream.config import StartConfig
 from walstream.errors import SourceError
@@ -145,7 +145,8 @@ def test_short_h_is_not_help(capsys: pytest.CaptureFixture[str], argv: list[str]
 
 
 def test_version(capsys: pytest.CaptureFixture[str]) -> None:
-    assert run(capsys, "--version") == (0, f"walstream {__version__}\n", "")
+    """The version and the hot path's implementation (walstream.native)."""
+    assert run(capsys, "--version") == (0, f"walstream {__version__} ({native.description()})\n", "")
 
 
 def test_missing_command(capsys: pytest.CaptureFixture[str]) -> None:

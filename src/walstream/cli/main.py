@@ -18,7 +18,7 @@ from typing import Any, NoReturn
 
 import orjson
 
-from .. import __version__
+from .. import __version__, native
 from ..config import StartConfig, parse_size, validate_slot_name
 from ..errors import ConfigError, WalstreamError
 from ..ops import security
@@ -181,7 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--log-level", choices=LEVELS, default="info", type=str.lower, help="default: info")
     parser.add_argument("--log-format", choices=FORMATS, default="text", type=str.lower, help="default: text")
-    parser.add_argument("--version", action="version", version=f"walstream {__version__}")
+    parser.add_argument("--version", action="version", version=f"walstream {__version__} ({native.description()})")
     commands = parser.add_subparsers(dest="command", metavar="<command>", required=True)
 
     start = _parser(
@@ -515,6 +515,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # then never raises KeyboardInterrupt: Ctrl-C (or kill -INT) must stop every command all the same.
     signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
+        native.require()
         return int(args.handler(args))
     except UsageError as exc:
         _error(exc.line())

@@ -19,9 +19,13 @@ from __future__ import annotations
 import ctypes
 import struct
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import psycopg2._psycopg
+
+from .. import native
 
 PG_EPOCH_OFFSET_US = 946_684_800_000_000  # 2000-01-01 in microseconds since 1970
 _XLOG_HEADER = 25  # w + dataStart + walEnd + sendTime
@@ -60,6 +64,11 @@ _bytes_from = ctypes.pythonapi.PyBytes_FromStringAndSize
 _bytes_from.restype = ctypes.py_object
 
 
+def _function_address(func: Any) -> int:  # a ctypes function pointer
+    address = ctypes.cast(func, ctypes.c_void_p).value
+    return int(address or 0)
+
+
 @dataclass(frozen=True)
 class ServerError:
     """The error PostgreSQL ended the stream with."""
@@ -87,12 +96,17 @@ class CopyBoth:
 
     def __init__(self, pgconn_ptr: int) -> None:
         self._conn = ctypes.c_void_p(pgconn_ptr)
+        self._conn_int = pgconn_ptr
+        # The C accelerator's reader (walstream.native), handed this libpq's functions by address.
+        self._native = native.copy_reader(_function_address(_get_copy_data), _function_address(_free))
         self._buf = ctypes.c_void_p()
         self._buf_ref = ctypes.byref(self._buf)
         self.wal_end = 0  # the server's WAL end from the last keepalive
         self.reply_requested = False
 
     def read(self) -> tuple[int, bytes] | None:
+        if self._native is not None:
+            return self._read_native(self._native)
         conn, buf, buf_ref = self._conn, self._buf, self._buf_ref
         consumed = False
         while True:
@@ -102,16 +116,11 @@ class CopyBoth:
                     message: bytes = _bytes_from(buf, n)  # one copy out of libpq's buffer
                 finally:
                     _free(buf)
-                kind = message[0]
-                if kind == 0x77 and n > _XLOG_HEADER:  # 'w' XLogData
+                if message[0] == 0x77 and n > _XLOG_HEADER:  # 'w' XLogData
                     return _LSN.unpack_from(message, 1)[0], message[_XLOG_HEADER:]
-                if kind == 0x6B and n >= 1 + _KEEPALIVE.size:  # 'k' primary keepalive
-                    wal_end, _, reply = _KEEPALIVE.unpack_from(message, 1)
-                    self.wal_end = max(self.wal_end, wal_end)
-                    self.reply_requested = self.reply_requested or bool(reply)
-                    consumed = True
-                    continue
-                raise CopyBothError(f"unexpected replication message {message[:1]!r} of {n} bytes")
+                self._keepalive(message)
+                consumed = True
+                continue
             if n == 0:
                 if consumed:
                     return None
@@ -120,6 +129,39 @@ class CopyBoth:
                 consumed = True  # read what the socket had; if that completed nothing, the socket is drained
                 continue
             raise self._ended(n)
+
+    def _read_native(self, read_copy_data: Callable[[int], tuple[int, bytes] | bytes | int]
+                     ) -> tuple[int, bytes] | None:
+        """read() with the C accelerator: XLogData come back as (data_start, message), other messages whole,
+        PQgetCopyData's n <= 0 as an int; the rest as in read()."""
+        conn = self._conn_int
+        consumed = False
+        while True:
+            got = read_copy_data(conn)
+            if type(got) is tuple:
+                return got
+            if isinstance(got, bytes):
+                self._keepalive(got)
+                consumed = True
+                continue
+            assert isinstance(got, int)
+            if got == 0:
+                if consumed:
+                    return None
+                if not _consume_input(self._conn):
+                    raise CopyBothError(self._libpq_error())
+                consumed = True
+                continue
+            raise self._ended(got)
+
+    def _keepalive(self, message: bytes) -> None:
+        """A message other than XLogData: a primary keepalive, or an error."""
+        if message[0] == 0x6B and len(message) >= 1 + _KEEPALIVE.size:  # 'k' primary keepalive
+            wal_end, _, reply = _KEEPALIVE.unpack_from(message, 1)
+            self.wal_end = max(self.wal_end, wal_end)
+            self.reply_requested = self.reply_requested or bool(reply)
+            return
+        raise CopyBothError(f"unexpected replication message {message[:1]!r} of {len(message)} bytes")
 
     def send_status(self, write_lsn: int, flush_lsn: int) -> None:
         """A Standby Status Update: written and flushed positions (applied: 0, as pg_recvlogical sends)."""

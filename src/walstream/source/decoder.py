@@ -18,6 +18,7 @@ import struct
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+from walstream import native
 from walstream.errors import DecodeError
 from walstream.source.messages import COLUMN_BINARY, COLUMN_TEXT, Cell, PgoutputMessage, TupleData
 
@@ -357,6 +358,17 @@ def plain_insert(buf: bytes) -> tuple[int, TupleData] | None:
             _end(buf, pos)
         return _U32.unpack_from(buf, 1)[0], new
     return None
+
+
+def insert_decoder() -> Callable[[bytes], tuple[int, TupleData] | None]:
+    """plain_insert, from the C accelerator when it is active (walstream.native): the same result, and for
+    anything but a well-formed Insert it calls plain_insert itself (the same None or the same error)."""
+    accelerated = native.insert_decoder()
+    if accelerated is None:
+        return plain_insert
+    configure, decode = accelerated
+    configure(Cell, _NULL_CELL, _UNCHANGED_CELL, plain_insert)
+    return decode
 
 
 def decode_message(data: bytes | memoryview, *, in_stream: bool = False,

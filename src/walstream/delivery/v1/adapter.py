@@ -255,6 +255,11 @@ class Encoder:
         """INSERT, UPDATE, DELETE as wire bytes: the fields of Event in field order, defaults left out."""
         rows = self._row_encoder(rel)
         varint, lsn = wire.varint, event.lsn
+        if rows.native_insert is not None and event.op is Op.INSERT and event.new is not None and event.old is None:
+            data = rows.native_insert(_OP_FIELD[Op.INSERT], lsn, self._txn_fields(txn), event.ordinal,
+                                      rows.relation_field, event.new, rows.kinds, rows.encoders)
+            if data is not None:  # else a value the Python path writes (wire.RowEncoder.row)
+                return V1Item(data, _OP_VALUE[Op.INSERT], lsn, (rel,))
         parts = [_OP_FIELD[event.op], b"\x10" + varint(lsn) if lsn else b"", self._txn_fields(txn),
                  b"\x30" + varint(event.ordinal) if event.ordinal else b"", rows.relation_field]
         if event.new is not None:

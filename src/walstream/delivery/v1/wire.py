@@ -18,6 +18,7 @@ import logging
 import struct
 from collections.abc import Callable
 
+from ... import native
 from ...events.text import undecodable
 from ...source.messages import COLUMN_NULL, COLUMN_TEXT, COLUMN_UNCHANGED_TOAST, TupleData
 from .typed import INT64_MAX, RelationTyping, ValueConverter, parse_date, parse_time, parse_timestamp, to_value
@@ -186,7 +187,7 @@ def value_encoder(type_oid: int, utf8: bool) -> ValueEncoder | None:
 class RowEncoder:
     """A relation's rows -> Row message bytes (unframed), one encoder per column."""
 
-    __slots__ = ("typing", "encoders", "relation_field")
+    __slots__ = ("typing", "encoders", "relation_field", "native", "native_insert", "kinds")
 
     def __init__(self, typing: RelationTyping, utf8: bool) -> None:
         self.typing = typing
@@ -196,6 +197,11 @@ class RowEncoder:
         self.encoders: tuple[ValueEncoder, ...] = tuple(
             value_encoder(c.type_oid, utf8) or self._slow_encoder(typing.converters[i])
             for i, c in enumerate(columns))
+        # The C accelerator (walstream.native) writes whole rows; None from it means: this row in Python.
+        accelerated = native.row_encoder(utf8)
+        self.native = accelerated[0] if accelerated else None
+        self.native_insert = accelerated[1] if accelerated else None  # adapter.Encoder._row_item's INSERT
+        self.kinds = bytes(accelerated[2].get(c.type_oid, 0) for c in columns) if accelerated else b""
 
     def _slow_encoder(self, convert: ValueConverter) -> ValueEncoder:
         decode = self.typing.decode
@@ -223,6 +229,10 @@ class RowEncoder:
             return _framed(field(7 << 3 | 2, utf8))  # Value.text
 
     def row(self, cells: TupleData, key_only: bool = False) -> bytes:
+        if self.native is not None and not key_only:
+            out = self.native(cells, self.kinds, self.encoders)
+            if out is not None:
+                return out
         parts: list[bytes] = []
         append, encoders = parts.append, self.encoders
         key_mask = self.typing.key_mask

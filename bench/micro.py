@@ -1,0 +1,152 @@
+"""In-process micro-benchmark of the hot path: µs per row per stage, pure Python vs native side by side.
+
+Generated pgoutput Insert messages (the shapes of bench/workloads.py) go through the stages the session
+loop runs for each row: decode (decoder.plain_insert), assemble (Assembler.insert -> ChangeEvent), v1 encode
+(the batched API's Event bytes, Encoder.item) and seed JSON (ChangeEvent.json_bytes). No PostgreSQL, no gRPC:
+this measures the CPU walstream spends per row, so a change to the hot path is measured before and after.
+
+    .venv/bin/python bench/micro.py [--rows 20000] [--repeat 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import struct
+import time
+from collections.abc import Callable
+from typing import Any
+
+from walstream import native
+from walstream.delivery.v1.adapter import Encoder
+from walstream.delivery.v1.typed import TypedCatalog
+from walstream.events.assembler import Assembler
+from walstream.events.change import ChangeEvent
+from walstream.events.text import text_decoder
+from walstream.events.values import TypeCatalog
+from walstream.source.decoder import decode_message, insert_decoder, plain_insert
+
+# (name, columns as (name, type oid, key), one row's column texts for row g)
+SHAPES: dict[str, tuple[list[tuple[str, int, bool]], Callable[[int], list[str]]]] = {
+    "bulk": ([("id", 20, True), ("account", 23, False), ("amount", 1700, False), ("label", 25, False),
+              ("created", 1184, False)],
+             lambda g: [str(g), str(g % 1000), f"{(g % 100000) / 100.0:.2f}", f"label-{g}",
+                        "2026-12-04 20:10:11.123456+00"]),
+    "wide": ([("id", 20, True), ("doc", 3802, False), ("body", 25, False)],
+             lambda g: [str(g), f'{{"id": {g}, "tags": ["a", "b", {g % 10}], "name": "customer {g}", "score": 1.5, '
+                        '"active": true, "address": {"zip": "00042", "city": "City 42"}}',
+                        "0123456789abcdef" * 64]),
+    "lat": ([("id", 20, True), ("t_ns", 20, False), ("note", 25, False)],
+            lambda g: [str(g), str(1_700_000_000_000_000_000 + g), "x"]),
+}
+RELID = 16385
+
+
+def _cstr(s: str) -> bytes:
+    return s.encode() + b"\0"
+
+
+def relation_message(columns: list[tuple[str, int, bool]]) -> bytes:
+    out = b"R" + struct.pack(">I", RELID) + _cstr("public") + _cstr("t") + b"d" + struct.pack(">H", len(columns))
+    for name, oid, key in columns:
+        out += bytes((int(key),)) + _cstr(name) + struct.pack(">Ii", oid, -1)
+    return out
+
+
+def insert_message(texts: list[str]) -> bytes:
+    out = b"I" + struct.pack(">I", RELID) + b"N" + struct.pack(">H", len(texts))
+    for t in texts:
+        data = t.encode()
+        out += b"t" + struct.pack(">i", len(data)) + data
+    return out
+
+
+class _Sink:
+    def __init__(self) -> None:
+        self.events: list[ChangeEvent] = []
+
+    def begin(self, xid: int, commit_lsn: int) -> Any:
+        return None
+
+    def publish(self, event: ChangeEvent, txn: Any, raw: bytes = b"") -> None:
+        self.events.append(event)
+
+    def commit(self, txn: Any, end_lsn: int) -> None:
+        pass
+
+
+def _best(fn: Callable[[], object], repeat: int) -> float:
+    best = float("inf")
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def measure(shape: str, rows: int, repeat: int) -> dict[str, float]:
+    columns, texts = SHAPES[shape]
+    msgs = [insert_message(texts(g)) for g in range(1, rows + 1)]
+    sink = _Sink()
+    asm = Assembler(sink, TypeCatalog(), text_decoder("utf-8"))
+    asm.handle(decode_message(b"B" + struct.pack(">QqI", 1 << 32, 0, 1000)), 1 << 32)
+    asm.handle(decode_message(relation_message(columns)), 1 << 32)
+    decoded = [plain_insert(m) for m in msgs]
+    lsn = 1 << 32
+
+    def decode(impl: str) -> Callable[[], None]:
+        with native.using(impl):
+            plain = insert_decoder()
+
+        def run() -> None:
+            for m in msgs:
+                plain(m)
+        return run
+
+    def assemble() -> None:
+        sink.events.clear()
+        insert = asm.insert
+        for row in decoded:
+            assert row is not None
+            insert(row[0], row[1], lsn)
+
+    assemble()
+    events = list(sink.events)
+
+    def v1(impl: str) -> Callable[[], None]:
+        def run() -> None:
+            encoder = Encoder(TypedCatalog(TypeCatalog()))  # a fresh encoder: no memo across runs
+            item = encoder.item
+            for e in events:
+                item(e)
+        return run
+
+    def seed() -> None:
+        for e in events:
+            e.json_bytes()
+
+    us = 1e6 / rows
+    result: dict[str, float] = {}
+    for impl in native.available_implementations():
+        result[f"decode ({impl})"] = _best(decode(impl), repeat) * us
+    result["assemble"] = _best(assemble, repeat) * us
+    for impl in native.available_implementations():
+        with native.using(impl):
+            result[f"v1 encode ({impl})"] = _best(v1(impl), repeat) * us
+    result["seed json"] = _best(seed, repeat) * us
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=20000)
+    parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--shapes", default=",".join(SHAPES))
+    args = parser.parse_args()
+    print(f"implementations: {', '.join(native.available_implementations())}; µs per row, best of {args.repeat}")
+    for shape in args.shapes.split(","):
+        res = measure(shape, args.rows, args.repeat)
+        print(f"{shape:6} " + "  ".join(f"{k} {v:6.2f}" for k, v in res.items()))
+
+
+if __name__ == "__main__":
+    main()
