@@ -12,9 +12,9 @@ import random
 import threading
 from collections.abc import Callable
 
-import psycopg2
-import psycopg2.extensions
-import psycopg2.extras
+import orjson
+
+from ..source.catalog import Connection, Cursor, connect
 
 SCHEMA = """
 CREATE TABLE customers (
@@ -53,7 +53,7 @@ NEXT_STATUS = {"new": "paid", "paid": "shipped", "shipped": "delivered"}
 CUSTOMERS = (12, 40)  # the writer keeps the number of customers in this range
 
 
-def create_schema(conn: psycopg2.extensions.connection, publication: str, seed: int = 15) -> None:
+def create_schema(conn: Connection, publication: str, seed: int = 15) -> None:
     """The tables, a publication FOR ALL TABLES and a few customers (made before the slot: not streamed)."""
     rng = random.Random(0)
     with conn.cursor() as cur:
@@ -64,7 +64,7 @@ def create_schema(conn: psycopg2.extensions.connection, publication: str, seed: 
     conn.commit()
 
 
-def _insert_customer(cur: psycopg2.extensions.cursor, rng: random.Random) -> None:
+def _insert_customer(cur: Cursor, rng: random.Random) -> None:
     first, last = rng.choice(FIRST), rng.choice(LAST)
     cur.execute(
         "INSERT INTO customers (name, email, tier, credit, tags) "
@@ -74,7 +74,7 @@ def _insert_customer(cur: psycopg2.extensions.cursor, rng: random.Random) -> Non
     )
 
 
-def _basket(rng: random.Random) -> tuple[str, psycopg2.extras.Json]:
+def _basket(rng: random.Random) -> tuple[str, str]:
     items = []
     total = 0.0
     for sku in rng.sample(sorted(PRODUCTS), rng.randint(1, 3)):
@@ -82,7 +82,7 @@ def _basket(rng: random.Random) -> tuple[str, psycopg2.extras.Json]:
         qty = rng.randint(1, 4)
         items.append({"sku": sku, "name": name, "qty": qty, "price": price})
         total += qty * float(price)
-    return f"{total:.2f}", psycopg2.extras.Json(items)
+    return f"{total:.2f}", orjson.dumps(items).decode()  # JSON text: the column is jsonb
 
 
 class Writer:
@@ -93,7 +93,7 @@ class Writer:
         self.rng = random.Random(seed)
         self.pause = pause
         self.transactions = 0
-        ops: list[tuple[Callable[[psycopg2.extensions.cursor], None], int]] = [
+        ops: list[tuple[Callable[[Cursor], None], int]] = [
             (self.new_order, 30), (self.advance_order, 30), (self.edit_customer, 10), (self.new_customer, 8),
             (self.purge_order, 10), (self.checkout, 8), (self.drop_customer, 4),
         ]
@@ -101,7 +101,8 @@ class Writer:
         self._weights = [weight for _, weight in ops]
 
     def run(self, stop: threading.Event) -> None:
-        conn = psycopg2.connect(self.dsn)
+        conn = connect(self.dsn)
+        conn.autocommit = False  # a change of several rows is one transaction
         try:
             while not stop.is_set():
                 with conn.cursor() as cur:
@@ -112,22 +113,22 @@ class Writer:
         finally:
             conn.close()
 
-    def _customer(self, cur: psycopg2.extensions.cursor) -> int | None:
+    def _customer(self, cur: Cursor) -> int | None:
         cur.execute("SELECT id FROM customers ORDER BY random() LIMIT 1")
         row = cur.fetchone()
         return int(row[0]) if row else None
 
-    def _count(self, cur: psycopg2.extensions.cursor) -> int:
+    def _count(self, cur: Cursor) -> int:
         cur.execute("SELECT count(*) FROM customers")
         row = cur.fetchone()
         return int(row[0]) if row else 0
 
-    def new_customer(self, cur: psycopg2.extensions.cursor) -> None:
+    def new_customer(self, cur: Cursor) -> None:
         if self._count(cur) >= CUSTOMERS[1]:
             return self.edit_customer(cur)
         _insert_customer(cur, self.rng)
 
-    def edit_customer(self, cur: psycopg2.extensions.cursor) -> None:
+    def edit_customer(self, cur: Cursor) -> None:
         if self.rng.random() < 0.5:
             cur.execute("UPDATE customers SET tier = %s WHERE id = (SELECT id FROM customers ORDER BY random() "
                         "LIMIT 1)", (self.rng.choice(TIERS),))
@@ -135,25 +136,25 @@ class Writer:
             cur.execute("UPDATE customers SET tags = array_append(tags, %s) WHERE id = (SELECT id FROM customers "
                         "WHERE cardinality(tags) < 3 ORDER BY random() LIMIT 1)", (self.rng.choice(TAGS),))
 
-    def new_order(self, cur: psycopg2.extensions.cursor) -> None:
+    def new_order(self, cur: Cursor) -> None:
         customer = self._customer(cur)
         if customer is None:
             return self.new_customer(cur)
         total, items = _basket(self.rng)
         cur.execute("INSERT INTO orders (customer_id, total, items) VALUES (%s, %s, %s)", (customer, total, items))
 
-    def advance_order(self, cur: psycopg2.extensions.cursor) -> None:
+    def advance_order(self, cur: Cursor) -> None:
         cur.execute("SELECT id, status FROM orders WHERE status <> 'delivered' ORDER BY random() LIMIT 1")
         row = cur.fetchone()
         if row is None:
             return self.new_order(cur)
         cur.execute("UPDATE orders SET status = %s, updated_at = now() WHERE id = %s", (NEXT_STATUS[row[1]], row[0]))
 
-    def purge_order(self, cur: psycopg2.extensions.cursor) -> None:
+    def purge_order(self, cur: Cursor) -> None:
         cur.execute("DELETE FROM orders WHERE id = (SELECT id FROM orders WHERE status IN ('delivered', 'new') "
                     "ORDER BY random() LIMIT 1)")
 
-    def checkout(self, cur: psycopg2.extensions.cursor) -> None:
+    def checkout(self, cur: Cursor) -> None:
         """Several orders for one customer and the customer's credit, in one transaction."""
         customer = self._customer(cur)
         if customer is None:
@@ -166,7 +167,7 @@ class Writer:
                         (customer, total, items))
         cur.execute("UPDATE customers SET credit = credit + %s WHERE id = %s", (f"{spent / 10:.2f}", customer))
 
-    def drop_customer(self, cur: psycopg2.extensions.cursor) -> None:
+    def drop_customer(self, cur: Cursor) -> None:
         """A customer and all their orders (ON DELETE CASCADE), when there are enough customers."""
         if self._count(cur) <= CUSTOMERS[0]:
             return self.new_customer(cur)

@@ -23,6 +23,7 @@ from . import failover as failover_slots
 from .dsn import parse_connection, plain_dsn, redact
 
 Connection = psycopg2.extensions.connection
+Cursor = psycopg2.extensions.cursor
 DatabaseError = psycopg2.Error  # what the driver raises: callers outside source/ catch it by this name
 
 PLUGIN = "pgoutput"
