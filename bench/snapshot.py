@@ -124,6 +124,7 @@ def backfill(addr: str, chunk_rows: int, result: dict[str, float]) -> None:
                 yield from out
 
         rows = 0
+        last = [-1]  # lsn of the last SNAPSHOT event
         start = time.perf_counter()
         call = stub.Subscribe(requests())
         for response in call:
@@ -134,7 +135,11 @@ def backfill(addr: str, chunk_rows: int, result: dict[str, float]) -> None:
             events = response.batch.events
             rows += sum(1 for e in events if e.op == pb.SNAPSHOT)
             with wake:
-                acks.extend(pb.SubscribeRequest(ack=pb.Ack(lsn=e.lsn)) for e in events)
+                # One Ack per delivery: the rows of a chunk (SNAPSHOT events sharing an lsn) are one.
+                for e in events:
+                    if e.op != pb.SNAPSHOT or e.lsn != last[0]:
+                        acks.append(pb.SubscribeRequest(ack=pb.Ack(lsn=e.lsn)))
+                    last[0] = e.lsn if e.op == pb.SNAPSHOT else -1
                 wake.notify()
         result["seconds"] = time.perf_counter() - start
         result["rows"] = rows

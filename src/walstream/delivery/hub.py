@@ -21,7 +21,7 @@ from google.protobuf.message import DecodeError
 
 from ..lsn import format_lsn
 from ..processing.events import ChangeEvent
-from .acks import AckTracker, ClientLedger, TxnRecord
+from .acks import AckTracker, ClientLedger, DeliveryGroup, TxnRecord
 
 log = logging.getLogger(__name__)
 
@@ -137,7 +137,10 @@ class Hub:
         """Apply a client's ack; one that matches nothing is logged, counted and moves nothing."""
         self.acks_received += 1
         before = self.tracker.confirmed_lsn
-        if self.tracker.ack(client.ledger, lsn):
+        covered = self.tracker.ack(client.ledger, lsn)
+        if covered < 0:  # a repeat for a group acknowledged already (acks.py)
+            return True
+        if covered:
             if self.tracker.confirmed_lsn != before:
                 self.on_confirmed(self.tracker.confirmed_lsn)
             self.capacity.set()
@@ -183,6 +186,16 @@ class Hub:
             append, adapter = client.queue.append, client.adapter
             for lsn, payload in adapter.expand(event):
                 size = adapter.size(payload)
+                if type(payload) is DeliveryGroup:  # one delivery, its messages queued one by one
+                    items = payload.items
+                    deliver(client.ledger, lsn, txn, payload, event, HELD_PER_BYTE * size + HELD_FIXED * len(items),
+                            len(items))
+                    client.queue.extend(items)
+                    if size > CLIENT_RECEIVE_LIMIT:
+                        for item in items:
+                            if adapter.size(item) > CLIENT_RECEIVE_LIMIT:
+                                self._warn_oversized(event, lsn, adapter.size(item))
+                    continue
                 if size > CLIENT_RECEIVE_LIMIT:
                     self._warn_oversized(event, lsn, size)
                 deliver(client.ledger, lsn, txn, payload, event, HELD_PER_BYTE * size + HELD_FIXED)  # held(), inlined

@@ -155,7 +155,10 @@ class ChunkReader:
         width = len(shape.columns)
         cells = parse_rows(data, width + len(shape.key))
         rows = [c[:width] for c in cells]
-        keys = [tuple(cell.data for cell in c[width:]) for c in cells]
+        if len(shape.key) == 1:
+            keys: list[tuple[bytes | None, ...]] = [(c[width][1],) for c in cells]
+        else:
+            keys = [tuple(cell[1] for cell in c[width:]) for c in cells]
         last = None
         if keys:
             last = tuple((v or b"").decode(self.encoding) for v in keys[-1])
