@@ -75,7 +75,7 @@ CEILINGS = (CEILING, CEILING_GO)
 DEBEZIUM, PGSTREAM = "debezium", "pgstream"
 PEERS = [DEBEZIUM, PGSTREAM]
 DB = "bench"
-PROTO_VERSION = 3  # what walstream asks PostgreSQL 15 for (walstream.replication.stream.protocol_version)
+PROTO_VERSION = 3  # what walstream asks PostgreSQL 15 for (walstream.source.stream.protocol_version)
 # fsync/full_page_writes as a real server has them; the write phase turns fsync and synchronous_commit off.
 CLUSTER_SETTINGS = {"fsync": "on", "full_page_writes": "on", "shared_buffers": "256MB", "max_wal_size": "4GB",
                     "wal_sender_timeout": "60s"}
@@ -663,7 +663,8 @@ def table(result: dict[str, Any]) -> str:
     snap = result.get("snapshot")
     if snap:
         out.append("\n".join([
-            "| snapshot of one table | rows/s | × COPY TO STDOUT | live commit→client p50 / p99 ms (without backfill) |",
+            "| snapshot of one table | rows/s | × COPY TO STDOUT "
+            "| live commit→client p50 / p99 ms (without backfill) |",
             "| --- | ---: | ---: | ---: |",
             f"| COPY {snap['table_rows']:,} rows TO STDOUT, psql > /dev/null (reference) | "
             f"{snap['copy_rows_per_s']:,.0f} | 1.00 | |",

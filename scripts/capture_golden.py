@@ -28,7 +28,7 @@ from psycopg2.extras import LogicalReplicationConnection
 from walstream.errors import DecodeError
 from walstream.lsn import format_lsn, parse_lsn
 from walstream.pgcluster import Cluster, find_bindir
-from walstream.replication.decoder import StreamDecoder, describe
+from walstream.source.decoder import StreamDecoder, describe
 
 GOLDEN = Path(__file__).resolve().parent.parent / "tests" / "golden"
 END_PREFIX = "walstream-capture-end"

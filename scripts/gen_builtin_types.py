@@ -1,4 +1,4 @@
-"""Regenerate src/walstream/processing/builtin_types.py from a PostgreSQL 15 pg_type catalog.
+"""Regenerate src/walstream/events/builtin_types.py from a PostgreSQL 15 pg_type catalog.
 
 Usage (from the repository root):
 
@@ -8,7 +8,7 @@ Usage (from the repository root):
 
 Only types with OIDs below FirstGenbkiObjectId (10000) are taken: those are fixed in PostgreSQL's
 pg_type.dat and never change between releases. Composite (row) types are left out, and so are arrays whose
-element is left out: they need attribute lists, which walstream.processing.values reads from the server's
+element is left out: they need attribute lists, which walstream.events.values reads from the server's
 catalog like any user-defined type.
 """
 
@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-OUT = ROOT / "src" / "walstream" / "processing" / "builtin_types.py"
+OUT = ROOT / "src" / "walstream" / "events" / "builtin_types.py"
 
 QUERY = """
 SELECT t.oid::int8, t.typname::text, t.typtype::text, t.typcategory::text,

@@ -13,24 +13,25 @@ import signal
 
 import grpc
 
-from . import dsn as dsnlib
-from . import security
 from ._proto import plugin_pb2_grpc
 from .config import StartConfig
-from .delivery import auth, v1_service
+from .delivery import auth
 from .delivery.acks import AckTracker
 from .delivery.hub import Hub
-from .delivery.seed_service import SeedService
-from .delivery.v1_adapter import Encoder
-from .delivery.v1_service import ServerStatus, WalstreamServicer
+from .delivery.seed.service import SeedService
+from .delivery.v1 import service as v1_service
+from .delivery.v1.adapter import Encoder
+from .delivery.v1.service import ServerStatus, WalstreamServicer
+from .delivery.v1.typed import TypedCatalog
 from .errors import ConfigError
-from .operations import Operations
-from .pipeline import Pipeline
-from .processing.typed import TypedCatalog
-from .processing.values import TypeCatalog
-from .replication.type_lookup import TypeLookup
+from .events.values import TypeCatalog
+from .ops import security
+from .ops.operations import Operations
+from .session import Pipeline
 from .sinks.attach import Sinks
 from .snapshot.runner import SnapshotService
+from .source import dsn as dsnlib
+from .source.type_lookup import TypeLookup
 
 log = logging.getLogger(__name__)
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from . import security
 from .errors import ConfigError
+from .ops import security
 from .sinks.spec import SinkSpec
 
 # PostgreSQL's rule for replication slot names (ReplicationSlotValidateName).

@@ -24,7 +24,8 @@ from pathlib import Path
 import psycopg2
 import pytest
 
-from walstream import cli, pgcluster
+from walstream import pgcluster
+from walstream.cli import main as cli
 from walstream.pgcluster import ClusterError, free_port
 
 SRC = str(Path(__file__).resolve().parents[2] / "src")

@@ -21,9 +21,9 @@ from typing import Any
 import pytest
 import yaml
 
-from walstream.cli import build_parser
-from walstream.dsn import parse_connection
+from walstream.cli.main import build_parser
 from walstream.pgcluster import Cluster
+from walstream.source.dsn import parse_connection
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -315,7 +315,7 @@ def test_dockerfile_copies_what_pip_install_needs_and_dockerignore_keeps_it() ->
         if source != readme:  # see the next test
             assert (ROOT / source).exists(), f"COPY {source}: no such file in the repository"
         assert not dockerignored(source), f".dockerignore leaves {source} out of the build context"
-    for path in ("src/walstream/cli.py", "src/walstream/_proto/plugin_pb2.py", "src/walstream/py.typed"):
+    for path in ("src/walstream/cli/main.py", "src/walstream/_proto/plugin_pb2.py", "src/walstream/py.typed"):
         assert not dockerignored(path), path
 
 

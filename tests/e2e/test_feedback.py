@@ -2,7 +2,7 @@
 
 psycopg2's read_message() moves the reported flush position up to a keepalive's WAL end when the last
 message it read had start LSN 0 (a Relation or Type message), acknowledged or not. walstream reads the
-stream itself (replication/copyboth.py). To make that keepalive arrive deterministically, a proxy between
+stream itself (source/copyboth.py). To make that keepalive arrive deterministically, a proxy between
 walstream and PostgreSQL parses the replication stream and puts a keepalive asking for a reply right after
 a Relation message, naming the end of the transaction being sent as the server's WAL end; it records every
 status update walstream sends back.

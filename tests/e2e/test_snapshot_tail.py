@@ -8,8 +8,8 @@ import pytest
 from support import WalstreamProcess
 from test_tail import Tail
 
+from walstream.cli.tail import ProgressReport
 from walstream.client import SnapshotProgress
-from walstream.tail import ProgressReport
 
 
 @pytest.fixture

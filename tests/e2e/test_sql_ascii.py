@@ -1,4 +1,4 @@
-"""A SQL_ASCII database holding bytes that are not UTF-8 keeps streaming (processing/text.py's rule).
+"""A SQL_ASCII database holding bytes that are not UTF-8 keeps streaming (events/text.py's rule).
 
 PostgreSQL stores whatever bytes a client sends to a SQL_ASCII database. walstream decodes values as UTF-8;
 one that is not valid UTF-8 is sent decoded as Latin-1 (no byte lost) with one warning naming the table
@@ -54,7 +54,7 @@ def test_bytes_that_are_not_utf8_in_a_sql_ascii_database(pg, unique_name, tmp_pa
 
 
 def test_sql_ascii_values_round_trip_as_latin1() -> None:
-    from walstream.processing.text import SQL_ASCII, text_decoder, undecodable
+    from walstream.events.text import SQL_ASCII, text_decoder, undecodable
 
     decode = text_decoder(SQL_ASCII)
     assert decode("café".encode()) == "café"

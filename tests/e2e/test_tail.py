@@ -27,10 +27,10 @@ from support import (
     walstream_env,
 )
 
+from walstream.cli.tail import change_object, json_line, pretty_line
 from walstream.client import Change, Column, LogicalMessage, Truncate
 from walstream.lsn import parse_lsn
 from walstream.pgcluster import free_port
-from walstream.tail import change_object, json_line, pretty_line
 
 SCHEMA = ["CREATE TABLE items (id int PRIMARY KEY, price numeric(10,3), doc jsonb, tags text[], raw bytea, "
           "seen timestamptz, body text)",

@@ -19,7 +19,7 @@ from walstream._proto import walstream_v1_pb2 as pb
 from walstream._proto import walstream_v1_pb2_grpc
 from walstream.delivery.acks import AckTracker
 from walstream.delivery.hub import Hub
-from walstream.delivery.v1_service import ServerStatus
+from walstream.delivery.v1.service import ServerStatus
 from walstream.errors import SourceError
 
 INT64_MAX, INT64_MIN = 2**63 - 1, -(2**63)

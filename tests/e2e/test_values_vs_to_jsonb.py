@@ -1,4 +1,4 @@
-"""walstream.processing.values against the real thing: for every built-in type a table column can hold (and
+"""walstream.events.values against the real thing: for every built-in type a table column can hold (and
 arrays, domains, enums, composites), the converted pgoutput text must equal PostgreSQL's to_jsonb().
 
 The text a value is converted from is its type's output function's, fetched raw (no psycopg2 typecasting)
@@ -25,8 +25,9 @@ import psycopg2.extensions
 import pytest
 from support import has_xml_support
 
+from walstream.events.values import TypeCatalog
 from walstream.pgcluster import Cluster
-from walstream.processing.values import TypeCatalog, catalog_lookup
+from walstream.source.type_lookup import catalog_lookup
 
 SCHEMA = "walstream_values_e2e"
 
@@ -393,7 +394,7 @@ def test_json_cast_types_are_flagged(conn: psycopg2.extensions.connection, caplo
         oid, expected = cur.fetchone()  # type: ignore[misc]
     assert json.loads(expected) == {"v": "a"}
     catalog = TypeCatalog(catalog_lookup(conn))
-    with caplog.at_level(logging.WARNING, logger="walstream.processing.values"):
+    with caplog.at_level(logging.WARNING, logger="walstream.events.values"):
         assert catalog.converter(int(oid))("a") == "a"
     info = catalog.info(int(oid))
     assert info is not None and info.json_cast
@@ -401,7 +402,7 @@ def test_json_cast_types_are_flagged(conn: psycopg2.extensions.connection, caplo
 
 
 def test_builtin_table_is_fresh(pg: Cluster) -> None:
-    """src/walstream/processing/builtin_types.py is what scripts/gen_builtin_types.py makes of this server."""
+    """src/walstream/events/builtin_types.py is what scripts/gen_builtin_types.py makes of this server."""
     path = Path(__file__).resolve().parents[2] / "scripts" / "gen_builtin_types.py"
     spec = importlib.util.spec_from_file_location("gen_builtin_types", path)
     assert spec is not None and spec.loader is not None

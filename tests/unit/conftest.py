@@ -1,4 +1,4 @@
-"""Unit tests share one process: the CLI and walstream.logs install handlers on the root logger."""
+"""Unit tests share one process: the CLI and walstream.ops.logs install handlers on the root logger."""
 
 from __future__ import annotations
 

@@ -8,10 +8,11 @@ from typing import Any
 import psycopg2
 import pytest
 
-from walstream import __version__, cli
+from walstream import __version__
+from walstream.cli import main as cli
 from walstream.config import StartConfig
 from walstream.errors import SourceError
-from walstream.replication import catalog
+from walstream.source import catalog
 
 CONN = "host=127.0.0.1 port=5432 user=postgres dbname=postgres"
 

@@ -14,8 +14,8 @@ import pytest
 
 from walstream.errors import DecodeError, ProtocolError
 from walstream.lsn import parse_lsn
-from walstream.replication.decoder import StreamDecoder, decode_message, describe
-from walstream.replication.messages import (
+from walstream.source.decoder import StreamDecoder, decode_message, describe
+from walstream.source.messages import (
     COLUMN_BINARY,
     COLUMN_NULL,
     COLUMN_TEXT,

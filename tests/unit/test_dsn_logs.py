@@ -9,9 +9,9 @@ import orjson
 import pytest
 from psycopg2.extensions import parse_dsn
 
-from walstream.dsn import REPLICATION_OPTIONS, parse_connection, plain_dsn, redact, replication_dsn
 from walstream.errors import ConfigError
-from walstream.logs import setup_logging
+from walstream.ops.logs import setup_logging
+from walstream.source.dsn import REPLICATION_OPTIONS, parse_connection, plain_dsn, redact, replication_dsn
 
 SECRET = "hunter2"
 

@@ -13,20 +13,20 @@ import pytest
 from grpc_health.v1 import health_pb2
 from prometheus_client import CollectorRegistry, generate_latest
 
-from walstream import cli
+from walstream.cli import main as cli
 from walstream.config import StartConfig, parse_size
 from walstream.delivery.acks import AckTracker
 from walstream.delivery.hub import Hub
 from walstream.errors import ConfigError
-from walstream.health import API_SERVICES, Health
-from walstream.metrics import WalstreamCollector
-from walstream.pipeline import Pipeline
-from walstream.processing.events import Op
-from walstream.processing.values import TypeCatalog
-from walstream.replication import messages as m
-from walstream.replication.catalog import SlotState
-from walstream.replication.messages import Cell, RelationColumn
-from walstream.slot_monitor import SlotMonitor, format_size
+from walstream.events.change import Op
+from walstream.events.values import TypeCatalog
+from walstream.ops.health import API_SERVICES, Health
+from walstream.ops.metrics import WalstreamCollector
+from walstream.session import Pipeline
+from walstream.source import messages as m
+from walstream.source.catalog import SlotState
+from walstream.source.messages import Cell, RelationColumn
+from walstream.source.slot_monitor import SlotMonitor, format_size
 
 CONN = "host=127.0.0.1 port=5432 user=postgres dbname=postgres"
 MB = 1024 * 1024
@@ -173,7 +173,7 @@ def state(retained: int, safe: int | None = None, status: str = "reserved") -> S
 
 def test_warning_on_crossing_then_quiet_then_recovered(caplog: pytest.LogCaptureFixture,
                                                       monkeypatch: pytest.MonkeyPatch) -> None:
-    caplog.set_level(logging.INFO, "walstream.slot_monitor")
+    caplog.set_level(logging.INFO, "walstream.source.slot_monitor")
     monitor = SlotMonitor(CONN, "s", warn_bytes=MB)
     assert not monitor._check(state(MB - 1))
     assert monitor._check(state(2 * MB))

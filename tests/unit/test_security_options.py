@@ -16,12 +16,13 @@ from typing import Any
 import pytest
 from tlscerts import Certs, make_certs
 
-from walstream import cli, security
+from walstream.cli import main as cli
 from walstream.client.credentials import channel_credentials, with_token
 from walstream.config import StartConfig
 from walstream.delivery.auth import bearer_token_matches
 from walstream.errors import ConfigError
-from walstream.replication import catalog
+from walstream.ops import security
+from walstream.source import catalog
 
 CONN = "host=127.0.0.1 port=5432 user=postgres dbname=postgres"
 TOKEN = "s3cr3t-token-0123456789abcdef"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from walstream import cli
+from walstream.cli import main as cli
 from walstream.errors import ConfigError
 from walstream.sinks import naming
 from walstream.sinks.spec import SinkSpec, parse_url

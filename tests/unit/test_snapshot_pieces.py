@@ -7,12 +7,12 @@ import pytest
 from walstream._proto import walstream_v1_pb2 as pb
 from walstream.client.core import Session
 from walstream.delivery.acks import AckTracker, ClientLedger, DeliveryGroup
-from walstream.delivery.v1_adapter import InvalidSubscription, Subscription, V1Item
-from walstream.replication.messages import Cell
+from walstream.delivery.v1.adapter import InvalidSubscription, Subscription, V1Item
 from walstream.snapshot import token
 from walstream.snapshot.copytext import CopyFormatError, parse_rows, unescape
 from walstream.snapshot.reader import Snapshot
 from walstream.snapshot.request import SnapshotSpec
+from walstream.source.messages import Cell
 
 
 def test_copy_text_rows_become_pgoutput_cells():

@@ -4,7 +4,7 @@ import pytest
 
 from walstream.errors import WalstreamError
 from walstream.lsn import format_lsn, parse_lsn
-from walstream.replication.stream import parse_duration, protocol_version, quote_publication
+from walstream.source.stream import parse_duration, protocol_version, quote_publication
 
 
 @pytest.mark.parametrize(("version", "proto"), [(100000, 1), (130012, 1), (140000, 2), (150018, 3),

@@ -1,4 +1,4 @@
-"""walstream.processing.typed without a server: each type's pgoutput text -> walstream.v1 Value.
+"""walstream.delivery.v1.typed without a server: each type's pgoutput text -> walstream.v1 Value.
 
 tests/e2e/test_v1_api.py checks the same values against a real PostgreSQL (dates and times against its
 own extract(epoch)).
@@ -15,8 +15,7 @@ from functools import partial
 import pytest
 
 from walstream._proto.walstream_v1_pb2 import Row, Value
-from walstream.processing.events import RelationInfo
-from walstream.processing.typed import (
+from walstream.delivery.v1.typed import (
     INT32_MAX,
     INT32_MIN,
     INT64_MAX,
@@ -29,9 +28,10 @@ from walstream.processing.typed import (
     parse_timestamp,
     to_value,
 )
-from walstream.processing.v1wire import RowEncoder
-from walstream.processing.values import TypeCatalog, TypeInfo
-from walstream.replication.messages import Cell, RelationColumn
+from walstream.delivery.v1.wire import RowEncoder
+from walstream.events.change import RelationInfo
+from walstream.events.values import TypeCatalog, TypeInfo
+from walstream.source.messages import Cell, RelationColumn
 
 EPOCH = datetime(1970, 1, 1)
 

@@ -1,6 +1,6 @@
-"""walstream.processing.v1wire: the bytes it writes are exactly what the message classes serialise.
+"""walstream.delivery.v1.wire: the bytes it writes are exactly what the message classes serialise.
 
-The message path (each column's converter in walstream.processing.typed, upb) is the reference: every value,
+The message path (each column's converter in walstream.delivery.v1.typed, upb) is the reference: every value,
 row and event written as bytes is compared with the same thing built as messages and serialised.
 """
 
@@ -13,12 +13,12 @@ from functools import partial
 import pytest
 
 from walstream._proto import walstream_v1_pb2 as pb
-from walstream.delivery.v1_adapter import Encoder, V1Item
-from walstream.processing.events import PG_EPOCH_US, ChangeEvent, Op, RelationInfo, TxnInfo
-from walstream.processing.typed import TypedCatalog, to_value
-from walstream.processing.v1wire import RowEncoder, varint, zigzag64
-from walstream.processing.values import TypeCatalog
-from walstream.replication.messages import Cell, RelationColumn
+from walstream.delivery.v1.adapter import Encoder, V1Item
+from walstream.delivery.v1.typed import TypedCatalog, to_value
+from walstream.delivery.v1.wire import RowEncoder, varint, zigzag64
+from walstream.events.change import PG_EPOCH_US, ChangeEvent, Op, RelationInfo, TxnInfo
+from walstream.events.values import TypeCatalog
+from walstream.source.messages import Cell, RelationColumn
 
 # (type oid, text) as pgoutput sends them; the kinds with a byte encoder first, then some without.
 VALUES = [

@@ -1,4 +1,4 @@
-"""walstream.processing.values and .pgtext without a server: text formats, numbers, timestamps, the catalog.
+"""walstream.events.values and .pgtext without a server: text formats, numbers, timestamps, the catalog.
 
 tests/e2e/test_values_vs_to_jsonb.py checks the same rules against PostgreSQL's own to_jsonb().
 """
@@ -12,9 +12,9 @@ from collections.abc import Mapping
 import orjson
 import pytest
 
-from walstream.processing.builtin_types import BUILTIN_TYPES
-from walstream.processing.pgtext import PgTextError, parse_array, parse_record, parse_vector
-from walstream.processing.values import (
+from walstream.events.builtin_types import BUILTIN_TYPES
+from walstream.events.pgtext import PgTextError, parse_array, parse_record, parse_vector
+from walstream.events.values import (
     BUILTIN,
     TypeCatalog,
     TypeInfo,

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import grpc
 
-from ..security import bad_token_character
+from ..ops.security import bad_token_character
 
 PathArg = str | os.PathLike[str]
 

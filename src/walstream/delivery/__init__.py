@@ -1,0 +1,1 @@
+"""Delivery: the ack ledger (acks), fan-out to subscribers (hub), auth, and the two APIs (v1/, seed/)."""

@@ -19,7 +19,7 @@ import grpc
 import grpc.aio
 
 from ..config import StartConfig
-from ..security import read_file
+from ..ops.security import read_file
 
 log = logging.getLogger(__name__)
 

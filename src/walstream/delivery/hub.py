@@ -19,8 +19,8 @@ from typing import Any, Protocol
 import grpc
 from google.protobuf.message import DecodeError
 
+from ..events.change import ChangeEvent
 from ..lsn import format_lsn
-from ..processing.events import ChangeEvent
 from .acks import AckTracker, ClientLedger, DeliveryGroup, TxnRecord
 
 log = logging.getLogger(__name__)
@@ -92,7 +92,7 @@ class Hub:
         self.capacity = asyncio.Event()  # set whenever can_accept() may have become true
         self.acks_rejected = 0
         self.unwoken = False  # publish() queued messages that no sender was woken for yet
-        self.acks_received = 0  # every ack, matched or not (read by walstream.metrics)
+        self.acks_received = 0  # every ack, matched or not (read by walstream.ops.metrics)
         self.oversized_sent = 0  # changes whose message exceeds gRPC's default client receive limit
         self._oversized: ChangeEvent | None = None
         self._ids = itertools.count(1)

@@ -17,8 +17,8 @@ from prometheus_client.metrics_core import Metric
 
 from ..config import StartConfig
 from ..delivery.hub import Client, Hub
-from ..processing.typed import TypedCatalog
-from ..processing.values import TypeCatalog
+from ..delivery.v1.typed import TypedCatalog
+from ..events.values import TypeCatalog
 from . import Sink
 from .body import BodyBuilder
 from .runner import SinkAdapter, SinkRunner, SinkStats

@@ -1,7 +1,7 @@
 """What a sink publishes for a change: the record (body, key, headers, dedup id), built from the same code
 as the other outputs, never a second serializer.
 
-- json: the object `walstream tail --format json` prints (walstream.tail.change_object), made from the
+- json: the object `walstream tail --format json` prints (walstream.cli.tail.change_object), made from the
   change's walstream.v1 Event exactly as a v1 client decodes it (walstream.client.core.decode_event).
 - protobuf: the walstream.v1.Event bytes; its Relation (column names and types) in the `relation` header,
   base64 of the walstream.v1.Relation bytes.
@@ -20,12 +20,12 @@ from dataclasses import dataclass
 import orjson
 
 from .._proto import walstream_v1_pb2 as pb
+from ..cli.tail import json_line, jsonable
 from ..client.core import _relation, decode_event
-from ..delivery.v1_adapter import Encoder, same_relation
+from ..delivery.v1.adapter import Encoder, same_relation
+from ..delivery.v1.typed import TypedCatalog
+from ..events.change import PG_EPOCH_US, ChangeEvent, Op, RelationInfo
 from ..lsn import format_lsn
-from ..processing.events import PG_EPOCH_US, ChangeEvent, Op, RelationInfo
-from ..processing.typed import TypedCatalog
-from ..tail import json_line, jsonable
 
 CONTENT_TYPES = {"json": "application/json", "protobuf": "application/x-protobuf; messageType=walstream.v1.Event"}
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import cast
 
 from ..delivery.hub import Client, Hub
-from ..processing.events import ChangeEvent, Op, RelationInfo, TxnInfo
+from ..events.change import ChangeEvent, Op, RelationInfo, TxnInfo
 from . import BrokerUnavailable, Sink, SinkError
 from .body import BodyBuilder, Record
 

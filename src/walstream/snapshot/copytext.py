@@ -11,7 +11,7 @@ import re
 from itertools import repeat
 from typing import cast
 
-from ..replication.messages import COLUMN_NULL, COLUMN_TEXT, Cell, TupleData
+from ..source.messages import COLUMN_NULL, COLUMN_TEXT, Cell, TupleData
 
 NULL_CELL = Cell(COLUMN_NULL, None)
 _ESCAPE = re.compile(rb"\\(?:([0-7]{1,3})|x([0-9a-fA-F]{1,2})|(.))", re.S)
@@ -56,5 +56,5 @@ def parse_rows(data: bytes, columns: int) -> list[TupleData]:
         if b"\\" in line:
             append(tuple(NULL_CELL if f == b"\\N" else Cell(COLUMN_TEXT, unescape(f)) for f in fields))
         else:
-            append(cast(TupleData, tuple(zip(text, fields))))
+            append(cast(TupleData, tuple(zip(text, fields, strict=False))))  # text: endless
     return rows

@@ -1,7 +1,7 @@
 """The chunk reader: its own plain SQL connection, used from one worker thread (never the event loop and
 never the replication connection). Emits the watermarks and reads one keyset chunk per call.
 
-The session uses the replication connection's text settings (walstream.dsn.REPLICATION_OPTIONS) and the
+The session uses the replication connection's text settings (walstream.source.dsn.REPLICATION_OPTIONS) and the
 server encoding as client encoding, so COPY prints every value exactly as pgoutput sends it.
 """
 
@@ -16,9 +16,9 @@ import psycopg2
 import psycopg2.errors
 import psycopg2.extensions
 
-from ..delivery.v1_adapter import WATERMARK_PREFIX
-from ..replication import catalog
-from ..replication.messages import TupleData
+from ..delivery.v1.adapter import WATERMARK_PREFIX
+from ..source import catalog
+from ..source.messages import TupleData
 from . import tables
 from .copytext import parse_rows
 from .tables import TableRef, TableShape

@@ -6,7 +6,7 @@ import hashlib
 from dataclasses import dataclass
 
 from .._proto import walstream_v1_pb2 as pb
-from ..delivery.v1_adapter import InvalidSubscription, Subscription, TablePattern
+from ..delivery.v1.adapter import InvalidSubscription, Subscription, TablePattern
 
 MAX_DEFAULT_CHUNK_ROWS = 2000
 

@@ -26,10 +26,10 @@ import psycopg2
 
 from .._proto import walstream_v1_pb2 as pb
 from ..delivery.hub import Client, Hub
-from ..delivery.v1_adapter import Encoder, InvalidSubscription, Subscription, V1Adapter, same_relation
-from ..processing.events import RelationInfo
-from ..processing.v1wire import field as wire_field
-from ..replication import catalog
+from ..delivery.v1.adapter import Encoder, InvalidSubscription, Subscription, V1Adapter, same_relation
+from ..delivery.v1.wire import field as wire_field
+from ..events.change import RelationInfo
+from ..source import catalog
 from . import tables, token
 from .reader import ChunkRead, ChunkReader, KeyChanged, is_retryable
 from .request import SnapshotSpec, SnapshotUnavailable

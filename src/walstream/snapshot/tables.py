@@ -13,8 +13,8 @@ from typing import Any
 
 import psycopg2.extensions
 
-from ..delivery.v1_adapter import InvalidSubscription, Subscription
-from ..replication.messages import COLUMN_FLAG_KEY, RelationColumn
+from ..delivery.v1.adapter import InvalidSubscription, Subscription
+from ..source.messages import COLUMN_FLAG_KEY, RelationColumn
 from .request import SnapshotSpec
 
 Connection = psycopg2.extensions.connection

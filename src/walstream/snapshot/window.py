@@ -25,9 +25,9 @@ from typing import Protocol
 import orjson
 
 from ..delivery.acks import DeliveryGroup
-from ..delivery.v1_adapter import Encoder
-from ..processing.events import ChangeEvent, Op, RelationInfo, TxnInfo
-from ..replication.messages import COLUMN_UNCHANGED_TOAST, TupleData
+from ..delivery.v1.adapter import Encoder
+from ..events.change import ChangeEvent, Op, RelationInfo, TxnInfo
+from ..source.messages import COLUMN_UNCHANGED_TOAST, TupleData
 from .reader import Snapshot
 
 log = logging.getLogger(__name__)
@@ -36,7 +36,7 @@ Key = tuple[bytes | None, ...]
 
 
 class History(Protocol):
-    """walstream.processing.assembler.Assembler: the xids of the latest transactions begun, in order."""
+    """walstream.events.assembler.Assembler: the xids of the latest transactions begun, in order."""
 
     recent_xids: Sequence[int]
     xids_begun: int

@@ -1,0 +1,1 @@
+"""The seed contract plugin.PluginService/Session: one JSON event per message."""
