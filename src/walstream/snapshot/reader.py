@@ -88,6 +88,10 @@ class ChunkReader:
         self._conn: psycopg2.extensions.connection | None = None
         self.server_version = 0
         self.encoding = "utf-8"
+        self.server_encoding = "UTF8"  # PostgreSQL's name, for key literals (tables.key_literal)
+        # Key values as text in resume tokens: the server encoding's codec, Latin-1 for SQL_ASCII (one
+        # character per byte: any bytes a SQL_ASCII database holds come back exactly).
+        self.key_codec = "utf-8"
 
     def _connection(self) -> psycopg2.extensions.connection:
         if self._conn is None or self._conn.closed:
@@ -97,8 +101,10 @@ class ChunkReader:
                     cur.execute(statement)
                 cur.execute("SELECT current_setting('server_encoding')")
                 row = cur.fetchone()
-            conn.set_client_encoding(str(row[0]) if row else "UTF8")
+            self.server_encoding = str(row[0]) if row else "UTF8"
+            conn.set_client_encoding(self.server_encoding)
             self.encoding = psycopg2.extensions.encodings.get(conn.encoding, "utf-8")
+            self.key_codec = "latin-1" if self.server_encoding == "SQL_ASCII" else self.encoding
             self.server_version = conn.server_version
             self._conn = conn
         return self._conn
@@ -140,14 +146,17 @@ class ChunkReader:
                     return ChunkRead(None, snapshot, [], [], None, None, 0)
                 if shape.key != ref.key:
                     raise KeyChanged(shape.key)
+                codec, encoding = self.key_codec, self.server_encoding
                 if upto is None:
-                    cur.execute(tables.max_key_query(conn, shape))
+                    cur.execute(tables.max_key_query(conn, shape, encoding))
                     top = cur.fetchone()
                     if top is None:
                         return ChunkRead(shape, snapshot, [], [], None, None, 0)
-                    upto = tuple(str(v) for v in top)
+                    upto = tuple(bytes(v).decode(codec) for v in top)
                 buffer = io.BytesIO()
-                cur.copy_expert(tables.chunk_query(conn, shape, after, upto, limit), buffer)
+                cur.copy_expert(tables.chunk_query(
+                    conn, shape, None if after is None else tuple(v.encode(codec) for v in after),
+                    tuple(v.encode(codec) for v in upto), limit, encoding), buffer)
             data = buffer.getvalue()
         finally:
             conn.rollback()  # read only: nothing to commit
@@ -161,7 +170,7 @@ class ChunkReader:
             keys = [tuple(cell[1] for cell in c[width:]) for c in cells]
         last = None
         if keys:
-            last = tuple((v or b"").decode(self.encoding) for v in keys[-1])
+            last = tuple((v or b"").decode(self.key_codec) for v in keys[-1])
         return ChunkRead(shape, snapshot, rows, keys, upto, last, len(data))
 
     def wait_visible(self, xids: list[int], stop: threading.Event) -> None:

@@ -141,20 +141,25 @@ def read_shape(conn: Connection, ref: TableRef, publication: str, server_version
                       row_filter, relkind == "p", int(estimate))
 
 
-def chunk_query(conn: Connection, shape: TableShape, after: Sequence[str] | None, upto: Sequence[str],
-                limit: int) -> str:
+def key_literal(value: bytes, type_name: str, encoding: str) -> str:
+    """A key value, given as its text in the database's encoding, as SQL that is ASCII whatever the bytes:
+    hex, turned back into text by the server (a SQL_ASCII database holds bytes no client codec takes)."""
+    return f"pg_catalog.convert_from('\\x{value.hex()}'::bytea, '{encoding}')::{type_name}"
+
+
+def chunk_query(conn: Connection, shape: TableShape, after: Sequence[bytes] | None, upto: Sequence[bytes],
+                limit: int, encoding: str) -> str:
     """COPY of the next `limit` rows after key `after` up to key `upto` (inclusive), in key order: the
-    published columns, then the key columns again (to page on, even when the column list leaves them out)."""
+    published columns, then the key columns again (to page on, even when the column list leaves them out).
+    Keys are each column's text in the server encoding `encoding` (a PostgreSQL encoding name)."""
     def q(name: str) -> str:
         return quote(conn, name)
 
     cols = [q(c.name) for c in shape.columns] + [q(k) for k in shape.key]
     key = _row([q(k) for k in shape.key])
 
-    def literal(values: Sequence[str]) -> str:
-        with conn.cursor() as cur:
-            return _row([cur.mogrify("%s::" + t, (v,)).decode()
-                         for v, t in zip(values, shape.key_types, strict=True)])
+    def literal(values: Sequence[bytes]) -> str:
+        return _row([key_literal(v, t, encoding) for v, t in zip(values, shape.key_types, strict=True)])
 
     where = [f"{key} <= {literal(upto)}"]
     if after is not None:
@@ -173,13 +178,14 @@ def _row(parts: list[str]) -> str:
     return parts[0] if len(parts) == 1 else "ROW(" + ", ".join(parts) + ")"
 
 
-def max_key_query(conn: Connection, shape: TableShape) -> str:
-    """The largest key, each column as text: the backfill stops there (later rows arrive as INSERTs)."""
+def max_key_query(conn: Connection, shape: TableShape, encoding: str) -> str:
+    """The largest key, each column as its text's bytes in the server encoding `encoding` (bytea: no client
+    codec involved): the backfill stops there (later rows arrive as INSERTs)."""
     def q(name: str) -> str:
         return quote(conn, name)
 
     only = "" if shape.partitioned else "ONLY "
     # Aliased: ORDER BY a bare name would sort by an output column of that name, the text.
-    cols = ", ".join(f"{q(k)}::text AS k{i}" for i, k in enumerate(shape.key))
+    cols = ", ".join(f"pg_catalog.convert_to({q(k)}::text, '{encoding}') AS k{i}" for i, k in enumerate(shape.key))
     order = ", ".join(f"{q(k)} DESC" for k in shape.key)
     return f"SELECT {cols} FROM {only}{q(shape.ref.schema)}.{q(shape.ref.table)} ORDER BY {order} LIMIT 1"
