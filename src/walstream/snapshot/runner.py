@@ -25,7 +25,7 @@ from typing import Any, Protocol, TypeVar
 import psycopg2
 
 from .._proto import walstream_v1_pb2 as pb
-from ..delivery.hub import Client, Hub
+from ..delivery.hub import HELD_FIXED, HELD_PER_BYTE, Client, Hub
 from ..delivery.v1.adapter import Encoder, InvalidSubscription, Subscription, V1Adapter, same_relation
 from ..delivery.v1.wire import field as wire_field
 from ..events.change import RelationInfo
@@ -181,6 +181,7 @@ class SnapshotService:
         remaining = list(plan.tables)
         after, upto = plan.after, plan.upto
         seq = 0
+        held_bytes = 0  # what the last chunk delivered holds until acknowledged (estimates the next one)
         last_table = ""
         while remaining:
             ref = remaining[0]
@@ -190,7 +191,7 @@ class SnapshotService:
             shown = self.running[id(plan)] = pb.SnapshotStatus(client=client.name, table=ref.name)
             counters = self.counters
             while not done:
-                await self._room(client, plan.chunk_rows)
+                await self._room(client, plan.chunk_rows, held_bytes)
                 seq += 1
                 outcome, read = await self._chunk(plan, backfill, ref, after, upto, seq)
                 if read is None:  # read again (counted)
@@ -215,6 +216,7 @@ class SnapshotService:
                               "%d completed", seq, ref.name, len(read.rows), after, read.last, outcome.sent,
                               outcome.superseded, outcome.completed)
                     chunks += 1
+                    held_bytes = HELD_PER_BYTE * read.bytes_read + HELD_FIXED * len(read.rows)
                     sent += outcome.sent
                     superseded += outcome.superseded
                     counters.chunks[ref.name] += 1
@@ -247,10 +249,13 @@ class SnapshotService:
             client.push(ProgressItem(wire_field(SUBSCRIBE_RESPONSE_PROGRESS, progress.SerializeToString())))
         log.info("snapshot for %s done", client.name)
 
-    async def _room(self, client: Client, rows: int) -> None:
-        """Until the client's queue and the unacknowledged bound have room for a whole chunk."""
-        hub = self.hub
-        while (len(client.queue) + rows > hub.queue_size or hub.tracker.outstanding + rows > hub.max_unacked) \
+    async def _room(self, client: Client, rows: int, held_bytes: int) -> None:
+        """Until the client's queue and the unacknowledged bounds have room for a whole chunk: `rows` rows
+        holding about `held_bytes` (the previous chunk's). In bytes, a chunk goes when nothing is
+        unacknowledged, however large (as the hub lets one message through)."""
+        hub, tracker = self.hub, self.hub.tracker
+        while (len(client.queue) + rows > hub.queue_size or tracker.outstanding + rows > hub.max_unacked
+               or (tracker.outstanding_bytes and tracker.outstanding_bytes + held_bytes > hub.max_unacked_bytes)) \
                 and not client.closed:
             await asyncio.sleep(ROOM_POLL)
 
