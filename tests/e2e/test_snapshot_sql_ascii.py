@@ -13,6 +13,7 @@ from support import WalstreamProcess, autocommit_connection
 
 from walstream._proto import walstream_v1_pb2 as pb
 
+
 def decode(data: bytes) -> str:
     """As the stream sends a SQL_ASCII value: UTF-8 if it is, else Latin-1 (events/text.py)."""
     try:

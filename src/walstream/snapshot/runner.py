@@ -113,8 +113,9 @@ class SnapshotService:
         spec = SnapshotSpec.parse(request)
         if spec.mode == pb.CONSISTENT:
             raise SnapshotUnavailable(
-                "snapshot.mode: CONSISTENT is not available on this server yet (it needs the slot to be created "
-                "for this subscription); use INCREMENTAL, which gives the same end state while the stream flows")
+                "snapshot.mode: CONSISTENT is not available on this server: it needs the snapshot PostgreSQL "
+                f"exports when the slot is created, and walstream does not export one (slot {self.slot}); use "
+                "INCREMENTAL, which ends in the same state while the stream flows (docs/api.md#consistent)")
         chunk_rows = spec.chunk_size(self.hub.queue_size, self.hub.max_unacked)
         executor = ThreadPoolExecutor(1, thread_name_prefix="walstream-snapshot")
         reader = ChunkReader(self.conn_str, self.publication)
