@@ -56,6 +56,8 @@ async def serve(config: StartConfig, ready: asyncio.Event | None = None) -> int:
     encoder = Encoder(TypedCatalog(types, pipeline.type_schemas.get))
     snapshots = SnapshotService(config.connection, config.publication, config.slot, config.temporary, hub, encoder,
                                 pipeline, types)
+    if config.snapshot_consistent:
+        pipeline.on_export = snapshots.held.take
     v1 = WalstreamServicer(hub, encoder, status, snapshots)
     v1_service.add_to_server(v1, server)
     address = f"{config.host}:{config.port}"

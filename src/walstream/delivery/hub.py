@@ -89,6 +89,7 @@ class Hub:
         self.max_unacked_bytes = max_unacked_bytes
         self.clients: list[Client] = []
         self.accepting = True
+        self.held = False  # reading waits while a CONSISTENT snapshot is copied (walstream.snapshot.consistent)
         self.capacity = asyncio.Event()  # set whenever can_accept() may have become true
         self.acks_rejected = 0
         self.unwoken = False  # publish() queued messages that no sender was woken for yet
@@ -167,7 +168,7 @@ class Hub:
     def can_accept(self) -> bool:
         clients = self.clients
         tracker = self.tracker
-        if (not clients or tracker.outstanding >= self.max_unacked
+        if (not clients or self.held or tracker.outstanding >= self.max_unacked
                 or tracker.outstanding_bytes >= self.max_unacked_bytes):
             return False
         size = self.queue_size
@@ -214,6 +215,19 @@ class Hub:
         log.warning("a %s change of %s at %s is %d bytes, over gRPC's default 4 MiB receive limit: clients must "
                     "raise theirs (grpc.max_receive_message_length; docs/client.md) or they fail on it", event.op.value,
                     table, format_lsn(lsn), size)
+
+    def deliver_group(self, client: Client, lsn: int, group: DeliveryGroup) -> None:
+        """Queue messages made for one client outside the stream (a CONSISTENT snapshot's chunk) as one
+        delivery, in no transaction, and wake its sender."""
+        size = HELD_PER_BYTE * group.size + HELD_FIXED * len(group.items)
+        self.tracker.deliver(client.ledger, lsn, None, group, None, size, len(group.items))
+        client.queue.extend(group.items)
+        client.wake()
+
+    def release(self) -> None:
+        """End a hold: reading goes on."""
+        self.held = False
+        self.capacity.set()
 
     def wake(self) -> None:
         """Wake the senders of clients with newly queued messages. The reader calls this before it yields

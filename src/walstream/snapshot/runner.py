@@ -25,12 +25,14 @@ from typing import Any, Protocol, TypeVar
 import psycopg2
 
 from .._proto import walstream_v1_pb2 as pb
+from ..delivery.acks import DeliveryGroup
 from ..delivery.hub import HELD_FIXED, HELD_PER_BYTE, Client, Hub
 from ..delivery.v1.adapter import Encoder, InvalidSubscription, Subscription, V1Adapter, same_relation
 from ..delivery.v1.wire import field as wire_field
-from ..events.change import RelationInfo
+from ..events.change import RelationInfo, TxnInfo
 from ..source import catalog
 from . import tables, token
+from .consistent import Held, ParallelCopy, decoded_any
 from .reader import ChunkRead, ChunkReader, KeyChanged, is_retryable
 from .request import SnapshotSpec, SnapshotUnavailable
 from .tables import TableRef, TableShape
@@ -73,6 +75,7 @@ class Plan:
     reader: ChunkReader
     executor: ThreadPoolExecutor
     stop: threading.Event = field(default_factory=threading.Event)
+    consistent: bool = False  # copies the snapshot held since the slot was created (consistent.py)
     # Names this call's watermarks: a resumed backfill keeps its id, and its earlier call's watermarks may be
     # decoded again (after a restart walstream re-reads the WAL after the slot's confirmed position).
     run: str = field(default_factory=lambda: secrets.token_hex(8))
@@ -102,6 +105,7 @@ class SnapshotService:
         self.guard = os.environ.get(UNGUARDED_ENV, "") != "1"
         self.counters = Counters()
         self.running: dict[int, pb.SnapshotStatus] = {}  # id(plan) -> the table it copies now (for Status)
+        self.held = Held(conn_str)  # the snapshot exported with the slot (start --snapshot-consistent)
         if not self.guard:
             log.warning("snapshot visibility guard is OFF (%s=1): for tests only, snapshots may end stale",
                         UNGUARDED_ENV)
@@ -111,12 +115,16 @@ class SnapshotService:
     async def prepare(self, sub: Subscription, request: pb.SnapshotRequest) -> Plan:
         """Raises InvalidSubscription, SnapshotUnavailable or token.TokenRefused."""
         spec = SnapshotSpec.parse(request)
-        if spec.mode == pb.CONSISTENT:
-            raise SnapshotUnavailable(
-                "snapshot.mode: CONSISTENT is not available on this server: it needs the snapshot PostgreSQL "
-                f"exports when the slot is created, and walstream does not export one (slot {self.slot}); use "
-                "INCREMENTAL, which ends in the same state while the stream flows (docs/api.md#consistent)")
         chunk_rows = spec.chunk_size(self.hub.queue_size, self.hub.max_unacked)
+        # CONSISTENT with a resume token goes on as INCREMENTAL chunks (the held snapshot is gone by then).
+        consistent = spec.mode == pb.CONSISTENT and not spec.resume_token
+        if consistent:
+            why = self.held.claim(decoded_any(self.pipeline.assembler, self.pipeline.reconnects))
+            if why:
+                raise SnapshotUnavailable(
+                    f"snapshot.mode: CONSISTENT is not available for slot {self.slot}: {why}; use INCREMENTAL, which "
+                    "ends in the same state while the stream flows (docs/api.md#consistent)")
+            self.hub.held = True  # nothing is read from the slot until the copy is delivered
         executor = ThreadPoolExecutor(1, thread_name_prefix="walstream-snapshot")
         reader = ChunkReader(self.conn_str, self.publication)
         try:
@@ -130,11 +138,16 @@ class SnapshotService:
                 backfill_id = position.backfill_id
                 if refs and refs[0].name == (position.tables[0] if position.tables else None):
                     after, upto = position.after, position.upto
+            if not consistent:
+                tables.check_keys(refs)  # a table without a key left by a CONSISTENT copy cannot go on here
         except BaseException:
             executor.submit(reader.close)
             executor.shutdown(wait=False)
+            if consistent:
+                self._consistent_over()
             raise
-        return Plan(spec, request_hash, epoch, backfill_id, refs, after, upto, chunk_rows, reader, executor)
+        return Plan(spec, request_hash, epoch, backfill_id, refs, after, upto, chunk_rows, reader, executor,
+                    consistent=consistent)
 
     def _resolve(self, reader: ChunkReader, sub: Subscription, spec: SnapshotSpec) -> tuple[str, list[TableRef]]:
         try:
@@ -165,7 +178,10 @@ class SnapshotService:
 
     async def _run(self, plan: Plan, client: Client, backfill: ClientBackfill) -> None:
         try:
-            await self._tables(plan, client, backfill)
+            if plan.consistent:
+                await self._copy_consistent(plan, client)
+            else:
+                await self._tables(plan, client, backfill)
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # the client learns why its backfill stopped; the stream itself is fine
@@ -177,6 +193,64 @@ class SnapshotService:
             self.running.pop(id(plan), None)
             backfill.window = None
             plan.close()
+            if plan.consistent:
+                self._consistent_over()
+
+    def _consistent_over(self) -> None:
+        """The held snapshot is done with: its transaction ends and the stream reads on."""
+        self.held.release()
+        self.hub.release()
+
+    async def _copy_consistent(self, plan: Plan, client: Client) -> None:
+        """Every table at the slot's consistent point, before the first change (consistent.py)."""
+        held, hub = self.held, self.hub
+        copy = ParallelCopy(self.conn_str, self.publication, held.name, plan.tables, plan.chunk_rows, plan.stop)
+        lsn, txn = held.lsn, TxnInfo(0, held.lsn, 0)
+        ordinal = held_bytes = 0
+        counters = self.counters
+        try:
+            for index, ref in enumerate(plan.tables):
+                sent = chunks = estimate = 0
+                shown = self.running[id(plan)] = pb.SnapshotStatus(client=client.name, table=ref.name)
+                done = False
+                while not done:
+                    item = await copy.feeds[index].queue.get()
+                    if isinstance(item, BaseException):
+                        raise SnapshotUnavailable(f"copying {ref.name}: {catalog.first_line(item)}")
+                    read, after, upto, done = item
+                    if read.shape is not None and read.rows:
+                        await self._room(client, len(read.rows), held_bytes)
+                        if client.closed:
+                            return
+                        await self.pipeline.ensure_types([c.type_oid for c in read.shape.columns])
+                        rel = self._relation(read.shape)
+                        items = self.encoder.snapshot_items(lsn, txn, [(rel, row) for row in read.rows], ordinal + 1)
+                        ordinal += len(items)
+                        hub.deliver_group(client, lsn, DeliveryGroup(items, sum(i.size for i in items)))
+                        held_bytes = HELD_PER_BYTE * read.bytes_read + HELD_FIXED * len(read.rows)
+                        sent, chunks = sent + len(items), chunks + 1
+                        estimate = estimate or read.shape.rows_estimate
+                        counters.chunks[ref.name] += 1
+                        counters.rows[ref.name] += len(items)
+                        shown.rows_sent, shown.chunks, shown.rows_estimate = sent, chunks, estimate
+                    remaining = plan.tables[index + 1:] if done else plan.tables[index:]
+                    position = token.Position(plan.backfill_id, plan.request_hash, tuple(r.name for r in remaining),
+                                              None if done else after, None if done else upto)
+                    state = pb.SNAPSHOT_TABLE_DONE if done else pb.SNAPSHOT_RUNNING
+                    progress = pb.SnapshotProgress(
+                        table=ref.name, state=state, rows_sent=sent, rows_estimate=estimate,
+                        position=lsn if read.rows else 0, resume_token=token.encode(position, plan.epoch),
+                        chunks=chunks)
+                    if done and index == len(plan.tables) - 1:
+                        progress.state, progress.done = pb.SNAPSHOT_DONE, True
+                    client.push(ProgressItem(wire_field(SUBSCRIBE_RESPONSE_PROGRESS, progress.SerializeToString())))
+            if not plan.tables:
+                progress = pb.SnapshotProgress(state=pb.SNAPSHOT_DONE, done=True, resume_token=token.encode(
+                    token.Position(plan.backfill_id, plan.request_hash, (), None, None), plan.epoch))
+                client.push(ProgressItem(wire_field(SUBSCRIBE_RESPONSE_PROGRESS, progress.SerializeToString())))
+        finally:
+            copy.close()
+        log.info("CONSISTENT snapshot for %s done: %d rows at the slot's starting point", client.name, ordinal)
 
     async def _tables(self, plan: Plan, client: Client, backfill: ClientBackfill) -> None:
         remaining = list(plan.tables)

@@ -225,8 +225,9 @@ class Encoder:
                 b"\x28" + wire.varint(commit_time) if commit_time else b"")))
         return self._txn[1]
 
-    def snapshot_items(self, lsn: int, txn: TxnInfo, rows: Sequence[tuple[RelationInfo, TupleData]]) -> list[V1Item]:
-        """SNAPSHOT events of a chunk's rows at a high watermark (lsn, txn), ordinals 1..n: the bytes
+    def snapshot_items(self, lsn: int, txn: TxnInfo, rows: Sequence[tuple[RelationInfo, TupleData]],
+                       first: int = 1) -> list[V1Item]:
+        """SNAPSHOT events of a chunk's rows at a high watermark (lsn, txn), ordinals first..: the bytes
         _row_item writes for Event(op=SNAPSHOT, new=row), without an event object per row."""
         varint = wire.varint
         head = b"".join((_OP_FIELD[Op.SNAPSHOT], b"\x10" + varint(lsn) if lsn else b"", self._txn_fields(txn)))
@@ -235,7 +236,7 @@ class Encoder:
         append = items.append
         last: RelationInfo | None = None
         encoder = rels = None
-        for ordinal, (rel, cells) in enumerate(rows, 1):
+        for ordinal, (rel, cells) in enumerate(rows, first):
             if rel is not last:
                 encoder, rels, last = self._row_encoder(rel), (rel,), rel
             assert encoder is not None and rels is not None
