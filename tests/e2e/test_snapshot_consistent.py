@@ -135,3 +135,23 @@ def test_consistent_needs_the_option(testdb, walstream):
     assert client.error is not None and client.error.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert "started without --snapshot-consistent true" in (client.error.details() or "")
 
+
+
+def test_the_held_snapshot_is_given_up_once_the_stream_reads_a_change(testdb, walstream):
+    """A client without a CONSISTENT request connects first and receives a change: the slot's starting point
+    is past, so the held snapshot is released (its transaction would hold VACUUM back) and refused after."""
+    setup(testdb, rows=10)
+    ws = walstream("--snapshot-consistent", "true")
+    ws.wait_log("holding the slot's exported snapshot")
+    replica = Replica()
+    first = ReplicaClient(ws.addr, replica, pb.SnapshotRequest(tables=["public.marker"]))
+    try:
+        first.wait_snapshot()
+        caught_up(testdb, first, "moved")
+        ws.wait_log("released the slot's exported snapshot")
+        late = ReplicaClient(ws.addr, Replica(), pb.SnapshotRequest(mode=pb.CONSISTENT))
+        late.done.wait(30)
+        assert late.error is not None and late.error.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert "already read changes from the slot" in (late.error.details() or "")
+    finally:
+        first.close()

@@ -48,6 +48,7 @@ class Held:
         self.lsn = 0  # the slot's consistent point
         self.why_not = "walstream was started without --snapshot-consistent true"
         self._conn: psycopg2.extensions.connection | None = None
+        self.claimed = False
 
     def take(self, exported: str, lsn: int) -> None:
         """On the replication connection's thread, right after the slot was created: import the exported
@@ -80,7 +81,22 @@ class Held:
         if self.why_not:
             return self.why_not
         self.why_not = "another subscriber took the snapshot exported with the slot (there is one per slot)"
+        self.claimed = True
         return ""
+
+    @property
+    def waiting(self) -> bool:
+        """Held and not taken yet."""
+        return self._conn is not None and not self.claimed
+
+    def give_up(self) -> None:
+        """The stream has gone past the slot's starting point: no subscriber can have the snapshot any more,
+        and its transaction would only keep VACUUM from removing rows deleted since."""
+        self.release()
+        self.why_not = ("the stream has already read changes from the slot since it was created, so its "
+                        "starting point is past")
+        log.info("snapshot: released the slot's exported snapshot (the stream went past its starting point "
+                 "before a CONSISTENT subscriber asked)")
 
     def release(self) -> None:
         """End the holder's transaction (the copy is over, or will never run)."""

@@ -42,6 +42,7 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 SUBSCRIBE_RESPONSE_PROGRESS = 2 << 3 | 2  # SubscribeResponse.progress: field 2, length-delimited
+HELD_CHECK = 1.0  # seconds between checks that the held snapshot can still be taken
 ROOM_POLL = 0.02  # seconds between checks of the client's room for the next chunk
 MAX_SCHEMA_RETRIES = 20  # reads of one chunk failing on a concurrent schema change before giving up
 # Test-only switch: turn the visibility guard off to show the race it prevents (tests/e2e/test_snapshot_race.py).
@@ -195,6 +196,14 @@ class SnapshotService:
             plan.close()
             if plan.consistent:
                 self._consistent_over()
+
+    async def watch_held(self) -> None:
+        """While the exported snapshot waits for a CONSISTENT subscriber: give it up once the stream reads a
+        change (checked every HELD_CHECK seconds)."""
+        while True:
+            await asyncio.sleep(HELD_CHECK)
+            if self.held.waiting and decoded_any(self.pipeline.assembler, self.pipeline.reconnects):
+                self.held.give_up()
 
     def _consistent_over(self) -> None:
         """The held snapshot is done with: its transaction ends and the stream reads on."""
