@@ -228,12 +228,12 @@ class Pipeline:
                     self.written_lsn = lsn
                 size += len(data)
                 if data[0] == 0x49 and (row := plain_insert(data)) is not None:  # an Insert: no message object
-                    insert(row[0], row[1], lsn)
+                    insert(row[0], row[1], lsn, data)
                 else:
                     decoded = decode_message(data)
                     if type(decoded) is Relation and self.fetch_types is not None:
                         await self.ensure_types([c.type_oid for c in decoded.columns])
-                    handle(decoded, lsn)
+                    handle(decoded, lsn, data)
                 if not hub.can_accept():
                     break
             else:

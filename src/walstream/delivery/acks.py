@@ -85,7 +85,7 @@ class ClientLedger(Generic[P]):
     lsns: list[int] = field(default_factory=list)
     txns: list[TxnRecord | None] = field(default_factory=list)
     payloads: list[P] = field(default_factory=list)
-    events: list[object] = field(default_factory=list)
+    events: list[object] = field(default_factory=list)  # what each was made from (events/replay.py)
     sizes: list[int] = field(default_factory=list)
     units: list[int] = field(default_factory=list)
     head: int = 0

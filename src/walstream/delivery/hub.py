@@ -20,6 +20,7 @@ import grpc
 from google.protobuf.message import DecodeError
 
 from ..events.change import ChangeEvent
+from ..events.replay import compact, restore
 from ..lsn import format_lsn
 from .acks import AckTracker, ClientLedger, DeliveryGroup, TxnRecord
 
@@ -39,8 +40,8 @@ class Adapter(Protocol):
 
 
 # Until acknowledged, a delivery holds its encoded message and (shared by every client it went to) the
-# decoded change it was made from, about as large again: count each as twice its encoded size, plus the
-# fixed cost of the ledger entry and the objects around it.
+# pgoutput message it was made from (events/replay.py), about as large again: count each as twice its
+# encoded size, plus the fixed cost of the ledger entry and the objects around it.
 HELD_PER_BYTE, HELD_FIXED = 2, 200
 CLIENT_RECEIVE_LIMIT = 4 * 1024 * 1024  # gRPC clients' default max_receive_message_length
 
@@ -109,7 +110,7 @@ class Hub:
         if self.tracker.has_orphans:
             before = self.tracker.confirmed_lsn
             adapter = client.adapter
-            resent = self.tracker.adopt_orphans(client.ledger, adapter.expand,  # type: ignore[arg-type]
+            resent = self.tracker.adopt_orphans(client.ledger, lambda record: adapter.expand(restore(record)),
                                                 lambda message: held(adapter.size(message)))
             if self.tracker.confirmed_lsn != before:
                 self.on_confirmed(self.tracker.confirmed_lsn)
@@ -180,9 +181,11 @@ class Hub:
     def begin(self, xid: int, commit_lsn: int) -> TxnRecord:
         return self.tracker.begin(xid, commit_lsn)
 
-    def publish(self, event: ChangeEvent, txn: TxnRecord | None) -> None:
-        """Queue the event's messages for every client; wake() then lets their senders run."""
+    def publish(self, event: ChangeEvent, txn: TxnRecord | None, raw: bytes = b"") -> None:
+        """Queue the event's messages for every client; wake() then lets their senders run. The ledger keeps
+        the compact record of the event (events/replay.py), not the event."""
         deliver = self.tracker.deliver
+        record = compact(event, raw)
         for client in self.clients:
             append, adapter = client.queue.append, client.adapter
             for lsn, payload in adapter.expand(event):
@@ -199,7 +202,7 @@ class Hub:
                     continue
                 if size > CLIENT_RECEIVE_LIMIT:
                     self._warn_oversized(event, lsn, size)
-                deliver(client.ledger, lsn, txn, payload, event, HELD_PER_BYTE * size + HELD_FIXED)  # held(), inlined
+                deliver(client.ledger, lsn, txn, payload, record, HELD_PER_BYTE * size + HELD_FIXED)  # held(), inlined
                 append(payload)
         self.unwoken = True
 

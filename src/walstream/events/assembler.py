@@ -32,7 +32,9 @@ class Sink(Protocol):
     """The delivery side (walstream.delivery.hub.Hub). `txn` is whatever begin() returned, passed back."""
 
     def begin(self, xid: int, commit_lsn: int) -> Any: ...
-    def publish(self, event: ChangeEvent, txn: Any) -> None: ...
+    def publish(self, event: ChangeEvent, txn: Any, raw: bytes = b"") -> None:
+        """`raw`: the pgoutput message a row change was decoded from (what the ack ledger keeps of it)."""
+        ...
     def commit(self, txn: Any, end_lsn: int) -> None: ...
 
 
@@ -60,6 +62,7 @@ class Assembler:
         self._skip_changes = 0  # changes of the resumed transaction already passed on
         self._skipping = False  # inside a transaction that was passed on before
         self._handlers = self._make_handlers()
+        self._raw = b""  # the message handle() is processing
         # For the metrics (read at scrape time): changes passed on, by operation and relation id (a TRUNCATE
         # once per truncated relation), and the commit time of the newest transaction begun (us since 2000).
         self.changes: dict[Op, defaultdict[int, int]] = {op: defaultdict(int) for op in _COUNTED}
@@ -90,8 +93,10 @@ class Assembler:
         self._partial = self._txn = None
         self._skipping = False
 
-    def handle(self, msg: m.PgoutputMessage, lsn: int) -> None:
-        """Process one message; lsn is the WAL position PostgreSQL sent it with (data_start)."""
+    def handle(self, msg: m.PgoutputMessage, lsn: int, raw: bytes = b"") -> None:
+        """Process one message; lsn is the WAL position PostgreSQL sent it with (data_start), raw the message
+        as read (given, a row change's delivery keeps it instead of the decoded columns: events/replay.py)."""
+        self._raw = raw
         handler = self._handlers.get(type(msg))
         if handler is None:
             raise ProtocolError(f"unexpected pgoutput message {type(msg).__name__}: walstream does not request "
@@ -167,20 +172,21 @@ class Assembler:
         return txn
 
     def _insert(self, msg: m.Insert, lsn: int) -> None:
-        self.insert(msg.relation_id, msg.new, lsn)
+        self.insert(msg.relation_id, msg.new, lsn, self._raw)
 
-    def insert(self, relation_id: int, new: TupleData, lsn: int) -> None:
+    def insert(self, relation_id: int, new: TupleData, lsn: int, raw: bytes = b"") -> None:
         """An Insert outside a streamed block (decoder.plain_insert): _change inlined, for the one message
         there is per inserted row."""
         txn = self._txn
         if txn is None or self._skipping or self._skip_changes:
+            self._raw = raw
             self._change(m.Insert(None, relation_id, new), lsn)
             return
         ordinal = txn.ordinal = txn.ordinal + 1
         rel = self._rel(relation_id)
         self._inserts[relation_id] += 1
         self.sink.publish(_new_event(ChangeEvent, (_INSERT, lsn, txn.info, ordinal, rel, new, None, None, (),
-                                                   0, 0, "", b"", False)), txn.record)
+                                                   0, 0, "", b"", False)), txn.record, raw)
 
     def _change(self, msg: m.Insert | m.Update | m.Delete | m.Truncate, lsn: int) -> None:
         txn = self._next_ordinal()
@@ -201,7 +207,7 @@ class Assembler:
         counts = self.changes[event.op]
         for rel in event.truncated or (event.relation,):
             counts[rel.relation_id] += 1  # type: ignore[union-attr]
-        self.sink.publish(event, txn.record)
+        self.sink.publish(event, txn.record, self._raw if event.relation is not None else b"")
 
     def _message(self, msg: m.Message, lsn: int) -> None:
         if not msg.transactional:
