@@ -192,7 +192,8 @@ class Hub:
                 size = adapter.size(payload)
                 if type(payload) is DeliveryGroup:  # one delivery, its messages queued one by one
                     items = payload.items
-                    deliver(client.ledger, lsn, txn, payload, event, HELD_PER_BYTE * size + HELD_FIXED * len(items),
+                    # Private (never handed to another client): nothing to re-express it from.
+                    deliver(client.ledger, lsn, txn, payload, None, HELD_PER_BYTE * size + HELD_FIXED * len(items),
                             len(items))
                     client.queue.extend(items)
                     if size > CLIENT_RECEIVE_LIMIT:
