@@ -160,14 +160,15 @@ def backfill(addr: str, chunk_rows: int, result: dict[str, float], table: str = 
         start = time.perf_counter()
         call = stub.Subscribe(requests())
         for response in call:
-            if response.HasField("progress"):
+            if response.HasField("progress"):  # the end of a chunk
                 if response.progress.done:
                     break
+                last[0] = -1
                 continue
             events = response.batch.events
             rows += sum(1 for e in events if e.op == pb.SNAPSHOT)
             with wake:
-                # One Ack per delivery: the rows of a chunk (SNAPSHOT events sharing an lsn) are one.
+                # One Ack per delivery: a chunk's rows (the SNAPSHOT events before its progress) are one.
                 for e in events:
                     if e.op != pb.SNAPSHOT or e.lsn != last[0]:
                         acks.append(pb.SubscribeRequest(ack=pb.Ack(lsn=e.lsn)))

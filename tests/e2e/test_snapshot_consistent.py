@@ -9,10 +9,12 @@ from __future__ import annotations
 import time
 
 import grpc
+import pytest
 from snapshot_replica import Replica, ReplicaClient
 from test_snapshot_incremental import ROWS, Writer, assert_equal, caught_up
 
 from walstream._proto import walstream_v1_pb2 as pb
+from walstream.client import Client, SnapshotProgress
 
 NOKEY_ROWS = 800
 
@@ -155,3 +157,26 @@ def test_the_held_snapshot_is_given_up_once_the_stream_reads_a_change(testdb, wa
         assert "already read changes from the slot" in (late.error.details() or "")
     finally:
         first.close()
+
+
+@pytest.mark.timeout(90)
+def test_the_client_library_acks_each_consistent_chunk(testdb, walstream):
+    """A CONSISTENT copy's chunks all share the slot's starting point as lsn: the library must ack each chunk
+    (each matching the oldest unacknowledged), or the unacknowledged bound stops the copy after a few."""
+    setup(testdb, rows=3000)
+    ws = walstream("--snapshot-consistent", "true", "--max-unacked", "400")
+    rows: dict[object, object] = {}
+
+    def on_progress(progress: SnapshotProgress) -> None:
+        if client.snapshot_done:  # the last chunk's rows are acknowledged
+            client.close()
+
+    with Client(ws.addr, snapshot=["public.t"], snapshot_mode="consistent", snapshot_chunk_rows=100,
+                reconnect=False, on_progress=on_progress) as client:
+        for batch in client.batches():
+            for change in batch:
+                assert change.op == "SNAPSHOT"
+                rows[change.new["id"]] = change.new
+            client.ack(batch)
+    assert client.snapshot_done
+    assert len(rows) == 3000 and client.snapshot_progress["public.t"].chunks == 30

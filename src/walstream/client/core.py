@@ -5,7 +5,8 @@ acknowledged whose lsn is that one*, and acknowledges it and everything sent bef
 Event LSNs are not unique, so the library keeps, per stream, the events received and not yet acknowledged
 on it, and turns "acknowledge up to this event" into the exact Acks that mean that: the event's lsn, once
 for every unacknowledged event up to it with that same lsn (almost always once). The rows of a snapshot
-chunk (consecutive SNAPSHOT events with one lsn) are one delivery: one Ack covers them all.
+chunk (the SNAPSHOT events with one lsn before its SnapshotProgress; a CONSISTENT copy's chunks all share
+one lsn) are one delivery: one Ack covers them all.
 
 Across reconnects the library remembers the highest `(commit_lsn, ordinal)` the application acknowledged
 (the pair orders every event). An event at or below it that arrives again (the server resends what it had
@@ -303,7 +304,7 @@ class Session:
         self.streams = 0
         # (position, lsn to Ack, or -1: covered by an earlier event's Ack), in the order received
         self._unacked: deque[tuple[Position, int]] = deque()
-        self._chunk_lsn = -1  # lsn of the last SNAPSHOT event received on this stream (its chunk's)
+        self._chunk_lsn = -1  # lsn of the chunk whose SNAPSHOT rows are arriving (-1: none since a progress)
         # Snapshot progress: the latest per table as received, and the resume token of the last chunk whose
         # rows the application acknowledged (a progress comes after its chunk's rows).
         self.progress: dict[str, SnapshotProgress] = {}
@@ -324,6 +325,7 @@ class Session:
             rows_estimate=message.rows_estimate, position=message.position, resume_token=message.resume_token,
             done=message.done, rows_superseded=message.rows_superseded, chunks=message.chunks,
             retries=message.retries)
+        self._chunk_lsn = -1  # its chunk is over: the next SNAPSHOT row starts another delivery
         self.progress[progress.table] = progress
         if self._unacked:  # its chunk's rows (and what came before them) are not all acknowledged yet
             self._tokens.append((self._unacked[-1][0], progress))
