@@ -4,9 +4,16 @@
 #   docker run -p 50051:50051 walstream --connection "host=... user=... password=... dbname=..." \
 #       start --publication my_publication --slot my_slot
 #
-# Every dependency (psycopg2-binary, grpcio, protobuf, orjson) ships manylinux wheels for amd64 and arm64,
-# so the slim image needs no compiler or libpq headers.
+# The broker sinks (`start --sink nats://... | kafka://...`, docs/sinks.md) are in by default: the `sinks`
+# extra (nats-py, confluent-kafka with librdkafka inside its wheel, about 15 MB). An image without them:
+#   docker build --build-arg EXTRAS= -t walstream .
+#
+# Every dependency (psycopg2-binary, grpcio, protobuf, orjson, confluent-kafka) ships manylinux wheels for
+# amd64 and arm64, so the slim image needs no compiler or libpq headers.
 FROM python:3.12-slim
+
+# Optional dependency groups of pyproject.toml to install, comma-separated ("" for none).
+ARG EXTRAS=sinks
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
@@ -18,7 +25,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 # description) and the package itself; the generated gRPC stubs are committed under src/walstream/_proto.
 COPY pyproject.toml README.md /tmp/walstream/
 COPY src /tmp/walstream/src
-RUN pip install --no-cache-dir /tmp/walstream \
+RUN pip install --no-cache-dir "/tmp/walstream${EXTRAS:+[$EXTRAS]}" \
     && rm -rf /tmp/walstream \
     && groupadd --system --gid 10001 walstream \
     && useradd --system --uid 10001 --gid walstream --no-create-home --shell /usr/sbin/nologin walstream

@@ -25,6 +25,7 @@ test-fast: setup lint
 lint: setup
 	$(PY) -m ruff check src tests scripts bench
 	$(PY) -m mypy
+	$(PY) -m mypy --config-file tests/mypy.ini
 	$(PY) scripts/gen_proto.py --check
 
 # A live demo: throwaway PostgreSQL, a writer, walstream and a client printing the stream (Ctrl-C stops it).

@@ -18,9 +18,12 @@ end position, then drains exactly that WAL several ways, each from its own copy 
                     the reason, where Go and protoc's Go plugins are missing
   debezium          peer: Debezium's embedded engine + PostgreSQL connector (pgoutput), bench/debezium
   pgstream          peer: pgstream (its slot copy uses wal2json) with its stdout target into a line counter
+  sink-nats         (bulk only) walstream --sink nats://... with no gRPC client: every row stored in NATS
+                    JetStream (PubAck) before the slot's confirmed_flush_lsn reaches the end (bench/sinkdrain.py)
+  sink-kafka        (bulk only) the same into a single-node KRaft Kafka (acks=all delivery reports)
 
 The peers are built or found once (bench/peerbuild.py); a peer that cannot be had is skipped with the reason
-(printed, and in the JSON's "skipped").
+(printed, and in the JSON's "skipped"); so is a sink whose broker cannot be started here.
 
 Methods run in a rotating order within each round; every figure is also given as a ratio to the Unix-socket
 pg_recvlogical of the same round. Then commit->client latency at ~1,000 single-row transactions per second
@@ -59,6 +62,7 @@ from gobuild import build_go_seed_client  # noqa: E402
 from peerbuild import build_debezium, find_pgstream  # noqa: E402
 from peers import WalsenderSampler, copy_for, drain_debezium, drain_pgstream, wal2json_missing  # noqa: E402
 from procstat import syscalls  # noqa: E402
+from sinkdrain import SINK_METHODS, Brokers, drain_sink  # noqa: E402
 from snapshot import create_tables as create_snapshot_tables  # noqa: E402
 from snapshot import measure as measure_snapshot  # noqa: E402
 from workloads import TABLES, Workload, workloads  # noqa: E402
@@ -125,6 +129,7 @@ class Bench:
         self.go_unavailable = ""
         self.debezium: list[str] | None = None  # the java command (peers_ready)
         self.pgstream: Path | None = None
+        self.brokers = Brokers(self.tmp / "brokers")  # started on a sink method's first use
 
     def peers_ready(self, wanted: list[str]) -> dict[str, str]:
         """Build or find the wanted peers; returns {peer: why not} for those that cannot run."""
@@ -386,6 +391,8 @@ class Bench:
                 "client_cpu": out["client_cpu"], **calls}
 
     def drain(self, method: str, base: str, end: int, wl: Workload, run: int) -> dict[str, Any]:
+        if method in SINK_METHODS:
+            return self.drain_sink(method, base, end, wl, run)
         if method in CEILINGS:
             return self.drain_ceiling(min(wl.rows, self.args.ceiling_rows),
                                       "go-seed" if method == CEILING_GO else "seed")
@@ -401,6 +408,22 @@ class Bench:
                 return drain_pgstream(self.pgstream, self.tmp, self.unix_dsn, self.cluster.port, slot, wl.rows,
                                       self.args.timeout)
             return self.drain_walstream(slot, wl.rows, method)
+        finally:
+            self.drop_slot(slot)
+
+    def drain_sink(self, method: str, base: str, end: int, wl: Workload, run: int) -> dict[str, Any]:
+        url = self.brokers.url(SINK_METHODS[method])
+        assert url is not None  # run() leaves out a sink whose broker cannot start
+        slot = f"{wl.name}_{method.replace('-', '_')}_{run}"
+        self.copy_slot(base, slot)
+        try:
+            spy = self.args.profile / f"{slot}.txt" if self.args.profile else None
+            if spy is not None:
+                self.args.profile.mkdir(parents=True, exist_ok=True)
+            kind = SINK_METHODS[method]
+            return drain_sink(self.unix_dsn, slot, end, wl.rows, url, self.tmp / f"walstream-{slot}.log",
+                              self.args.timeout, src=self.args.walstream_src, spy_out=spy,
+                              broker_pid=self.brokers.pid(kind))
         finally:
             self.drop_slot(slot)
 
@@ -528,6 +551,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     methods.remove(CEILING_GO)
                     result["skipped"][CEILING_GO] = why
                     log(f"{CEILING_GO} skipped: {why}")
+                for method in [m for m in SINK_METHODS if m not in args.skip]:
+                    if bench.brokers.url(SINK_METHODS[method]) is None:
+                        result["skipped"][method] = bench.brokers.unavailable[SINK_METHODS[method]]
+                        log(f"{method} skipped: {result['skipped'][method]}")
+                    else:
+                        methods.append(method)
             runs: dict[str, list[dict[str, Any]]] = {m: [] for m in methods}
             for r in range(args.runs if methods else 0):  # --skip may leave only latency and memory
                 order = methods[r % len(methods):] + methods[:r % len(methods)]
@@ -563,6 +592,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 f"rows/s ({snap['ratio']:.2f}x); live p50/p99 {snap['busy_p50_ms']:.1f}/{snap['busy_p99_ms']:.1f} ms "
                 f"during it ({snap['idle_p50_ms']:.1f}/{snap['idle_p99_ms']:.1f} ms without)")
     finally:
+        bench.brokers.stop_all()
         bench.cluster.destroy()
     result["load_end"] = loadavg()
     result["seconds"] = (datetime.datetime.now(datetime.timezone.utc) - started).total_seconds()
@@ -600,6 +630,8 @@ LABELS = {
     CEILING_GO: "bare grpcio, 1 message/event, Go client (seed ceiling)",
     DEBEZIUM: "Debezium 3.6.1 embedded engine (pgoutput over TCP, JSON converter)",
     PGSTREAM: "pgstream v1.4.1 (wal2json, stdout target)",
+    "sink-nats": "walstream --sink nats:// (JetStream, stored and acknowledged; consumer CPU: nats-server)",
+    "sink-kafka": "walstream --sink kafka:// (acks=all, stored and acknowledged; consumer CPU: the broker)",
 }
 
 
@@ -714,7 +746,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--runs", type=int, default=3, help="runs of each method per workload (default 3)")
     p.add_argument("--scale", type=float, default=1.0, help="workload size factor (1.0: 1M bulk rows, ...)")
     p.add_argument("--workloads", nargs="*", default=[], help="only these (bulk small update wide)")
-    p.add_argument("--skip", nargs="*", default=[], help="methods to leave out, e.g. seed grpc-ceiling grpc-ceiling-go")
+    p.add_argument("--skip", nargs="*", default=[],
+                   help="methods to leave out, e.g. seed grpc-ceiling grpc-ceiling-go sink-nats sink-kafka")
     p.add_argument("--skip-latency", action="store_true")
     p.add_argument("--skip-memory", action="store_true")
     p.add_argument("--skip-snapshot", action="store_true", help="leave out the snapshot (backfill) row")

@@ -4,9 +4,9 @@
 
 One throwaway PostgreSQL 15; one workload written once behind a base slot; each method drains its own copy
 of that slot to the workload's end: pg_recvlogical (to /dev/null) as the floor, then `walstream start
---sink URL` (no gRPC client) into a real broker (tests/brokers.py starts them). A sink's time runs from the
-walsender taking the slot to the slot's confirmed_flush_lsn reaching the end, i.e. every row stored by the
-broker. Not part of `make test`; the ratio is the number to read, on a quiet machine.
+--sink URL` (no gRPC client) into a real broker (bench/sinkdrain.py). `make bench` (bench/run.py) has the
+same rows as methods sink-nats and sink-kafka; this script is the quick one for working on the sinks.
+SINK_PYSPY=PREFIX samples walstream with py-spy into PREFIX.<kind>.txt (bench/profile_summary.py reads it).
 """
 
 from __future__ import annotations
@@ -22,9 +22,9 @@ from pathlib import Path
 import psycopg2
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(ROOT / "src"), str(ROOT / "tests")]
+sys.path[:0] = [str(ROOT / "src"), str(ROOT / "bench")]
 
-from brokers import KafkaBroker, NatsServer  # noqa: E402
+from sinkdrain import Brokers, drain_sink  # noqa: E402
 
 from walstream.lsn import format_lsn  # noqa: E402
 from walstream.pgcluster import Cluster, find_bindir  # noqa: E402
@@ -43,12 +43,6 @@ def sql(dsn: str, *statements: str) -> list[tuple[object, ...]]:
     return rows
 
 
-def wait_active(dsn: str, slot: str) -> float:
-    while not sql(dsn, f"SELECT active_pid FROM pg_replication_slots WHERE slot_name = '{slot}'")[0][0]:
-        time.sleep(0.002)
-    return time.perf_counter()
-
-
 def recvlogical(bindir: Path, dsn: str, slot: str, end: int) -> float:
     t0 = time.perf_counter()
     subprocess.run([str(bindir / "pg_recvlogical"), "-d", dsn, "--slot", slot, "--start", "--no-loop",
@@ -57,32 +51,14 @@ def recvlogical(bindir: Path, dsn: str, slot: str, end: int) -> float:
     return time.perf_counter() - t0
 
 
-def walstream_sink(dsn: str, slot: str, end: int, url: str, log: Path) -> float:
-    with open(log, "wb") as out:
-        # SINK_PROFILE=FILE: run walstream under cProfile (the stats are written when it stops).
-        profile = ["-m", "cProfile", "-o", os.environ["SINK_PROFILE"]] if os.environ.get("SINK_PROFILE") else []
-        proc = subprocess.Popen([sys.executable, *profile, "-m", "walstream", "--connection", dsn, "start",
-                                 "--publication", "pub", "--slot", slot, "--temporary", "false", "--port", "0",
-                                 "--host", "127.0.0.1", "--sink", url], stdout=out, stderr=subprocess.STDOUT,
-                                env={**os.environ, "PYTHONPATH": str(ROOT / "src")})
-    try:
-        t0 = wait_active(dsn, slot)
-        while int(sql(dsn, f"SELECT confirmed_flush_lsn - '0/0'::pg_lsn FROM pg_replication_slots "
-                           f"WHERE slot_name = '{slot}'")[0][0]) < end:  # type: ignore[arg-type]
-            if proc.poll() is not None:
-                raise RuntimeError(f"walstream exited: {log.read_text()[-2000:]}")
-            time.sleep(0.01)
-        return time.perf_counter() - t0
-    finally:
-        proc.terminate()
-        proc.wait(30)
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rows", type=int, default=200_000)
     parser.add_argument("--per-txn", type=int, default=1000)
     parser.add_argument("--sinks", default="nats,kafka")
+    parser.add_argument("--walstream-src", type=Path, action="append", default=[],
+                        help="run walstream from this src directory (repeat to compare versions in one run; "
+                        "default: this checkout's)")
     args = parser.parse_args()
     bindir = find_bindir(["/usr/lib/postgresql/15/bin"], embedded=False)
     work = Path(tempfile.mkdtemp(prefix="walstream-bench-sinks-"))
@@ -98,23 +74,34 @@ def main() -> int:
                      f"{min(args.rows, start + args.per_txn)}) g")
         end = int(sql(dsn, "SELECT pg_current_wal_insert_lsn() - '0/0'::pg_lsn")[0][0])  # type: ignore[arg-type]
         sql(dsn, "SELECT txid_current()")
-        results: list[tuple[str, float]] = []
+        results: list[tuple[str, float, float | None, float | None]] = []
         sql(dsn, "SELECT pg_copy_logical_replication_slot('base', 'floor')")
-        results.append(("pg_recvlogical", recvlogical(bindir, dsn, "floor", end)))
-        for kind in args.sinks.split(","):
-            broker = NatsServer(work / "nats") if kind == "nats" else KafkaBroker(work / "kafka")
-            broker.start()
-            try:
-                sql(dsn, f"SELECT pg_copy_logical_replication_slot('base', 'sink_{kind}')")
-                results.append((f"walstream --sink {kind}", walstream_sink(dsn, f"sink_{kind}", end, broker.url,
-                                                                          work / f"walstream-{kind}.log")))
-            finally:
-                broker.stop()
+        results.append(("pg_recvlogical", recvlogical(bindir, dsn, "floor", end), None, None))
+        brokers = Brokers(work)
+        try:
+            for kind in args.sinks.split(","):
+                url = brokers.url(kind)
+                if url is None:
+                    print(f"walstream --sink {kind} skipped: {brokers.unavailable[kind]}")
+                    continue
+                for i, src in enumerate(args.walstream_src or [ROOT / "src"]):
+                    slot = f"sink_{kind}_{i}"
+                    sql(dsn, f"SELECT pg_copy_logical_replication_slot('base', '{slot}')")
+                    # SINK_PYSPY=PREFIX: sample walstream with py-spy into PREFIX.<kind>.txt
+                    spy = Path(f"{os.environ['SINK_PYSPY']}.{kind}.txt") if os.environ.get("SINK_PYSPY") else None
+                    out = drain_sink(dsn, slot, end, args.rows, url, work / f"walstream-{slot}.log", 900, src=src,
+                                     spy_out=spy, broker_pid=brokers.pid(kind))
+                    name = f"walstream --sink {kind}" + (f" ({src})" if args.walstream_src else "")
+                    results.append((name, out["seconds"], out["walstream_cpu"], out["consumer_cpu"]))
+        finally:
+            brokers.stop_all()
     floor = results[0][1]
     print(f"{args.rows} rows, {args.per_txn} per transaction, PostgreSQL 15, {os.cpu_count()} CPUs")
-    print(f"{'method':<24} {'seconds':>8} {'rows/s':>10} {'vs pg_recvlogical':>18}")
-    for name, seconds in results:
-        print(f"{name:<24} {seconds:>8.2f} {args.rows / seconds:>10.0f} {floor / seconds:>17.3f}x")
+    print(f"{'method':<24} {'seconds':>8} {'rows/s':>10} {'vs pg_recvlogical':>18} {'walstream CPU s':>16} "
+          f"{'broker CPU s':>13}")
+    for name, seconds, cpu, broker_cpu in results:
+        print(f"{name:<24} {seconds:>8.2f} {args.rows / seconds:>10.0f} {floor / seconds:>17.3f}x "
+              f"{'' if cpu is None else f'{cpu:.2f}':>16} {'' if broker_cpu is None else f'{broker_cpu:.2f}':>13}")
     return 0
 
 

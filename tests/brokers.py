@@ -169,9 +169,11 @@ class KafkaBroker(_Process):
             *([f"message.max.bytes={self.max_message_bytes}"] if self.max_message_bytes else []),
         ]) + "\n")
         if not self._formatted:
+            # `=`: an id may start with '-' (base64url), which argparse would take for an option.
             cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
-            done = subprocess.run(self._java("kafka.tools.StorageTool", "format", "--standalone", "-t", cluster_id,
-                                             "-c", str(props)), capture_output=True, text=True)
+            done = subprocess.run(self._java("kafka.tools.StorageTool", "format", "--standalone",
+                                             f"--cluster-id={cluster_id}", "-c", str(props)),
+                                  capture_output=True, text=True)
             if done.returncode != 0:
                 raise BrokerUnavailable(f"kafka storage format failed: {(done.stdout + done.stderr)[-2000:]}")
             self._formatted = True

@@ -7,6 +7,7 @@ import os
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import psycopg2
 import psycopg2.extensions
@@ -97,13 +98,13 @@ class TestDB:
             for sql in statements:
                 cur.execute(sql, params)
 
-    def query(self, sql: str, params: tuple[object, ...] | None = None) -> list[tuple[object, ...]]:
+    def query(self, sql: str, params: tuple[object, ...] | None = None) -> list[tuple[Any, ...]]:
         with self.conn.cursor() as cur:
             cur.execute(sql, params)
             return cur.fetchall()
 
     def wal_lsn(self) -> int:
-        return int(self.query("SELECT pg_current_wal_lsn() - '0/0'::pg_lsn")[0][0])  # type: ignore[arg-type]
+        return int(self.query("SELECT pg_current_wal_lsn() - '0/0'::pg_lsn")[0][0])
 
 
 @pytest.fixture

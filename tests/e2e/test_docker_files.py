@@ -235,7 +235,7 @@ def test_compose_db_service() -> None:
         else:
             source, target = str(volume).split(":")[:2]
             mounts[target] = source
-    source = mounts.get("/docker-entrypoint-initdb.d")
+    source = mounts.get("/docker-entrypoint-initdb.d", "")
     assert source is not None, f"the init scripts are not mounted at /docker-entrypoint-initdb.d: {mounts}"
     assert (ROOT / source).resolve() == INIT_DIR.resolve()
 
@@ -306,6 +306,30 @@ def test_dockerfile() -> None:
     assert re.search(r"pip install\b[^\n]*--no-cache-dir", text) or "PIP_NO_CACHE_DIR=1" in text
 
 
+def _pip_target(run: str, extras: str) -> str:
+    """The first argument after `pip install` with its options, as the shell expands it with EXTRAS set."""
+    words = run.split("pip install", 1)[1].split()
+    target = next(w for w in words if not w.startswith("-"))
+    done = subprocess.run(["bash", "-c", f"printf %s {target}"], env={"EXTRAS": extras}, capture_output=True,
+                          text=True, check=True)
+    return done.stdout
+
+
+def test_dockerfile_installs_the_sinks_unless_told_not_to() -> None:
+    """The image offers `start --sink` (issue 15): the `sinks` extra by default, `--build-arg EXTRAS=` without."""
+    instructions = dockerfile_instructions()
+    args = dict(a.split("=", 1) for a in instruction_args(instructions, "ARG") if "=" in a)
+    assert args.get("EXTRAS") == "sinks", args
+    extras = PYPROJECT["project"]["optional-dependencies"]
+    assert {"nats-py", "confluent-kafka"} <= {re.split(r"[<>=\[ ;]", d)[0] for d in extras["sinks"]}
+    runs = [r for r in instruction_args(instructions, "RUN") if "pip install" in r]
+    assert len(runs) == 1, runs
+    assert [w for w, _ in instructions].index("ARG") < [w for w, _ in instructions].index("RUN")
+    assert _pip_target(runs[0], args["EXTRAS"]) == "/tmp/walstream[sinks]"
+    assert _pip_target(runs[0], "") == "/tmp/walstream"
+    assert "--build-arg EXTRAS=" in DOCKERFILE.read_text()  # the documented way out
+
+
 def test_dockerfile_copies_what_pip_install_needs_and_dockerignore_keeps_it() -> None:
     sources = copy_sources(dockerfile_instructions())
     readme = PYPROJECT["project"]["readme"]
@@ -355,7 +379,7 @@ def test_dockerignore_matcher_is_not_vacuous() -> None:
 def test_release_workflow() -> None:
     workflow = release_workflow()
     # YAML 1.1 (PyYAML) reads the bare key `on` as the boolean true.
-    trigger = workflow.get("on", workflow.get(True))
+    trigger: Any = workflow.get("on", workflow.get(True))  # type: ignore[call-overload]
     tags = trigger["push"]["tags"]
     assert "v*" in ([tags] if isinstance(tags, str) else tags)
     assert workflow["permissions"]["packages"] == "write"

@@ -53,7 +53,7 @@ def run(cmd: list[str], cwd: Path, env: dict[str, str] | None = None, timeout: f
     try:
         proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired as exc:
-        pytest.fail(f"`{' '.join(cmd)}` in {cwd} timed out after {timeout} s:\n{exc.stdout}\n{exc.stderr}")
+        pytest.fail(f"`{' '.join(cmd)}` in {cwd} timed out after {timeout} s:\n{exc.stdout!r}\n{exc.stderr!r}")
     if proc.returncode != 0:
         pytest.fail(f"`{' '.join(cmd)}` in {cwd} exited {proc.returncode}:\n{proc.stdout[-4000:]}\n"
                     f"{proc.stderr[-4000:]}")

@@ -33,12 +33,13 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import grpc
 import orjson
 import psycopg2
 import pytest
+from slot_checks import metrics_args, quick_status_updates, reported_flush_after, reported_flush_after_acks
 from support import WalstreamProcess, confirmed_flush, run_cli, wait_confirmed
 
 from walstream._proto import plugin_pb2, plugin_pb2_grpc, walstream_v1_pb2_grpc
@@ -186,12 +187,15 @@ class Tracker:
         self.auto_ack = auto_ack
         self.rows: list[Row] = []
         self.acked = 0
+        self.acks_sent = 0  # ack messages sent, matched or not (walstream_acks_received counts them too)
         self.hold: tuple[int, int] | None = None
         self.held = False
         self.error: grpc.RpcError | None = None
         self.done = threading.Event()
         self.cond = threading.Condition()
         self._out: queue.Queue[object] = queue.Queue()
+        self.channel: grpc.Channel  # set by the subclass when the call starts
+        self.call: Any
 
     # subclasses: _ack_message(lsn), start the call reading into _got()
     def _ack_message(self, lsn: int) -> object:
@@ -226,10 +230,12 @@ class Tracker:
     def ack(self, lsn: int) -> None:
         """Send an ack of `lsn` as is, without recording anything."""
         self._out.put(self._ack_message(lsn))
+        self.acks_sent += 1
 
     def _ack_to(self, count: int) -> None:
         self._out.put(self._ack_message(self.rows[count - 1].lsn))
         self.acked = count
+        self.acks_sent += 1
 
     def hold_at(self, txn: int, pos: int = 1) -> None:
         with self.cond:
@@ -583,10 +589,15 @@ def test_fast_shutdown_is_not_blocked_by_an_idle_walstream(pg, testdb, tmp_path,
     acknowledged (documented in docs/delivery.md)."""
     testdb.execute(*SCHEMA)
     ws = start_ws(procs, testdb, tmp_path)
-    time.sleep(1)
+    ws.wait_log("streaming slot")  # walstream holds a walsender: the shutdown has to wait for it
     testdb.conn.close()
     stopped = threading.Event()
-    stopper = threading.Thread(target=lambda: (pg.stop("fast"), stopped.set()), daemon=True)
+
+    def stop() -> None:
+        pg.stop("fast")
+        stopped.set()
+
+    stopper = threading.Thread(target=stop, daemon=True)
     stopper.start()
     try:
         finished = stopped.wait(15)
@@ -613,6 +624,7 @@ def test_walstream_sigkill_mid_transaction_then_restart(testdb, tmp_path, procs)
     # Every transaction acknowledged whole has reached the slot before the crash.
     done_rows = [r for r in first.rows[:first.acked] if r.txn < big]
     wait_confirmed(testdb.dsn, testdb.slot, done_rows[-1].lsn + 1, timeout=WAIT)
+    assert ws.proc is not None
     ws.proc.send_signal(signal.SIGKILL)
     ws.proc.wait(30)
     slot_inactive(testdb)
@@ -797,7 +809,8 @@ def test_fifty_clients_at_once(testdb, tmp_path, procs):
     """25 seed and 25 walstream.v1 clients at once all receive every row, in order, once; the slot moves
     past a transaction only when the last of them acknowledged it."""
     testdb.execute(*SCHEMA)
-    ws = start_ws(procs, testdb, tmp_path)
+    quick_status_updates(testdb.dsn, testdb.name)
+    ws = start_ws(procs, testdb, tmp_path, *metrics_args()[1])
     clients: list[Tracker] = []
     for i in range(25):
         clients.append(SeedTracker(ws.addr, f"seed{i}", auto_ack=i != 0))
@@ -813,13 +826,17 @@ def test_fifty_clients_at_once(testdb, tmp_path, procs):
         assert_in_commit_order_once(client)
         assert {r.id for r in client.rows} == set(truth)
     first_lsn = clients[1].rows[0].lsn
-    time.sleep(1)
-    assert confirmed_flush(testdb.dsn, testdb.slot) <= first_lsn  # two clients acknowledged nothing yet
+
+    def reported_flush() -> int:  # in the first status update after walstream processed every ack sent
+        assert ws.metrics_port is not None
+        return reported_flush_after_acks(testdb.dsn, testdb.slot, ws.metrics_port, sum(c.acks_sent for c in clients))
+
+    assert reported_flush() <= first_lsn  # two clients acknowledged nothing yet
     lazy[0].release()
     lazy[0].close()  # half-closed: walstream has processed its acks, as its log line says
     ws.wait_log(f"disconnected ({len(truth)} acked, 0 rejected acks, 0 unacknowledged)")
-    time.sleep(1)
-    assert confirmed_flush(testdb.dsn, testdb.slot) <= first_lsn  # the other still holds the slot back
+    assert reported_flush() <= first_lsn  # the other still holds the slot back
+    assert confirmed_flush(testdb.dsn, testdb.slot) <= first_lsn
     lazy[1].release()
     wait_confirmed(testdb.dsn, testdb.slot, end, timeout=WAIT)
     for client in clients[1:]:
@@ -832,6 +849,7 @@ def test_fifty_clients_at_once(testdb, tmp_path, procs):
 @pytest.mark.slow
 def test_bad_input_gets_a_clear_status_and_never_moves_the_slot(testdb, tmp_path, procs):
     testdb.execute(*SCHEMA)
+    quick_status_updates(testdb.dsn, testdb.name)
     ws = start_ws(procs, testdb, tmp_path)
     good = SeedTracker(ws.addr, "good")
     bad_seed = SeedTracker(ws.addr, "bad-seed", auto_ack=False)
@@ -845,7 +863,8 @@ def test_bad_input_gets_a_clear_status_and_never_moves_the_slot(testdb, tmp_path
 
     def slot_unmoved(expected_rejections: int) -> None:
         ws.wait_log("matches nothing it was sent", count=expected_rejections)
-        time.sleep(0.5)  # a status update would have gone out by now
+        # The first status update after walstream processed them: a bad ack that moved the slot shows here.
+        assert reported_flush_after(testdb.dsn, testdb.slot, 0) <= row1.lsn
         assert confirmed_flush(testdb.dsn, testdb.slot) <= row1.lsn
 
     # Garbage acks: 0, 2^64-1, an LSN never sent, one just before and after the one sent.
@@ -874,7 +893,7 @@ def test_bad_input_gets_a_clear_status_and_never_moves_the_slot(testdb, tmp_path
     err = raw_stream(ws.addr, "/walstream.v1.Walstream/Subscribe",
                      [pb.SubscribeRequest(ack=pb.Ack(lsn=row1.lsn)).SerializeToString()])
     assert err is not None and err.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert err.details().startswith("subscription: the first message must carry a Subscription")
+    assert str(err.details()).startswith("subscription: the first message must carry a Subscription")
     err = raw_stream(ws.addr, "/walstream.v1.Walstream/Subscribe", [])
     assert err is not None and err.code() == grpc.StatusCode.INVALID_ARGUMENT
     slot_unmoved(rejected)
@@ -896,8 +915,8 @@ def test_bad_input_gets_a_clear_status_and_never_moves_the_slot(testdb, tmp_path
             client.ack(row.lsn)
             rejected += 1
     ws.wait_log("matches nothing it was sent", count=rejected)
-    time.sleep(0.5)
-    assert confirmed_flush(testdb.dsn, testdb.slot) <= row4.lsn  # row 4 still holds it
+    assert reported_flush_after(testdb.dsn, testdb.slot, 0) <= row4.lsn  # row 4 still holds it
+    assert confirmed_flush(testdb.dsn, testdb.slot) <= row4.lsn
 
     # The server kept serving everyone: all three clients are connected and get a new row.
     testdb.execute("INSERT INTO t VALUES (5, 5, 1, 1)")

@@ -64,8 +64,8 @@ def test_unacknowledged_megabyte_rows_are_bounded_by_bytes(testdb, tmp_path) -> 
                 f"walstream delivered {len(silent.received)} 1 MB rows unacknowledged with a {BOUND_MB} MB bound")
             silent.close()  # its deliveries stop holding the other client back
             got = acking.take(ROWS, timeout=120)
-            assert [e.payload["id"] for e in got] == list(range(ROWS))  # type: ignore[index]
-            assert all(len(e.payload["payload"]) == ROW_BYTES for e in got)  # type: ignore[index, arg-type]
+            assert [e.payload["id"] for e in got] == list(range(ROWS))
+            assert all(len(e.payload["payload"]) == ROW_BYTES for e in got)
         finally:
             acking.close()
             peak_kb = sampler.stop()

@@ -309,7 +309,7 @@ def test_standby_is_not_serving_then_takes_over_without_loss(testdb, tmp_path):
         assert time.monotonic() - killed < 10
         assert metric(mport, "walstream_streaming") == 1
         rows = client.take(10)
-        assert sorted(e.payload["id"] for e in rows) == list(range(1, 11))  # type: ignore[index]
+        assert sorted(e.payload["id"] for e in rows) == list(range(1, 11))
         assert standby.log().count("waiting for it to be released") == 1  # logged once, not at every retry
         client.close()
         assert standby.stop() == 0

@@ -23,16 +23,16 @@ def test_a_row_over_the_default_receive_limit_does_not_wedge_other_clients(testd
             testdb.execute(f"INSERT INTO t VALUES (2, repeat('x', {BIG}))")
             testdb.execute("INSERT INTO t VALUES (3, 'small')")
             got = raised.take(3, timeout=60)
-            assert [e.payload["id"] for e in got] == [1, 2, 3]  # type: ignore[index]
-            assert len(got[1].payload["payload"]) == BIG  # type: ignore[index, arg-type]
+            assert [e.payload["id"] for e in got] == [1, 2, 3]
+            assert len(got[1].payload["payload"]) == BIG
             assert default.done.wait(30), "the client with the default limit should have failed on the big row"
-            assert [e.payload["id"] for e in default.received] == [1]  # type: ignore[index]
+            assert [e.payload["id"] for e in default.received] == [1]
             assert default.error is not None and default.error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
             ws.wait_log(f"INSERT change of public.t at {got[1].lsn >> 32:X}/{got[1].lsn & 0xFFFFFFFF:X} is ")
             assert "over gRPC's default 4 MiB receive limit" in ws.log()
             testdb.execute("INSERT INTO t VALUES (4, 'after')")
             [after] = raised.take(1, timeout=30)
-            assert after.payload["id"] == 4  # type: ignore[index]
+            assert after.payload["id"] == 4
             wait_confirmed(testdb.dsn, testdb.slot, after.lsn + 1, timeout=30)  # the failed client holds nothing
         finally:
             raised.close()

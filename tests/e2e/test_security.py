@@ -99,7 +99,7 @@ class Stream:
         return self.error.code(), self.error.details() or ""
 
     def seed_events(self, n: int, ack: bool = True, timeout: float = 20) -> list[Any]:
-        events = []
+        events: list[Any] = []
         deadline = time.monotonic() + timeout
         while len(events) < n:
             event = to_event(self.responses.get(timeout=max(0.1, deadline - time.monotonic())))
@@ -373,7 +373,9 @@ def test_postgres_over_tls(ssl_cluster, certs, tmp_path):
             with admin.cursor() as cur:  # every connection walstream holds is encrypted
                 cur.execute("SELECT bool_and(s.ssl), count(*) FROM pg_stat_ssl s JOIN pg_stat_activity a "
                             "USING (pid) WHERE a.application_name = 'walstream'")
-                encrypted, count = cur.fetchone()
+                row = cur.fetchone()
+                assert row is not None
+                encrypted, count = row
                 assert encrypted is True and count >= 1  # at least the replication connection
             stream.close()
             assert ws.stop() == 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from decimal import Decimal
+from typing import Any
 
 from support import SeedClient, WalstreamProcess, has_xml_support
 
@@ -33,7 +34,7 @@ COLUMNS: dict[str, list[str]] = {
 }
 
 
-def exact(text: str) -> object:
+def exact(text: str) -> Any:
     return json.loads(text, parse_float=Decimal, parse_int=Decimal)
 
 

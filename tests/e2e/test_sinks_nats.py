@@ -29,8 +29,10 @@ from brokers import NatsServer
 from sinkcheck import (
     PGBENCH_KEYS,
     Message,
+    apply_to_database,
     confirmed_flush,
     pgbench_init,
+    pgbench_replica,
     replay,
     run_pgbench,
     snapshot,
@@ -47,7 +49,7 @@ from walstream.pgcluster import free_port
 if TYPE_CHECKING:
     from conftest import TestDB
 
-pytestmark = [pytest.mark.slow, pytest.mark.parametrize("pg", ["15"], indirect=True, ids=["pg15"])]
+pytestmark = pytest.mark.slow  # on PostgreSQL 15 and 18 (the `pg` fixture, tests/conftest.py)
 
 STREAM = "WALSTREAM"
 
@@ -63,7 +65,7 @@ async def _read_stream(url: str, stream: str = STREAM) -> list[Message]:
         out = []
         for seq in range(info.state.first_seq, info.state.last_seq + 1):
             raw = await js.get_msg(stream, seq)
-            out.append(Message(dict(raw.headers or {}), orjson.loads(raw.data or b"{}"), raw.subject))
+            out.append(Message(dict(raw.headers or {}), orjson.loads(raw.data or b"{}"), str(raw.subject)))
         return out
     finally:
         await nc.close()
@@ -86,7 +88,7 @@ def stream_count(url: str) -> int:
 
 
 @pytest.fixture
-def nats_server(tmp_path: Path):  # type: ignore[no-untyped-def]
+def nats_server(tmp_path: Path):
     server = NatsServer(tmp_path / "nats").start()
     yield server
     server.stop()
@@ -138,6 +140,10 @@ def test_pgbench_through_nats_replays_identically(testdb: TestDB, nats_server: N
         assert ws.stop() == 0
     messages = _check(testdb, nats_server.url, initial)
     assert len(messages) == 2400
+    with pgbench_replica(testdb) as replica:  # and into a second database, as SQL: identical tables
+        assert snapshot(replica) == initial
+        apply_to_database(replica, messages, PGBENCH_KEYS)
+        assert snapshot(replica) == snapshot(testdb)
     assert [m.body for m in messages] == printed  # the same objects, in the same order
     first = next(m for m in messages if m.body["table"] == "pgbench_accounts")
     assert first.where == "walstream.public.pgbench_accounts"

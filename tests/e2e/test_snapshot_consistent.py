@@ -10,8 +10,8 @@ import time
 
 import grpc
 import pytest
+from snapshot_load import ROWS, Writer, assert_equal, caught_up
 from snapshot_replica import Replica, ReplicaClient
-from test_snapshot_incremental import ROWS, Writer, assert_equal, caught_up
 
 from walstream._proto import walstream_v1_pb2 as pb
 from walstream.client import Client, SnapshotProgress
@@ -175,7 +175,7 @@ def test_the_client_library_acks_each_consistent_chunk(testdb, walstream):
                 reconnect=False, on_progress=on_progress) as client:
         for batch in client.batches():
             for change in batch:
-                assert change.op == "SNAPSHOT"
+                assert change.op == "SNAPSHOT" and change.new is not None
                 rows[change.new["id"]] = change.new
             client.ack(batch)
     assert client.snapshot_done

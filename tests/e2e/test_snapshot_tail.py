@@ -6,7 +6,7 @@ import io
 
 import pytest
 from support import WalstreamProcess
-from test_tail import Tail
+from test_tail import Tail  # type: ignore[import-not-found]  # a sibling test module
 
 from walstream.cli.tail import ProgressReport
 from walstream.client import SnapshotProgress

@@ -33,7 +33,7 @@ def test_bytes_that_are_not_utf8_in_a_sql_ascii_database(pg, unique_name, tmp_pa
                 try:
                     with Client(ws.addr) as v1:
                         typed: queue.Queue[Change] = queue.Queue()
-                        threading.Thread(target=lambda: [typed.put(c) for c in v1.changes()], daemon=True).start()
+                        threading.Thread(target=lambda: list(map(typed.put, v1.changes())), daemon=True).start()
                         ws.wait_log("connected", count=2)
                         for key, raw in ROWS:  # the bytes as they are: SQL_ASCII converts nothing
                             cur.execute(b"INSERT INTO t VALUES (%d, '%s')" % (key, raw))
@@ -41,7 +41,7 @@ def test_bytes_that_are_not_utf8_in_a_sql_ascii_database(pg, unique_name, tmp_pa
                         assert {c.new["id"]: c.new["v"] for c in got} == EXPECTED  # type: ignore[index]
                         v1.ack(got[-1])
                     events = seed.take(len(ROWS))
-                    assert {e.payload["id"]: e.payload["v"] for e in events} == EXPECTED  # type: ignore[index]
+                    assert {e.payload["id"]: e.payload["v"] for e in events} == EXPECTED
                 finally:
                     seed.close()
                 log = ws.log()

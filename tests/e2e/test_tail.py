@@ -17,6 +17,7 @@ from decimal import Decimal
 from typing import NoReturn
 
 import pytest
+from slot_checks import metrics_args, quick_status_updates, reported_flush_after
 from support import (
     WalstreamProcess,
     confirmed_flush,
@@ -42,7 +43,9 @@ SCHEMA = ["CREATE TABLE items (id int PRIMARY KEY, price numeric(10,3), doc json
 @pytest.fixture
 def ws(testdb, tmp_path) -> Iterator[WalstreamProcess]:
     testdb.execute(*SCHEMA)
-    proc = WalstreamProcess(testdb.dsn, "pub", testdb.slot, temporary=False, log_dir=tmp_path).start()
+    quick_status_updates(testdb.dsn, testdb.name)
+    proc = WalstreamProcess(testdb.dsn, "pub", testdb.slot, temporary=False, log_dir=tmp_path,
+                            extra=metrics_args()[1]).start()
     try:
         yield proc
     finally:
@@ -153,11 +156,14 @@ def test_no_ack_leaves_the_slot_alone(testdb, ws):
         ws.wait_log("connected")
         testdb.execute("INSERT INTO logs VALUES (1, 'a')")
         (line,) = tail.json(1)
-        time.sleep(1.5)
+        # A walstream that took the delivery as acknowledged would confirm past it within ~0.2 s: once a status
+        # update has gone out after the row's whole transaction was read, it has not.
+        assert reported_flush_after(testdb.dsn, testdb.slot, parse_lsn(line["commit_lsn"])) <= parse_lsn(line["lsn"])
         assert confirmed_flush(testdb.dsn, testdb.slot) <= parse_lsn(line["lsn"])
         assert tail.interrupt() == 0
         ws.wait_log("disconnected")
         assert "1 unacknowledged, kept for the next client" in ws.log()
+        assert reported_flush_after(testdb.dsn, testdb.slot, parse_lsn(line["commit_lsn"])) <= parse_lsn(line["lsn"])
         assert confirmed_flush(testdb.dsn, testdb.slot) <= parse_lsn(line["lsn"])
     finally:
         tail.finish()

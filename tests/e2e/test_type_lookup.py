@@ -41,7 +41,7 @@ def test_a_slow_type_lookup_does_not_block_the_event_loop(testdb, tmp_path) -> N
     with WalstreamProcess(testdb.dsn, "pub", testdb.slot, log_dir=tmp_path) as ws, Client(ws.addr) as client, \
             grpc.insecure_channel(ws.addr) as channel:
         changes: queue.Queue[Change] = queue.Queue()
-        threading.Thread(target=lambda: [changes.put(c) for c in client.changes()], daemon=True).start()
+        threading.Thread(target=lambda: list(map(changes.put, client.changes())), daemon=True).start()
         ws.wait_log("connected")
         status = walstream_v1_pb2_grpc.WalstreamStub(channel).Status
         status(pb.StatusRequest(), timeout=WAIT)  # opens Status's own connection

@@ -13,6 +13,7 @@ from typing import NoReturn
 import grpc
 import psycopg2
 import pytest
+from slot_checks import metrics_args, quick_status_updates, reported_flush_after_acks
 from support import SeedClient, confirmed_flush, expect_nothing_from, take_from, until_none, wait_confirmed
 
 from walstream._proto import walstream_v1_pb2 as pb
@@ -224,7 +225,7 @@ def test_typed_values_row_images_and_relation_metadata(testdb, walstream):
     assert (r2["f4"], r2["f8"], r2["num"]) == (math.inf, -math.inf, "NaN")
     assert (r2["ts"], r2["tstz"], r2["d"], r2["tm"]) == (INT64_MAX, INT64_MIN, INT32_MAX, 0)
     assert r2["i2"] is None and r2["ia"] is None and ins2.kinds()["i2"] == "null"
-    assert r3["f4"] == 0.0 and math.copysign(1, r3["f4"]) == -1  # type: ignore[arg-type]
+    assert r3["f4"] == 0.0 and math.copysign(1, r3["f4"]) == -1
     assert (r3["f8"], r3["num"]) == (1e-07, "0.000000")  # numeric(20,6) has no -0
     assert r3["ts"] == epoch_us(testdb, "timestamp '0001-01-01 00:00:00 BC'")
     assert r3["tstz"] == epoch_us(testdb, "timestamptz '0044-03-15 12:00:00.25+00 BC'")
@@ -402,7 +403,8 @@ def test_filters_and_the_slot(testdb, walstream):
 
 def test_batching_and_acks(testdb, walstream):
     testdb.execute("CREATE TABLE bulk (id int PRIMARY KEY, v text)", "CREATE PUBLICATION pub FOR ALL TABLES")
-    ws = walstream()
+    quick_status_updates(testdb.dsn, testdb.name)
+    ws = walstream(*metrics_args()[1])
     small = V1Client(ws.addr, auto_ack=False, batch=pb.BatchLimits(max_events=500),
                      transaction_boundaries=True)
     tiny = V1Client(ws.addr, batch=pb.BatchLimits(max_bytes=2000))
@@ -420,14 +422,18 @@ def test_batching_and_acks(testdb, walstream):
     assert len(tiny.batches) < 1000
 
     # Not acknowledged: the slot stays before the transaction; acking each batch's last event moves it.
+    # (Checked on the first status update after walstream processed the acks so far: tiny's, one a batch.)
     commit = got[-1].event
-    time.sleep(1)
-    assert confirmed_flush(testdb.dsn, testdb.slot) < commit.end_lsn
+    acks = sum(1 for b in tiny.batches if b.events)
+    flushed = reported_flush_after_acks(testdb.dsn, testdb.slot, ws.metrics_port, acks)
+    assert flushed < commit.end_lsn and flushed <= max(start, commit.commit_lsn)
     assert confirmed_flush(testdb.dsn, testdb.slot) <= max(start, commit.commit_lsn)
     for batch in small.batches[:-1]:
         small.ack(batch.events[-1].lsn)
-    time.sleep(0.5)
-    assert confirmed_flush(testdb.dsn, testdb.slot) < commit.end_lsn  # the COMMIT is not acked yet
+    acks += len(small.batches) - 1
+    # The COMMIT is not acked yet.
+    assert reported_flush_after_acks(testdb.dsn, testdb.slot, ws.metrics_port, acks) < commit.end_lsn
+    assert confirmed_flush(testdb.dsn, testdb.slot) < commit.end_lsn
     small.ack(commit.lsn)
     wait_confirmed(testdb.dsn, testdb.slot, commit.end_lsn)
 
@@ -471,15 +477,15 @@ def test_invalid_subscriptions_status_and_the_seed_api_alongside(testdb, walstre
             with pytest.raises(grpc.RpcError) as info:
                 list(stub.Subscribe(iter([request]), timeout=10))
             assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT, request
-            assert info.value.details().startswith(message), (info.value.details(), message)
+            assert str(info.value.details()).startswith(message), (info.value.details(), message)
         with pytest.raises(grpc.RpcError) as info:
             list(stub.Subscribe(iter([]), timeout=10))
         assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-        assert info.value.details().startswith("subscription:")
+        assert str(info.value.details()).startswith("subscription:")
 
     st = status(ws.addr)
     assert (st.slot, st.temporary, st.connected_clients, st.streaming) == (testdb.slot, False, 0, True)
-    assert st.server_version == testdb.query("SHOW server_version")[0][0].split()[0]  # type: ignore[union-attr]
+    assert st.server_version == testdb.query("SHOW server_version")[0][0].split()[0]
     assert st.pgoutput_version in (1, 2, 3, 4) and st.walstream_version
     assert st.confirmed_lsn > 0 and st.written_lsn >= st.confirmed_lsn
 

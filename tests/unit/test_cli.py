@@ -49,8 +49,8 @@ class FakeCatalog:
     def close(self) -> None:
         self.calls.append(("close", None))
 
-    def check_start(self, conn: Any, publication: str, slot: str) -> None:
-        self.calls.append(("check_start", (publication, slot)))
+    def check_start(self, conn: Any, publication: str, slot: str, failover: bool = False) -> None:
+        self.calls.append(("check_start", (publication, slot, failover) if failover else (publication, slot)))
 
     def run_start(self, config: StartConfig) -> int:
         self.calls.append(("run_start", config))
@@ -204,7 +204,7 @@ def test_check_failure_stops_before_engine(capsys: pytest.CaptureFixture[str],
                                            monkeypatch: pytest.MonkeyPatch) -> None:
     fake = FakeCatalog(monkeypatch)
 
-    def refuse(conn: Any, publication: str, slot: str) -> None:
+    def refuse(conn: Any, publication: str, slot: str, failover: bool = False) -> None:
         raise SourceError("publication missing")
 
     monkeypatch.setattr(catalog, "check_start", refuse)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import math
 from datetime import date, datetime, time, timedelta, timezone
 from decimal import Decimal
+from typing import Any
 
 import pytest
 
@@ -112,8 +113,8 @@ def test_infinity_stays_a_string() -> None:
     assert INFINITY == "infinity" and NEG_INFINITY == "-infinity"
     for kind, top, bottom in (("timestamp_us", I64_MAX, I64_MIN), ("timestamptz_us", I64_MAX, I64_MIN),
                               ("date_days", I32_MAX, I32_MIN)):
-        assert to_python(pb.Value(**{kind: top})) == "infinity"
-        assert to_python(pb.Value(**{kind: bottom})) == "-infinity"
+        assert to_python(pb.Value(**{kind: top})) == "infinity"  # type: ignore[arg-type]
+        assert to_python(pb.Value(**{kind: bottom})) == "-infinity"  # type: ignore[arg-type]
 
 
 # PostgreSQL's own text for values datetime cannot hold (checked against a real server in the e2e tests).
@@ -172,7 +173,7 @@ REL = pb.Relation(relation_id=7, schema="public", table="items", replica_identit
 T0 = 1_700_000_000_000_000
 
 
-def event(op: int, lsn: int, commit_lsn: int, ordinal: int, **kwargs: object) -> pb.Event:
+def event(op: Any, lsn: int, commit_lsn: int, ordinal: int, **kwargs: object) -> pb.Event:
     return pb.Event(op=op, lsn=lsn, xid=9, commit_lsn=commit_lsn, commit_time_us=T0, ordinal=ordinal,
                     **kwargs)  # type: ignore[arg-type]
 

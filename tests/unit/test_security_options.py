@@ -184,7 +184,7 @@ class Started:
         self.config: StartConfig | None = None
         self.connected = False
         monkeypatch.setattr(catalog, "connect", self.connect)
-        monkeypatch.setattr(catalog, "check_start", lambda conn, publication, slot: None)
+        monkeypatch.setattr(catalog, "check_start", lambda conn, publication, slot, failover=False: None)
         monkeypatch.setattr(cli, "_run_start", lambda: self.run)
 
     def connect(self, conn_str: str) -> Any:

@@ -101,3 +101,51 @@ def test_cli_sink_options_reach_the_config(monkeypatch: pytest.MonkeyPatch) -> N
         "nats", ("n:1",), "protobuf", "CDC")
     assert (kafka_spec.servers, kafka_spec.kafka_topic, kafka_spec.max_in_flight) == (
         ("k1:2", "k2:3"), "cdc.{table}", 10)
+
+
+class _Ledger:
+    """The hub's ack rule (walstream.delivery.acks): an ack of LSN x covers every delivery up to the first
+    one, from the oldest unacknowledged, with LSN x."""
+
+    def __init__(self, lsns: list[int]) -> None:
+        self.lsns, self.head, self.acks = lsns, 0, 0
+
+    def ack(self, _client: object, lsn: int) -> bool:
+        self.acks += 1
+        try:
+            self.head = self.lsns.index(lsn, self.head) + 1
+        except ValueError:
+            return False
+        return True
+
+
+def test_runner_acks_each_run_once_and_every_record_of_a_shared_lsn() -> None:
+    """One hub ack per acknowledged run, plus one per further record sharing its last LSN (a TRUNCATE's
+    tables): every delivery is acknowledged, none is skipped, and a failed record stops the run before it."""
+    import asyncio
+
+    from walstream.sinks.body import Record
+    from walstream.sinks.runner import SinkRunner, SinkStats, _Entry
+
+    async def scenario() -> None:
+        lsns = [10, 20, 30, 40, 40, 40, 50, 60]  # 40: a TRUNCATE of three tables
+        ledger = _Ledger(lsns)
+        stats = SinkStats("nats://x:1")
+        runner = SinkRunner(ledger, object(), object(), object(), 100, 10.0, stats)  # type: ignore[arg-type]
+        loop = asyncio.get_running_loop()
+        for lsn in lsns:
+            entry = _Entry(lsn, Record("public", "t", b"{}", None, {"op": "INSERT"}, "id", lsn, lsn, 1, 1))
+            entry.future = loop.create_future()
+            runner.pending.append(entry)
+        for entry in list(runner.pending)[:6]:  # up to the TRUNCATE's last table
+            assert entry.future is not None
+            entry.future.set_result(None)
+        runner._acknowledge()
+        assert ledger.head == 6 and ledger.acks == 3 and stats.acked == 6 and len(runner.pending) == 2
+        runner.pending[0].future.set_exception(OSError("lost"))  # type: ignore[union-attr]
+        runner.pending[1].future.set_result(None)  # type: ignore[union-attr]
+        with pytest.raises(Exception, match="lost"):
+            runner._acknowledge()
+        assert ledger.head == 6 and len(runner.pending) == 2  # nothing past the failed record
+
+    asyncio.run(scenario())

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import random
 from functools import partial
+from typing import Any
 
 import pytest
 
@@ -139,7 +140,8 @@ def _reference_event(typed: TypedCatalog, event: ChangeEvent) -> pb.Event:
     """What the message path built for a row event before the byte encoder."""
     txn, rel = event.txn, event.relation
     assert txn is not None and rel is not None
-    proto = pb.Event(op=pb.Operation.Value(event.op.value), lsn=event.lsn, ordinal=event.ordinal, xid=txn.xid,
+    op: Any = pb.Operation.Value(event.op.value)
+    proto = pb.Event(op=op, lsn=event.lsn, ordinal=event.ordinal, xid=txn.xid,
                      commit_lsn=txn.commit_lsn, commit_time_us=txn.commit_ts + PG_EPOCH_US,
                      relation_id=rel.relation_id)
     if event.new is not None:

@@ -203,6 +203,10 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="true|false",
         help="use a temporary replication slot, dropped on disconnect [default: true]",
     )
+    start.add_argument("--failover", action="store_true",
+                       help="make the slot a failover slot (PostgreSQL 17+) that standbys with "
+                       "sync_replication_slots = on keep in sync, so walstream resumes on a promoted standby; "
+                       "needs --temporary false (docs/reliability.md)")
     start.add_argument("--client-queue-size", type=_positive_int, default=StartConfig.client_queue_size,
                        metavar="N", help="messages queued per client before reading pauses [default: %(default)s]")
     start.add_argument("--max-unacked", type=_positive_int, default=StartConfig.max_unacked, metavar="N",
@@ -382,6 +386,7 @@ def cmd_start(args: argparse.Namespace) -> int:
         host=args.host,
         port=args.port,
         temporary=args.temporary,
+        failover=args.failover,
         client_queue_size=args.client_queue_size,
         max_unacked=args.max_unacked,
         max_unacked_bytes=args.max_unacked_bytes,
@@ -402,7 +407,7 @@ def cmd_start(args: argparse.Namespace) -> int:
     # before anything is created or any port is opened.
     conn = catalog.connect(conn_str)
     try:
-        info = catalog.check_start(conn, publication, slot)
+        info = catalog.check_start(conn, publication, slot, failover=args.failover)
     finally:
         conn.close()
     if info is None:

@@ -24,7 +24,7 @@ from ..cli.tail import json_line, jsonable
 from ..client.core import _relation, decode_event
 from ..delivery.v1.adapter import Encoder, same_relation
 from ..delivery.v1.typed import TypedCatalog
-from ..events.change import PG_EPOCH_US, ChangeEvent, Op, RelationInfo
+from ..events.change import PG_EPOCH_US, ChangeEvent, Op, RelationInfo, TxnInfo
 from ..lsn import format_lsn
 
 CONTENT_TYPES = {"json": "application/json", "protobuf": "application/x-protobuf; messageType=walstream.v1.Event"}
@@ -73,6 +73,18 @@ class BodyBuilder:
         self.format = fmt
         self.source = source
         self._relations: dict[int, _RelationView] = {}
+        self._content_type = CONTENT_TYPES[fmt]
+        self._txn: TxnInfo | None = None
+        self._txn_cache: tuple[str, str, int, str] = ("", "", 0, "")
+
+    def _txn_texts(self, txn: TxnInfo) -> tuple[str, str, int, str]:
+        """(commit_lsn, xid, commit time in µs since 1970, the same as text) of a transaction, made once for
+        all its records."""
+        if self._txn is not txn:
+            commit_time_us = txn.commit_ts + PG_EPOCH_US
+            self._txn = txn
+            self._txn_cache = (format_lsn(txn.commit_lsn), str(txn.xid), commit_time_us, str(commit_time_us))
+        return self._txn_cache
 
     def record(self, event: ChangeEvent, rel: RelationInfo) -> Record:
         txn = event.txn
@@ -80,17 +92,17 @@ class BodyBuilder:
         if event.op is Op.TRUNCATE:
             item = self.encoder.truncate_item(event, (rel,))
             index = next(i for i, r in enumerate(event.truncated) if r is rel)
-            msg_id = f"{self.source}:{format_lsn(txn.commit_lsn)}:{event.ordinal}.{index}"
+            msg_id = f"{self.source}:{self._txn_texts(txn)[0]}:{event.ordinal}.{index}"
         else:
             item = self.encoder.item(event)
-            msg_id = f"{self.source}:{format_lsn(txn.commit_lsn)}:{event.ordinal}"
+            msg_id = f"{self.source}:{self._txn_texts(txn)[0]}:{event.ordinal}"
         view = self._view(rel)
         proto = item.event
         change = decode_event(proto, {rel.relation_id: view.client})
-        commit_time_us = txn.commit_ts + PG_EPOCH_US
+        commit_lsn_text, xid_text, commit_time_us, commit_time_text = self._txn_texts(txn)
         headers = {"op": event.op.value, "schema": rel.schema, "table": rel.table, "lsn": format_lsn(event.lsn),
-                   "commit_lsn": format_lsn(txn.commit_lsn), "ordinal": str(event.ordinal), "xid": str(txn.xid),
-                   "commit_time_us": str(commit_time_us), "content-type": CONTENT_TYPES[self.format]}
+                   "commit_lsn": commit_lsn_text, "ordinal": str(event.ordinal), "xid": xid_text,
+                   "commit_time_us": commit_time_text, "content-type": self._content_type}
         if self.format == "json":
             value = json_line(change)[:-1]
         else:

@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 
 MAX_MESSAGE_BYTES = 1_000_000  # librdkafka's default message.max.bytes; brokers take 1 MiB by default
 CONNECT_TIMEOUT = 3.0
+LINGER_MS = 5  # librdkafka fills batches (up to batch.size, 1 MB) meanwhile; a few ms is all it needs
 
 
 class _LibrdkafkaLog:
@@ -53,6 +54,8 @@ class KafkaSink:
         self._running = False
         self._topics: dict[tuple[str, str], str] = {}
         self._fatal: str | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._reports: list[tuple[asyncio.Future[None], Any, Record]] = []  # delivery reports of one poll
 
     @property
     def max_message_size(self) -> int:
@@ -65,11 +68,12 @@ class KafkaSink:
             timeout_ms = max(1000, int(self.spec.ack_timeout * 1000) - 500)  # reports fail before we give up
             self._producer = confluent_kafka.Producer({
                 "bootstrap.servers": ",".join(self.spec.servers), "client.id": "walstream",
-                "enable.idempotence": True, "acks": "all", "linger.ms": 5,
+                "enable.idempotence": True, "acks": "all", "linger.ms": LINGER_MS,
                 "message.max.bytes": MAX_MESSAGE_BYTES, "message.timeout.ms": timeout_ms,
                 "socket.connection.setup.timeout.ms": int(CONNECT_TIMEOUT * 1000),
                 "reconnect.backoff.max.ms": 2000, "error_cb": self._on_error, "logger": _LibrdkafkaLog()})
             self._running = True
+            self._loop = asyncio.get_running_loop()
             self._poller = threading.Thread(target=self._poll, name=f"walstream {self.name}", daemon=True)
             self._poller.start()
         try:
@@ -78,24 +82,28 @@ class KafkaSink:
             raise BrokerUnavailable(f"cannot reach the brokers: {exc.args[0].str() if exc.args else exc}") from None
 
     def _poll(self) -> None:
-        """librdkafka calls delivery reports from poll(): a thread of its own hands them to the event loop."""
+        """librdkafka calls delivery reports from poll(): a thread of its own collects those of one poll and
+        hands them to the event loop in one call (a wake-up per report would cost more than the report)."""
+        producer, loop = self._producer, self._loop
+        assert loop is not None
         while self._running:
-            self._producer.poll(0.05)
+            producer.poll(0.05)
+            if self._reports:
+                reports, self._reports = self._reports, []
+                loop.call_soon_threadsafe(self._settle_all, reports)
 
     async def send(self, record: Record) -> asyncio.Future[None]:
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[None] = loop.create_future()
+        future: asyncio.Future[None] = self._loop.create_future()  # type: ignore[union-attr]
         try:
             topic = self._topic(record)
         except ValueError as exc:
             raise SinkError(f"sink {self.name}: {exc}") from None
-        headers = [(k, v.encode()) for k, v in record.headers.items()]
 
-        def delivered(err: Any, _msg: Any) -> None:
-            loop.call_soon_threadsafe(self._settle, future, err, record)
+        def delivered(err: Any, _msg: Any) -> None:  # in the poll thread
+            self._reports.append((future, err, record))
 
         try:
-            self._producer.produce(topic, record.value, record.key, headers=headers, on_delivery=delivered)
+            self._producer.produce(topic, record.value, record.key, headers=record.headers, on_delivery=delivered)
         except BufferError:
             raise BrokerUnavailable("librdkafka's queue is full") from None
         except KafkaException as exc:
@@ -113,6 +121,10 @@ class KafkaSink:
             topic = self._topics[key] = (kafka_topic(self.spec.kafka_topic, record.schema, record.table)
                                          if record.table else KAFKA_COMMIT_TOPIC)
         return topic
+
+    def _settle_all(self, reports: list[tuple[asyncio.Future[None], Any, Record]]) -> None:
+        for future, err, record in reports:
+            self._settle(future, err, record)
 
     def _settle(self, future: asyncio.Future[None], err: Any, record: Record) -> None:
         if future.done():

@@ -11,6 +11,8 @@ import asyncio
 import logging
 from typing import Any
 
+import orjson
+
 from . import BrokerUnavailable, SinkError
 from .body import Record
 from .naming import NATS_COMMIT_SUBJECT, NATS_PREFIX, nats_subject
@@ -29,6 +31,7 @@ except ImportError:  # pragma: no cover - depends on the installed extras
 log = logging.getLogger(__name__)
 
 DUPLICATE_WINDOW = 600.0  # seconds
+NO_RESPONDERS = "503"
 MSG_TOO_LARGE = 10054  # JetStream's JSStreamMessageExceedsMaximumErr
 CONNECT_TIMEOUT = 2
 
@@ -43,7 +46,9 @@ class NatsSink:
         self._nc: Any = None
         self._js: Any = None
         self._stream_max = 0
-        self._outstanding: set[asyncio.Future[None]] = set()  # published, not yet acknowledged
+        self._reply_prefix = ""  # PubAcks come to <prefix><sequence number>
+        self._seq = 0
+        self._waiting: dict[int, tuple[asyncio.Future[None], Record]] = {}  # published, PubAck not yet in
         self._closing = False
         self._subjects: dict[tuple[str, str], str] = {}
 
@@ -60,15 +65,18 @@ class NatsSink:
                 self._nc = await asyncio.wait_for(nats.connect(
                     [f"nats://{s}" for s in self.spec.servers], name="walstream", connect_timeout=CONNECT_TIMEOUT,
                     allow_reconnect=True, max_reconnect_attempts=-1, reconnect_time_wait=0.5,
+                    skip_subject_validation=True,  # subjects are escaped by naming.nats_subject
                     error_cb=self._on_error, disconnected_cb=self._on_disconnect, reconnected_cb=self._on_reconnect),
                     CONNECT_TIMEOUT * 2)
             except (OSError, asyncio.TimeoutError, nats.errors.Error) as exc:
                 self._nc = None
                 raise BrokerUnavailable(f"cannot connect: {exc or type(exc).__name__}") from None
-            self._js = self._nc.jetstream(timeout=CONNECT_TIMEOUT,
-                                          publish_async_max_pending=self.spec.max_in_flight * 2)
+            self._js = self._nc.jetstream(timeout=CONNECT_TIMEOUT)
+            self._reply_prefix = self._nc.new_inbox() + "."
+            await self._nc.subscribe(self._reply_prefix + "*", cb=self._on_reply)  # renewed by reconnects
         if not self._nc.is_connected:
             raise BrokerUnavailable("the connection is down (reconnecting)")
+        self._fail_waiting(None)  # the runner publishes them again; a late PubAck finds nothing to settle
         await self._ensure_stream()
 
     async def _ensure_stream(self) -> None:
@@ -90,21 +98,26 @@ class NatsSink:
         self._stream_max = int(info.config.max_msg_size or 0)
 
     async def send(self, record: Record) -> asyncio.Future[None]:
+        """Publish with a reply subject of this sink's own (prefix + a sequence number) and settle the
+        future from the PubAck: the same protocol as nats-py's publish_async, at a fraction of its cost
+        per message (no semaphore, random token or PubAck dataclass for each)."""
         headers = dict(record.headers)
         headers["Nats-Msg-Id"] = record.msg_id
+        self._seq += 1
+        seq = self._seq
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiting[seq] = (future, record)
         try:
-            inner = await self._js.publish_async(self._subject(record), record.value, headers=headers)
+            await self._nc.publish(self._subject(record), record.value, reply=f"{self._reply_prefix}{seq}",
+                                   headers=headers)
         except nats.errors.MaxPayloadError:
+            del self._waiting[seq]
             raise SinkError(f"sink {self.name}: the {record.describe()} is over the server's max_payload "
                             f"({self.max_message_size} bytes)") from None
         except (nats.errors.Error, OSError) as exc:
+            del self._waiting[seq]
             raise BrokerUnavailable(f"publish failed: {exc or type(exc).__name__}") from None
-        outer: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        inner.add_done_callback(lambda done: self._settle(outer, done, record))
-        outer.add_done_callback(lambda done: inner.cancel() if done.cancelled() else None)
-        outer.add_done_callback(self._outstanding.discard)
-        self._outstanding.add(outer)
-        return outer
+        return future
 
     def _subject(self, record: Record) -> str:
         key = (record.schema, record.table)
@@ -114,25 +127,46 @@ class NatsSink:
                                              else NATS_COMMIT_SUBJECT)
         return subject
 
-    def _settle(self, outer: asyncio.Future[None], inner: asyncio.Future[Any], record: Record) -> None:
-        if outer.done():
+    async def _on_reply(self, msg: Any) -> None:
+        waiting = self._waiting.pop(int(msg.subject[len(self._reply_prefix):]), None)
+        if waiting is None:
+            return  # abandoned (published again since)
+        future, record = waiting
+        if future.done():
             return
-        if inner.cancelled():
-            outer.cancel()
+        if msg.headers and msg.headers.get("Status") == NO_RESPONDERS:  # stream missing, JetStream restarting
+            future.set_exception(BrokerUnavailable("no JetStream stream answered (no responders)"))
             return
-        exc = inner.exception()
-        if exc is None:
-            if inner.result().duplicate:
+        try:
+            ack = orjson.loads(msg.data)
+        except orjson.JSONDecodeError:
+            future.set_exception(BrokerUnavailable(f"unreadable PubAck {msg.data[:200]!r}"))
+            return
+        error = ack.get("error")
+        if error is None:
+            if ack.get("duplicate"):
                 self.duplicates += 1
-            outer.set_result(None)
-        elif isinstance(exc, nats.js.errors.APIError) and exc.err_code == MSG_TOO_LARGE:
-            outer.set_exception(SinkError(f"sink {self.name}: the {record.describe()} is {record.size} bytes, "
-                                          f"over the stream's maximum message size: {exc.description}"))
-        elif isinstance(exc, nats.js.errors.APIError) and exc.code not in (None, 503):
-            outer.set_exception(SinkError(f"sink {self.name}: JetStream refused the {record.describe()}: "
-                                          f"{exc.description}"))
-        else:  # no responders (stream missing, JetStream restarting), a 503: retried
-            outer.set_exception(BrokerUnavailable(f"{type(exc).__name__}: {exc}"))
+            future.set_result(None)
+            return
+        code, err_code, description = error.get("code"), error.get("err_code"), error.get("description", "")
+        if err_code == MSG_TOO_LARGE:
+            future.set_exception(SinkError(f"sink {self.name}: the {record.describe()} is {record.size} bytes, "
+                                           f"over the stream's maximum message size: {description}"))
+        elif code not in (None, 503):
+            future.set_exception(SinkError(f"sink {self.name}: JetStream refused the {record.describe()}: "
+                                           f"{description}"))
+        else:
+            future.set_exception(BrokerUnavailable(f"JetStream: {description or code}"))
+
+    def _fail_waiting(self, exc: BaseException | None) -> None:
+        """Settle every future still waiting for a PubAck: with exc, or cancelled (None)."""
+        waiting, self._waiting = self._waiting, {}
+        for future, _ in waiting.values():
+            if not future.done():
+                if exc is None:
+                    future.cancel()
+                else:
+                    future.set_exception(exc)
 
     async def close(self) -> None:
         if self._nc is not None:
@@ -148,9 +182,7 @@ class NatsSink:
 
     async def _on_disconnect(self) -> None:
         # PubAcks for what is in flight will never come: fail it now rather than after --sink-ack-timeout.
-        for future in list(self._outstanding):
-            if not future.done():
-                future.set_exception(BrokerUnavailable("connection lost"))
+        self._fail_waiting(BrokerUnavailable("connection lost"))
         if not self._closing:
             log.warning("sink %s: connection lost; reconnecting", self.name)
 

@@ -27,6 +27,7 @@ from .body import BodyBuilder, Record
 log = logging.getLogger(__name__)
 
 BACKOFF_FIRST, BACKOFF_CAP = 0.2, 10.0
+HEADERS_ALLOWANCE = 4096  # more than the headers but `relation` take (names are at most 63 bytes)
 
 
 @dataclass
@@ -85,7 +86,9 @@ class SinkRunner:
     async def _publish(self, entry: _Entry) -> None:
         record = entry.record
         limit = self.sink.max_message_size
-        if record.size > limit:
+        # The headers other than `relation` are short: count them only for a record near the limit.
+        near = len(record.value) + len(record.key or b"") + len(record.headers.get("relation", "")) + HEADERS_ALLOWANCE
+        if near > limit and record.size > limit:
             raise SinkError(f"sink {self.sink.name}: the {record.describe()} is {record.size} bytes, over the "
                             f"broker's limit of {limit} bytes; walstream stops here (the slot keeps the change): "
                             "raise the broker's maximum message size, or exclude the table from the publication")
@@ -166,26 +169,40 @@ class SinkRunner:
         self._acknowledge()
 
     def _acknowledge(self) -> None:
-        """Tell the hub of the acknowledged prefix, in delivery order; raise on a failed record."""
+        """Tell the hub of the acknowledged prefix, in delivery order; raise on a failed record.
+
+        One hub ack covers every delivery up to the first one with its LSN, so a run of records the broker
+        stored costs one ack, plus one per further record sharing the run's last LSN (a TRUNCATE's tables)."""
         pending, stats = self.pending, self.stats
+        last: _Entry | None = None
+        same = 0  # records at the end of the run with last's LSN
         while pending:
             future = pending[0].future
             if future is None or not future.done():
                 break
             if future.cancelled() or future.exception() is not None:
+                self._ack_run(last, same)
                 raise _failure(future, pending[0].record)
             entry = pending.popleft()
-            if not self.hub.ack(self.client, entry.lsn):
-                raise SinkError(f"sink {self.sink.name}: the hub refused the acknowledgement of the "
-                                f"{entry.record.describe()} (a bug: please report it)")
+            same = same + 1 if last is not None and entry.lsn == last.lsn else 1
+            last = entry
             stats.acked += 1
-            stats.acked_commit_time_us = entry.record.commit_time_us
-            self._backoff = BACKOFF_FIRST
+        self._ack_run(last, same)
         if self._failed is not None:
             failed, self._failed = self._failed, None
             raise failed if isinstance(failed, SinkError | BrokerUnavailable) else BrokerUnavailable(str(failed))
         stats.in_flight = len(pending)
         stats.oldest_pending_commit_time_us = pending[0].record.commit_time_us if pending else 0
+
+    def _ack_run(self, last: _Entry | None, same: int) -> None:
+        if last is None:
+            return
+        for _ in range(same):
+            if not self.hub.ack(self.client, last.lsn):
+                raise SinkError(f"sink {self.sink.name}: the hub refused the acknowledgement of the "
+                                f"{last.record.describe()} (a bug: please report it)")
+        self.stats.acked_commit_time_us = last.record.commit_time_us
+        self._backoff = BACKOFF_FIRST
 
 
 def _failure(future: asyncio.Future[None], record: Record) -> BaseException:
@@ -215,7 +232,13 @@ class SinkAdapter:
     def size(message: object) -> int:
         """The row data the change holds (its record is encoded from it when published)."""
         event = message[0]  # type: ignore[index]
-        return sum(len(data) for cells in (event.new, event.old) if cells for _, data in cells if data)
+        size = 0
+        for cells in (event.new, event.old):
+            if cells:
+                for _, data in cells:
+                    if data:
+                        size += len(data)
+        return size
 
     def expand(self, event: ChangeEvent) -> tuple[tuple[int, object], ...]:
         rel, txn = event.relation, event.txn

@@ -19,6 +19,7 @@ import psycopg2.extensions
 
 from ..errors import ErrorKind, SourceError, WalstreamError
 from ..lsn import parse_lsn
+from . import failover as failover_slots
 from .dsn import parse_connection, plain_dsn, redact
 
 Connection = psycopg2.extensions.connection
@@ -39,6 +40,7 @@ class SlotInfo:
     active_pid: int | None
     confirmed_flush_lsn: int | None
     wal_status: str | None  # None before PostgreSQL 13
+    failover: bool | None = None  # None before PostgreSQL 17
 
 
 def first_line(exc: BaseException) -> str:
@@ -131,7 +133,7 @@ def _ident(conn: Connection, name: str) -> str:
     return str(_scalar(conn, "SELECT quote_ident(%s)", (name,)))
 
 
-def check_start(conn: Connection, publication: str, slot: str) -> SlotInfo | None:
+def check_start(conn: Connection, publication: str, slot: str, failover: bool = False) -> SlotInfo | None:
     """Fail fast, with the fix in the message, on anything that would stop streaming `publication` via `slot`.
 
     Returns the existing slot (possibly active in another process: the engine decides whether to wait)
@@ -143,6 +145,8 @@ def check_start(conn: Connection, publication: str, slot: str) -> SlotInfo | Non
             f"PostgreSQL {_scalar(conn, 'SHOW server_version')} is too old: walstream needs 10 or later",
             ErrorKind.SERVER_SETUP,
         )
+    if failover:
+        failover_slots.require_server(version, str(_scalar(conn, "SHOW server_version")))
     wal_level = _scalar(conn, "SELECT current_setting('wal_level')")
     if wal_level != "logical":
         raise SourceError(
@@ -216,6 +220,7 @@ def _usable_slot(row: dict[str, Any], database: str) -> SlotInfo:
         active_pid=row.get("active_pid"),
         confirmed_flush_lsn=parse_lsn(lsn) if lsn else None,
         wal_status=row.get("wal_status"),
+        failover=row.get("failover"),
     )
 
 

@@ -21,6 +21,7 @@ from ..errors import ErrorKind, SlotInUseError, SourceError
 from ..events.text import SQL_ASCII
 from ..lsn import format_lsn, parse_lsn
 from ..threads import in_daemon_thread
+from . import failover as failover_slots
 from .base import StreamInfo
 from .catalog import CONNECT_TIMEOUT, first_line
 from .copyboth import CopyBoth, CopyBothError
@@ -65,12 +66,14 @@ class ReplicationStream:
     committed since the old one was lost."""
 
     def __init__(self, dsn: str, slot: str, publication: str, temporary: bool, create: bool = True,
-                 export: Callable[[str, int], None] | None = None) -> None:
+                 failover: bool = False, export: Callable[[str, int], None] | None = None) -> None:
+        failover_slots.check_permanent(failover, temporary)
         self.dsn = dsn
         self.slot = slot
         self.publication = publication
         self.temporary = temporary
         self.create = create
+        self.failover = failover
         # Called with (snapshot name, consistent point) when this stream creates the slot, exporting its
         # snapshot: the snapshot is importable only until the replication connection runs anything else,
         # so the callee must import it before it returns (walstream.snapshot.consistent).
@@ -98,6 +101,8 @@ class ReplicationStream:
             cur = conn.cursor()
             created, start_lsn = self._ensure_slot(cur) if self.create or self.temporary else (False, 0)
             version = conn.server_version
+            if self.failover and not created:
+                self._enable_failover(cur)
             cur.execute("SHOW wal_sender_timeout")
             row = cur.fetchone()
             sender_timeout = parse_duration(str(row[0])) if row else 60.0
@@ -127,7 +132,9 @@ class ReplicationStream:
 
     def _ensure_slot(self, cur: psycopg2.extras.ReplicationCursor) -> tuple[bool, int]:
         try:
-            if self.temporary or self.export is not None:
+            if self.failover:
+                cur.execute(failover_slots.create_command(self.slot, export=self.export is not None))
+            elif self.temporary or self.export is not None:
                 # psycopg2's create_replication_slot has neither TEMPORARY nor a snapshot option; the name
                 # is validated [a-z0-9_]. EXPORT_SNAPSHOT / NOEXPORT_SNAPSHOT: the syntax of 10 and later.
                 kind = "TEMPORARY LOGICAL" if self.temporary else "LOGICAL"
@@ -143,11 +150,17 @@ class ReplicationStream:
             raise _classify(exc, self.slot) from None
         row = cur.fetchone()
         consistent = row[1] if row else "0/0"
-        log.info("created %s replication slot %s at %s", "temporary" if self.temporary else "permanent",
-                 self.slot, consistent)
+        kind = "temporary" if self.temporary else "permanent failover" if self.failover else "permanent"
+        log.info("created %s replication slot %s at %s", kind, self.slot, consistent)
         if self.export is not None and row is not None and row[2]:
             self.export(str(row[2]), parse_lsn(consistent))  # before this connection runs anything else
         return True, parse_lsn(consistent)
+
+    def _enable_failover(self, cur: psycopg2.extras.ReplicationCursor) -> None:
+        try:
+            failover_slots.enable(cur, self.slot)
+        except psycopg2.Error as exc:
+            raise _classify(exc, self.slot) from None
 
     # -- streaming ------------------------------------------------------------------------------------
 
