@@ -27,8 +27,10 @@ The peers are built or found once (bench/peerbuild.py); a peer that cannot be ha
 
 Methods run in a rotating order within each round; every figure is also given as a ratio to the Unix-socket
 pg_recvlogical of the same round. Then commit->client latency at ~1,000 single-row transactions per second
-(synchronous_commit on, and off to show what it costs), and walstream's peak RSS while a deliberately slow
-client drains the bulk backlog.
+(synchronous_commit on, and off to show what it costs), walstream's peak RSS while a deliberately slow
+client drains the bulk backlog, and the snapshot (bench/snapshot.py): one client's INCREMENTAL backfill of a
+1M-row table (at --scale 1) against `COPY ... TO STDOUT` of it through psql into /dev/null, as a ratio, and
+the live stream's commit->client latency (~100 tx/s on another table) without and during the backfill.
 """
 
 from __future__ import annotations
@@ -61,6 +63,8 @@ from peerbuild import build_debezium, find_pgstream  # noqa: E402
 from peers import WalsenderSampler, copy_for, drain_debezium, drain_pgstream, wal2json_missing  # noqa: E402
 from procstat import syscalls  # noqa: E402
 from sinkdrain import SINK_METHODS, Brokers, drain_sink  # noqa: E402
+from snapshot import create_tables as create_snapshot_tables  # noqa: E402
+from snapshot import measure as measure_snapshot  # noqa: E402
 from workloads import TABLES, Workload, workloads  # noqa: E402
 
 from walstream.lsn import format_lsn  # noqa: E402
@@ -446,6 +450,18 @@ class Bench:
         return {"api": api, "synchronous_commit": synchronous_commit, "rate": wrote["rate"],
                 "commit_ms_p50": wrote["commit_ms_p50"], "commit_ms_p99": wrote["commit_ms_p99"], **got}
 
+    def snapshot(self) -> dict[str, Any]:
+        """bench/snapshot.py's figures on tables of their own, with a temporary slot of its own."""
+        rows = max(2000, int(1_000_000 * self.args.scale))
+        create_snapshot_tables(self.unix_dsn, rows, "snap", "snap_live")
+        try:
+            with self.walstream("snapshot", temporary=True) as (_ws, addr):
+                out = measure_snapshot(addr, self.unix_dsn, self.bindir / "psql", rows, "snap", "snap_live",
+                                       idle_seconds=min(5.0, self.args.latency_seconds))
+        finally:
+            self.sql("DROP TABLE snap, snap_live")
+        return {"table_rows": rows, **out}
+
     def memory(self, base: str, api: str, hold_acks: bool) -> dict[str, Any]:
         slot = f"mem_{api}_{'hold' if hold_acks else 'slow'}"
         self.copy_slot(base, slot)
@@ -511,7 +527,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                      "pgoutput": {"proto_version": PROTO_VERSION, "messages": True},
                      "note": "fsync and synchronous_commit are off while a workload is written and on (the "
                              "defaults) while it is drained and during the latency test"},
-        "load_start": loadavg(), "workloads": [], "latency": [], "memory": [], "skipped": {},
+        "load_start": loadavg(), "workloads": [], "latency": [], "memory": [], "snapshot": None, "skipped": {},
     }
     log(f"PostgreSQL {bench.pg_version} in {bench.cluster.workdir}; write phase: fsync=off, "
         "synchronous_commit=off; drains and latency: fsync=on, synchronous_commit=on")
@@ -570,6 +586,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 result["latency"].append(lat)
                 log(f"latency {api} synchronous_commit={sync}: p50 {lat['p50_ms']:.2f} ms, "
                     f"p99 {lat['p99_ms']:.2f} ms at {lat['rate']:.0f} tx/s")
+        if not args.skip_snapshot:
+            snap = result["snapshot"] = bench.snapshot()
+            log(f"snapshot: {snap['snapshot_rows_per_s']:,.0f} rows/s against COPY {snap['copy_rows_per_s']:,.0f} "
+                f"rows/s ({snap['ratio']:.2f}x); live p50/p99 {snap['busy_p50_ms']:.1f}/{snap['busy_p99_ms']:.1f} ms "
+                f"during it ({snap['idle_p50_ms']:.1f}/{snap['idle_p99_ms']:.1f} ms without)")
     finally:
         bench.brokers.stop_all()
         bench.cluster.destroy()
@@ -671,6 +692,17 @@ def table(result: dict[str, Any]) -> str:
             mem.append(f"| {r['api']} | {r['client']} | {r['seconds']:.0f} | {r['rows_handled']:,} | "
                        f"{r['rss_idle_mb']:.0f} | {r['vm_hwm_mb']:.0f} |")
         out.append("\n".join(mem))
+    snap = result.get("snapshot")
+    if snap:
+        out.append("\n".join([
+            "| snapshot of one table | rows/s | × COPY TO STDOUT "
+            "| live commit→client p50 / p99 ms (without backfill) |",
+            "| --- | ---: | ---: | ---: |",
+            f"| COPY {snap['table_rows']:,} rows TO STDOUT, psql > /dev/null (reference) | "
+            f"{snap['copy_rows_per_s']:,.0f} | 1.00 | |",
+            f"| walstream INCREMENTAL backfill, one walstream.v1 client | {snap['snapshot_rows_per_s']:,.0f} | "
+            f"{snap['ratio']:.2f} | {snap['busy_p50_ms']:.1f} / {snap['busy_p99_ms']:.1f} "
+            f"({snap['idle_p50_ms']:.1f} / {snap['idle_p99_ms']:.1f}) |"]))
     return "\n\n".join(out)
 
 
@@ -718,6 +750,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="methods to leave out, e.g. seed grpc-ceiling grpc-ceiling-go sink-nats sink-kafka")
     p.add_argument("--skip-latency", action="store_true")
     p.add_argument("--skip-memory", action="store_true")
+    p.add_argument("--skip-snapshot", action="store_true", help="leave out the snapshot (backfill) row")
     p.add_argument("--seed-ack-every", type=int, default=100,
                    help="the seed client acks every Nth event and the last (an ack covers everything sent before "
                         "it); default 100")

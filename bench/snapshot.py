@@ -49,30 +49,62 @@ def main() -> int:
         cluster.destroy()
 
 
+def create_tables(dsn: str, rows: int, table: str = "t", live: str = "live") -> None:
+    """`table` with `rows` rows (bigint key and four ordinary columns), and the empty `live` table the
+    latency is measured on."""
+    conn = psycopg2.connect(dsn)
+    conn.autocommit = True
+    try:
+        with conn.cursor() as cur:
+            cur.execute(f"CREATE TABLE {table} (id bigint PRIMARY KEY, v text, n int, at timestamptz, amount numeric)")
+            cur.execute(f"INSERT INTO {table} SELECT g, md5(g::text), g %% 1000, now(), g * 1.25 "
+                        "FROM generate_series(1, %s) g", (rows,))
+            cur.execute(f"CREATE TABLE {live} (id serial PRIMARY KEY, note text)")
+            cur.execute(f"VACUUM ANALYZE {table}")
+    finally:
+        conn.close()
+
+
+def copy_seconds(psql: Path, dsn: str, table: str, runs: int = 3) -> list[float]:
+    """`COPY table TO STDOUT` through psql into /dev/null, `runs` times."""
+    env = dict(os.environ, PGPASSWORD="")
+    out = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        subprocess.run([str(psql), dsn, "-c", f"COPY {table} TO STDOUT"], stdout=subprocess.DEVNULL, check=True,
+                       env=env)
+        out.append(time.perf_counter() - start)
+    return out
+
+
+def measure(addr: str, dsn: str, psql: Path, rows: int, table: str = "t", live: str = "live",
+            chunk_rows: int = 0, idle_seconds: float = 5.0) -> dict[str, float]:
+    """Against a running walstream at addr: COPY (best of 3), the backfill of `table` by one client, and
+    the live latency on `live` without and during the backfill. Rates in rows/s, latencies in ms."""
+    copy_s = min(copy_seconds(psql, dsn, table))
+    idle = latency(addr, dsn, None, seconds=idle_seconds, table=live)
+    result: dict[str, float] = {}
+    busy = latency(addr, dsn, lambda: backfill(addr, chunk_rows, result, table), seconds=0, table=live)
+    copy_rate = rows / copy_s
+    rate = result["rows"] / result["seconds"]
+    return {"rows": result["rows"], "copy_seconds": copy_s, "copy_rows_per_s": copy_rate,
+            "snapshot_seconds": result["seconds"], "snapshot_rows_per_s": rate, "ratio": rate / copy_rate,
+            "idle_p50_ms": idle[0], "idle_p99_ms": idle[1], "idle_count": idle[2],
+            "busy_p50_ms": busy[0], "busy_p99_ms": busy[1], "busy_count": busy[2]}
+
+
 def run(cluster: Cluster, bindir: Path, args: argparse.Namespace) -> int:
     dsn = f"host=127.0.0.1 port={cluster.port} user=postgres dbname=postgres"
+    create_tables(dsn, args.rows)
     conn = psycopg2.connect(dsn)
     conn.autocommit = True
     with conn.cursor() as cur:
-        cur.execute("CREATE TABLE t (id bigint PRIMARY KEY, v text, n int, at timestamptz, amount numeric)")
-        cur.execute("INSERT INTO t SELECT g, md5(g::text), g %% 1000, now(), g * 1.25 "
-                    "FROM generate_series(1, %s) g", (args.rows,))
-        cur.execute("CREATE TABLE live (id serial PRIMARY KEY, note text)")
-        cur.execute("VACUUM ANALYZE t")
         cur.execute("CREATE PUBLICATION pub FOR ALL TABLES")
         # Loaded fast; measured as deployed: a logical walsender sends only flushed WAL, which with
         # synchronous_commit off waits up to wal_writer_delay.
         cur.execute("ALTER SYSTEM SET synchronous_commit = on")
         cur.execute("SELECT pg_reload_conf()")
-
-    env = dict(os.environ, PGPASSWORD="")
-    copy_s = []
-    for _ in range(3):
-        start = time.perf_counter()
-        subprocess.run([str(bindir / "psql"), dsn, "-c", "COPY t TO STDOUT"], stdout=subprocess.DEVNULL,
-                       check=True, env=env)
-        copy_s.append(time.perf_counter() - start)
-    copy_rate = args.rows / min(copy_s)
+    conn.close()
 
     port = free_port()
     log = cluster.workdir / "walstream.log"
@@ -88,26 +120,26 @@ def run(cluster: Cluster, bindir: Path, args: argparse.Namespace) -> int:
             if proc.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(log.read_text()[-2000:])
             time.sleep(0.01)
-        addr = f"127.0.0.1:{port}"
-        idle = latency(addr, dsn, None, seconds=5)
-        result: dict[str, float] = {}
-        busy = latency(addr, dsn, lambda: backfill(addr, args.chunk_rows, result), seconds=0)
+        m = measure(f"127.0.0.1:{port}", dsn, bindir / "psql", args.rows, chunk_rows=args.chunk_rows)
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(30)
         if os.environ.get("BENCH_KEEP_LOG"):
             Path(os.environ["BENCH_KEEP_LOG"]).write_bytes(log.read_bytes())
-    rate = result["rows"] / result["seconds"]
-    print(f"COPY t TO STDOUT (psql > /dev/null): {copy_rate:,.0f} rows/s (best of 3, {min(copy_s):.2f} s)")
-    print(f"walstream snapshot, one client:      {rate:,.0f} rows/s ({result['seconds']:.1f} s for "
-          f"{result['rows']:,.0f} rows)  ratio {rate / copy_rate:.2f}x")
-    print(f"live latency without backfill: median {idle[0]:.1f} ms, p99 {idle[1]:.1f} ms ({idle[2]} txns)")
-    print(f"live latency during backfill:  median {busy[0]:.1f} ms, p99 {busy[1]:.1f} ms ({busy[2]} txns)")
+    print(f"COPY t TO STDOUT (psql > /dev/null): {m['copy_rows_per_s']:,.0f} rows/s (best of 3, "
+          f"{m['copy_seconds']:.2f} s)")
+    print(f"walstream snapshot, one client:      {m['snapshot_rows_per_s']:,.0f} rows/s "
+          f"({m['snapshot_seconds']:.1f} s for {m['rows']:,.0f} rows)  ratio {m['ratio']:.2f}x")
+    print(f"live latency without backfill: median {m['idle_p50_ms']:.1f} ms, p99 {m['idle_p99_ms']:.1f} ms "
+          f"({m['idle_count']:.0f} txns)")
+    print(f"live latency during backfill:  median {m['busy_p50_ms']:.1f} ms, p99 {m['busy_p99_ms']:.1f} ms "
+          f"({m['busy_count']:.0f} txns)")
     return 0
 
 
-def backfill(addr: str, chunk_rows: int, result: dict[str, float]) -> None:
-    """A raw client that asks for a snapshot of t only, acks every row, and stops when the snapshot is done."""
+def backfill(addr: str, chunk_rows: int, result: dict[str, float], table: str = "t") -> None:
+    """A raw client that asks for a snapshot of `table` only, acks every delivery, and stops when the
+    snapshot is done."""
     with grpc.insecure_channel(addr, options=[("grpc.max_receive_message_length", -1)]) as channel:
         stub = walstream_v1_pb2_grpc.WalstreamStub(channel)
         acks: list[pb.SubscribeRequest] = []
@@ -116,7 +148,7 @@ def backfill(addr: str, chunk_rows: int, result: dict[str, float]) -> None:
 
         def requests():
             yield pb.SubscribeRequest(subscription=pb.Subscription(
-                include_tables=["public.t"], snapshot=pb.SnapshotRequest(chunk_rows=chunk_rows)))
+                include_tables=[f"public.{table}"], snapshot=pb.SnapshotRequest(chunk_rows=chunk_rows)))
             while not done.is_set():
                 with wake:
                     wake.wait_for(lambda: acks or done.is_set(), timeout=0.5)
@@ -124,17 +156,23 @@ def backfill(addr: str, chunk_rows: int, result: dict[str, float]) -> None:
                 yield from out
 
         rows = 0
+        last = [-1]  # lsn of the last SNAPSHOT event
         start = time.perf_counter()
         call = stub.Subscribe(requests())
         for response in call:
-            if response.HasField("progress"):
+            if response.HasField("progress"):  # the end of a chunk
                 if response.progress.done:
                     break
+                last[0] = -1
                 continue
             events = response.batch.events
             rows += sum(1 for e in events if e.op == pb.SNAPSHOT)
             with wake:
-                acks.extend(pb.SubscribeRequest(ack=pb.Ack(lsn=e.lsn)) for e in events)
+                # One Ack per delivery: a chunk's rows (the SNAPSHOT events before its progress) are one.
+                for e in events:
+                    if e.op != pb.SNAPSHOT or e.lsn != last[0]:
+                        acks.append(pb.SubscribeRequest(ack=pb.Ack(lsn=e.lsn)))
+                    last[0] = e.lsn if e.op == pb.SNAPSHOT else -1
                 wake.notify()
         result["seconds"] = time.perf_counter() - start
         result["rows"] = rows
@@ -144,8 +182,8 @@ def backfill(addr: str, chunk_rows: int, result: dict[str, float]) -> None:
         call.cancel()
 
 
-def latency(addr: str, dsn: str, during, seconds: float) -> tuple[float, float, int]:
-    """Commit -> client latency of single-row inserts into `live`, ~100 a second, for `seconds` or while
+def latency(addr: str, dsn: str, during, seconds: float, table: str = "live") -> tuple[float, float, int]:
+    """Commit -> client latency of single-row inserts into `table`, ~100 a second, for `seconds` or while
     `during` runs (in a thread)."""
     received: dict[str, float] = {}
     stop = threading.Event()
@@ -155,7 +193,7 @@ def latency(addr: str, dsn: str, during, seconds: float) -> tuple[float, float, 
         with grpc.insecure_channel(addr) as channel:
             stub = walstream_v1_pb2_grpc.WalstreamStub(channel)
             out: list[pb.SubscribeRequest] = [pb.SubscribeRequest(subscription=pb.Subscription(
-                include_tables=["public.live"]))]
+                include_tables=[f"public.{table}"]))]
 
             def requests():
                 yield out.pop()
@@ -193,7 +231,7 @@ def latency(addr: str, dsn: str, during, seconds: float) -> tuple[float, float, 
         while (worker.is_alive() if worker else time.monotonic() < end):
             note = f"n{i}"
             sent[note] = time.time()  # just before the commit: the latency includes the commit itself
-            cur.execute("INSERT INTO live (note) VALUES (%s)", (note,))
+            cur.execute(f"INSERT INTO {table} (note) VALUES (%s)", (note,))
             i += 1
             time.sleep(0.01)
     time.sleep(1.0)

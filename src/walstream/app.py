@@ -57,6 +57,10 @@ async def serve(config: StartConfig, ready: asyncio.Event | None = None) -> int:
     encoder = Encoder(TypedCatalog(types, pipeline.type_schemas.get))
     snapshots = SnapshotService(config.connection, config.publication, config.slot, config.temporary, hub, encoder,
                                 pipeline, types)
+    watch_held = None
+    if config.snapshot_consistent:
+        pipeline.on_export = snapshots.held.take
+        watch_held = asyncio.create_task(snapshots.watch_held())
     v1 = WalstreamServicer(hub, encoder, status, snapshots)
     v1_service.add_to_server(v1, server)
     address = f"{config.host}:{config.port}"
@@ -114,6 +118,9 @@ async def serve(config: StartConfig, ready: asyncio.Event | None = None) -> int:
     hub.close()
     await server.stop(1.0)
     status.close()
+    if watch_held is not None:
+        watch_held.cancel()
+    snapshots.held.release()
     type_lookup.close()
     await ops.close()
     if failure is not None:

@@ -84,6 +84,9 @@ class StartConfig:
     metrics_port: int | None = None
     metrics_host: str | None = None
     retained_wal_warning: int = 1024**3
+    # Export a snapshot when creating the slot and hold it for the first CONSISTENT snapshot subscriber
+    # (docs/api.md#consistent).
+    snapshot_consistent: bool = False
     # Broker sinks (docs/sinks.md): each is one more consumer under the ack contract.
     sinks: tuple[SinkSpec, ...] = ()
 

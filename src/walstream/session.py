@@ -51,8 +51,12 @@ class Pipeline:
         self.hub = hub
         self.types = types
         self.fetch_types = fetch_types
+        # Set by walstream.snapshot (start --snapshot-consistent): takes the snapshot exported when the slot
+        # is created on the first connection.
+        self.on_export: Callable[[str, int], None] | None = None
         self.open_source: OpenSource = open_source or (lambda create: ReplicationStream(
-            dsn, config.slot, config.publication, config.temporary, create=create, failover=config.failover))
+            dsn, config.slot, config.publication, config.temporary, create=create, failover=config.failover,
+            export=None if self._opened_once else self.on_export))
         self.type_schemas: dict[int, str] = {}  # filled with the types fetched: the v1 type names' schemas
         self.assembler = Assembler(hub, types, text_decoder("utf-8"))
         self.stopping = _StopEvent(self._wake_reader)  # set() also ends the reader's wait for data

@@ -109,6 +109,10 @@ def test_bench_tiny(tmp_path: Path) -> None:
     assert [r["api"] for r in result["memory"]] == ["batched", "seed", "batched", "seed"]
     for r in result["memory"]:
         assert r["vm_hwm_mb"] > 0 and r["rows_handled"] > 0, r
+    snap = result["snapshot"]
+    assert snap["rows"] == snap["table_rows"] == 2000, snap  # every row of the table, once
+    assert snap["copy_rows_per_s"] > 0 and snap["snapshot_rows_per_s"] > 0 and snap["ratio"] > 0, snap
+    assert snap["idle_count"] > 0 and snap["busy_count"] > 0 and 0 < snap["busy_p50_ms"] <= snap["busy_p99_ms"], snap
     if go_missing:
         assert skipped["grpc-ceiling-go"], skipped
         assert "Skipped grpc-ceiling-go: " in proc.stdout
@@ -125,5 +129,5 @@ def test_bench_tiny(tmp_path: Path) -> None:
         else:
             assert f"| bulk | {PEER_LABELS[peer]}" in proc.stdout  # its start-up row
     for label in ("pg_recvlogical, Unix socket (reference)", "walstream + seed client", "commit→client",
-                  "peak RSS"):
+                  "peak RSS", "walstream INCREMENTAL backfill"):
         assert label in proc.stdout

@@ -149,6 +149,27 @@ def test_a_backfill_waits_for_room_and_shows_in_status_and_metrics(testdb, walst
         client.close()
 
 
+def test_a_backfill_respects_the_unacknowledged_byte_bound(testdb, walstream):
+    """Chunks of ~100 kB (held as ~220 kB until acknowledged) under --max-unacked-bytes 500kB: two fit, a
+    third waits for acks (the stream's reader alone would let it through and stop only after it)."""
+    testdb.execute("CREATE TABLE t (id int PRIMARY KEY, v text)",
+                   "INSERT INTO t SELECT g, repeat('x', 1000) FROM generate_series(1, 600) g",
+                   "CREATE PUBLICATION pub FOR ALL TABLES")
+    ws = walstream("--max-unacked-bytes", "500kB")
+    replica = Replica()
+    client = ReplicaClient(ws.addr, replica, pb.SnapshotRequest(chunk_rows=100), auto_ack=False)
+    try:
+        wait_progress(client, 2)
+        time.sleep(1.0)  # room for a third chunk would have let it run by now
+        assert len(replica.progress) == 2 and replica.ops["SNAPSHOT"] == 200
+        while not client.snapshot_done.is_set():
+            client.ack_all()
+            assert not client.done.wait(0.05), client.error
+        assert replica.ops["SNAPSHOT"] == 600 and len(replica.progress) == 6
+    finally:
+        client.close()
+
+
 def test_a_changed_key_ends_the_backfill_and_a_dropped_table_is_skipped(testdb, walstream):
     testdb.execute("CREATE TABLE a (id int PRIMARY KEY, v text)", "CREATE TABLE b (id int PRIMARY KEY, v text)",
                    "INSERT INTO a SELECT g, 'a' FROM generate_series(1, 3000) g",

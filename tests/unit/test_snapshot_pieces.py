@@ -5,13 +5,13 @@ from __future__ import annotations
 import pytest
 
 from walstream._proto import walstream_v1_pb2 as pb
-from walstream.delivery.acks import AckTracker, ClientLedger
+from walstream.client.core import Session
+from walstream.delivery.acks import AckTracker, ClientLedger, DeliveryGroup
 from walstream.delivery.v1.adapter import InvalidSubscription, Subscription, V1Item
 from walstream.snapshot import token
 from walstream.snapshot.copytext import CopyFormatError, parse_rows, unescape
 from walstream.snapshot.reader import Snapshot
 from walstream.snapshot.request import SnapshotSpec
-from walstream.snapshot.window import SnapshotItem
 from walstream.source.messages import Cell
 
 
@@ -75,12 +75,48 @@ def test_snapshot_rows_are_never_handed_to_another_client():
     tracker: AckTracker[object] = AckTracker()
     first: ClientLedger[object] = ClientLedger("a", "v1")
     txn = tracker.begin(1, 100)
-    change, row = V1Item(b"c", pb.INSERT, 90), SnapshotItem(b"s", pb.SNAPSHOT, 95)
+    change = V1Item(b"c", pb.INSERT, 90)
+    rows = DeliveryGroup([V1Item(b"s", pb.SNAPSHOT, 95), V1Item(b"t", pb.SNAPSHOT, 95)], 2)
     tracker.deliver(first, 90, txn, change)
-    tracker.deliver(first, 95, txn, row)
+    tracker.deliver(first, 95, txn, rows, size=2, units=2)
     tracker.commit(txn, 110)
+    assert tracker.outstanding == 3
     tracker.client_left(first, last=True)
     second: ClientLedger[object] = ClientLedger("b", "v1")
     assert tracker.adopt_orphans(second, lambda event: ()) == [change]
+    assert tracker.outstanding == 1
     assert tracker.ack(second, 90) == 1
-    assert tracker.confirmed_lsn == 110  # the dropped snapshot row holds nothing
+    assert tracker.confirmed_lsn == 110  # the dropped snapshot rows hold nothing
+    assert tracker.outstanding == 0 and tracker.outstanding_bytes == 0
+
+
+def test_a_chunk_is_one_delivery_acknowledged_by_one_ack():
+    tracker: AckTracker[object] = AckTracker()
+    client: ClientLedger[object] = ClientLedger("a", "v1")
+    txn = tracker.begin(1, 100)
+    items = [V1Item(b"s", pb.SNAPSHOT, 95) for _ in range(3)]
+    tracker.deliver(client, 90, txn, V1Item(b"c", pb.INSERT, 90), size=10)
+    tracker.deliver(client, 95, txn, DeliveryGroup(items, 3), size=30, units=3)
+    tracker.deliver(client, 105, txn, V1Item(b"m", pb.COMMIT, 105), size=10)
+    tracker.commit(txn, 105)
+    assert (tracker.outstanding, tracker.outstanding_bytes) == (5, 50)
+    assert tracker.ack(client, 95) == 2  # the change and the whole chunk
+    assert (tracker.outstanding, tracker.outstanding_bytes, client.acked) == (1, 10, 4)
+    assert tracker.ack(client, 95) == -1 and tracker.ack(client, 95) == -1  # a client acking each row
+    assert client.rejected == 0 and client.repeated == 2
+    assert tracker.ack(client, 90) == 0 and client.rejected == 1  # anything else matching nothing is rejected
+    assert tracker.ack(client, 105) == 1 and tracker.confirmed_lsn == 105
+
+
+def test_the_client_library_acks_a_chunk_once():
+    session = Session()
+    session.new_stream()
+    events = [pb.Event(op=pb.SNAPSHOT, lsn=95, commit_lsn=100, ordinal=i) for i in (1, 2, 3)]
+    first, acks = session.receive(pb.Batch(events=events[:2]))
+    second, _ = session.receive(pb.Batch(events=[*events[2:], pb.Event(op=pb.COMMIT, lsn=120, commit_lsn=100,
+                                                                           ordinal=4)]))
+    assert first is not None and second is not None and acks == []
+    assert session.ack(first.changes[0]) == [95]  # the chunk's one Ack
+    assert session.ack(first) == []
+    assert session.ack(second.changes[0]) == []
+    assert session.ack(second) == [120]

@@ -217,6 +217,9 @@ def build_parser() -> argparse.ArgumentParser:
                        "e.g. 256MB [default: 256MB]")
     start.add_argument("--shutdown-grace", type=_seconds, default=StartConfig.shutdown_grace, metavar="SECONDS",
                        help="on SIGINT/SIGTERM, how long to wait for clients' acks [default: %(default)s]")
+    start.add_argument("--snapshot-consistent", type=parse_bool, default=False, metavar="true|false",
+                       help="when this walstream creates the slot, hold the snapshot PostgreSQL exports with it for "
+                       "the first walstream.v1 subscriber asking for a CONSISTENT snapshot [default: false]")
     _security_arguments(start)
     _operations_arguments(start)
     sink_spec.add_arguments(start)
@@ -388,6 +391,7 @@ def cmd_start(args: argparse.Namespace) -> int:
         max_unacked=args.max_unacked,
         max_unacked_bytes=args.max_unacked_bytes,
         shutdown_grace=args.shutdown_grace,
+        snapshot_consistent=args.snapshot_consistent,
         tls_cert=args.tls_cert,
         tls_key=args.tls_key,
         tls_client_ca=args.tls_client_ca,

@@ -4,7 +4,9 @@ Acknowledgements. The server matches an `Ack{lsn}` to *the oldest event sent on 
 acknowledged whose lsn is that one*, and acknowledges it and everything sent before it (docs/delivery.md).
 Event LSNs are not unique, so the library keeps, per stream, the events received and not yet acknowledged
 on it, and turns "acknowledge up to this event" into the exact Acks that mean that: the event's lsn, once
-for every unacknowledged event up to it with that same lsn (almost always once).
+for every unacknowledged event up to it with that same lsn (almost always once). The rows of a snapshot
+chunk (the SNAPSHOT events with one lsn before its SnapshotProgress; a CONSISTENT copy's chunks all share
+one lsn) are one delivery: one Ack covers them all.
 
 Across reconnects the library remembers the highest `(commit_lsn, ordinal)` the application acknowledged
 (the pair orders every event). An event at or below it that arrives again (the server resends what it had
@@ -300,7 +302,9 @@ class Session:
         self.relations: dict[int, _Relation] = {}
         self.acked: Position | None = None  # highest (commit_lsn, ordinal) the application acknowledged
         self.streams = 0
-        self._unacked: deque[tuple[Position, int]] = deque()  # (position, lsn), in the order received
+        # (position, lsn to Ack, or -1: covered by an earlier event's Ack), in the order received
+        self._unacked: deque[tuple[Position, int]] = deque()
+        self._chunk_lsn = -1  # lsn of the chunk whose SNAPSHOT rows are arriving (-1: none since a progress)
         # Snapshot progress: the latest per table as received, and the resume token of the last chunk whose
         # rows the application acknowledged (a progress comes after its chunk's rows).
         self.progress: dict[str, SnapshotProgress] = {}
@@ -312,6 +316,7 @@ class Session:
         """A new stream starts: the server knows nothing of what the previous one was sent."""
         self.streams += 1
         self._unacked.clear()
+        self._chunk_lsn = -1
         self._tokens.clear()  # chunks not acknowledged are sent again after resume_token
 
     def receive_progress(self, message: pb.SnapshotProgress) -> SnapshotProgress:
@@ -320,6 +325,7 @@ class Session:
             rows_estimate=message.rows_estimate, position=message.position, resume_token=message.resume_token,
             done=message.done, rows_superseded=message.rows_superseded, chunks=message.chunks,
             retries=message.retries)
+        self._chunk_lsn = -1  # its chunk is over: the next SNAPSHOT row starts another delivery
         self.progress[progress.table] = progress
         if self._unacked:  # its chunk's rows (and what came before them) are not all acknowledged yet
             self._tokens.append((self._unacked[-1][0], progress))
@@ -338,13 +344,20 @@ class Session:
         acked, relations, unacked = self.acked, self.relations, self._unacked
         changes: list[Change] = []
         redelivered = False
+        snapshot, chunk_lsn = pb.SNAPSHOT, self._chunk_lsn
         for event in batch.events:
             position = (event.commit_lsn or event.lsn, event.ordinal)  # as Change.position
-            unacked.append((position, event.lsn))
+            lsn = event.lsn
+            if event.op == snapshot:
+                lsn, chunk_lsn = (-1 if lsn == chunk_lsn else lsn), lsn  # a chunk: one Ack for all its rows
+            else:
+                chunk_lsn = -1
+            unacked.append((position, lsn))
             if acked is not None and position <= acked:
                 redelivered = True  # the application acknowledged it already: acknowledge it again, quietly
                 continue
             changes.append(decode_event(event, relations))
+        self._chunk_lsn = chunk_lsn
         acks = self._acks_up_to_acked() if redelivered else []
         return (Batch(tuple(changes)) if changes else None), acks
 
@@ -367,7 +380,9 @@ class Session:
             return []
         lsns: list[int] = []
         while unacked and unacked[0][0] <= acked:
-            lsns.append(unacked.popleft()[1])
+            lsn = unacked.popleft()[1]
+            if lsn >= 0:
+                lsns.append(lsn)
         if not lsns:
             return []
         last = lsns[-1]

@@ -20,6 +20,10 @@ clients acknowledge here, and the slot's confirmed position is derived from noth
   (idle_advance), so a slot on quiet tables does not hold WAL.
 - Each delivery carries a size (the memory it holds until acknowledged); `outstanding_bytes` sums them, so
   the reader can bound memory by bytes as well as by count.
+- A delivery may hold several messages that share its LSN (a `DeliveryGroup`: the rows of one snapshot
+  chunk): one ack of that LSN acknowledges all of them. `outstanding` counts messages, so the count bound
+  means the same either way. An ack of the LSN of the group acknowledged last, once nothing pending has
+  that LSN, is a repeat (a client acking each row of the chunk): accepted, it moves nothing.
 """
 
 from __future__ import annotations
@@ -31,6 +35,18 @@ from typing import Any, Generic, TypeVar
 
 P = TypeVar("P")  # what a delivery carries for replay (the API's ready-to-send message)
 Expand = Callable[[object], Sequence[tuple[int, P]]]  # event -> (lsn, message) in a client's API
+
+
+class DeliveryGroup:
+    """Messages sharing one LSN that a client acknowledges together, recorded as one delivery (the rows of
+    a snapshot chunk): the hub queues `items` one by one and records the group once."""
+
+    __slots__ = ("items", "size")
+    private = True  # its messages were made for one client (see the module's docstring)
+
+    def __init__(self, items: Sequence[Any], size: int) -> None:
+        self.items = items
+        self.size = size
 
 
 @dataclass(slots=True, eq=False)
@@ -48,6 +64,7 @@ class Delivery(Generic[P]):
     payload: P
     event: object = None  # the event the payload was made from, to re-express it in another API
     size: int = 0
+    units: int = 1  # messages it holds (a DeliveryGroup: several)
 
 
 COMPACT_AT = 4096  # acknowledged entries kept at the front of a ledger's lists before they are dropped
@@ -70,9 +87,12 @@ class ClientLedger(Generic[P]):
     payloads: list[P] = field(default_factory=list)
     events: list[object] = field(default_factory=list)  # what each was made from (events/replay.py)
     sizes: list[int] = field(default_factory=list)
+    units: list[int] = field(default_factory=list)
     head: int = 0
     acked: int = 0
     rejected: int = 0
+    repeated: int = 0  # repeated acks of the last acknowledged group (accepted, moving nothing)
+    group_lsn: int = -1  # the LSN of the DeliveryGroup acknowledged last
 
     @property
     def pending_count(self) -> int:
@@ -82,9 +102,9 @@ class ClientLedger(Generic[P]):
     def pending(self) -> list[Delivery[P]]:
         """The unacknowledged deliveries, oldest first (a copy)."""
         h = self.head
-        return [Delivery(lsn, txn, payload, event, size) for lsn, txn, payload, event, size
+        return [Delivery(lsn, txn, payload, event, size, units) for lsn, txn, payload, event, size, units
                 in zip(self.lsns[h:], self.txns[h:], self.payloads[h:], self.events[h:], self.sizes[h:],
-                       strict=True)]
+                       self.units[h:], strict=True)]
 
     def clear(self) -> None:
         for entries in self._lists():
@@ -92,7 +112,7 @@ class ClientLedger(Generic[P]):
         self.head = 0
 
     def _lists(self) -> tuple[list[Any], ...]:
-        return self.lsns, self.txns, self.payloads, self.events, self.sizes
+        return self.lsns, self.txns, self.payloads, self.events, self.sizes, self.units
 
     def _drop_acknowledged(self) -> None:
         h = self.head
@@ -122,15 +142,16 @@ class AckTracker(Generic[P]):
         return self._advance()
 
     def deliver(self, client: ClientLedger[P], lsn: int, txn: TxnRecord | None, payload: P,
-                event: object = None, size: int = 0) -> None:
+                event: object = None, size: int = 0, units: int = 1) -> None:
         client.lsns.append(lsn)
         client.txns.append(txn)
         client.payloads.append(payload)
         client.events.append(event)
         client.sizes.append(size)
+        client.units.append(units)
         if txn is not None:
             txn.outstanding += 1
-        self.outstanding += 1
+        self.outstanding += units
         self.outstanding_bytes += size
 
     def idle_advance(self, wal_end: int) -> bool:
@@ -154,11 +175,15 @@ class AckTracker(Generic[P]):
     # -- the client side ------------------------------------------------------------------------------
 
     def ack(self, client: ClientLedger[P], lsn: int) -> int:
-        """Acknowledge per the contract above; returns how many deliveries it covered (0 = rejected)."""
+        """Acknowledge per the contract above; returns how many deliveries it covered (0 = rejected,
+        -1 = a repeated ack of the group acknowledged last)."""
         head = client.head
         try:
             end = client.lsns.index(lsn, head) + 1
         except ValueError:
+            if lsn == client.group_lsn:
+                client.repeated += 1
+                return -1
             client.rejected += 1
             return 0
         count = end - head
@@ -171,6 +196,9 @@ class AckTracker(Generic[P]):
                 if txn is not None:
                     txn.outstanding -= n
         self.outstanding_bytes -= sum(client.sizes[head:end])
+        units = sum(client.units[head:end])
+        if units != count:  # a group among them
+            client.group_lsn = next(client.lsns[i] for i in range(end - 1, head - 1, -1) if client.units[i] != 1)
         # Drop the acknowledged messages and events now (the entries themselves go at the next compaction):
         # kept until then, 4,096 acknowledged 1 MB rows would hold 8 GB.
         nothing = [None] * count
@@ -179,8 +207,8 @@ class AckTracker(Generic[P]):
         client.head = end
         if end >= COMPACT_AT and end * 2 >= len(txns):
             client._drop_acknowledged()
-        self.outstanding -= count
-        client.acked += count
+        self.outstanding -= units
+        client.acked += units
         self._advance()
         return count
 
@@ -192,7 +220,7 @@ class AckTracker(Generic[P]):
             for txn in client.txns[client.head:]:
                 if txn is not None:
                     txn.outstanding -= 1
-            self.outstanding -= client.pending_count
+            self.outstanding -= sum(client.units[client.head:])
             self.outstanding_bytes -= sum(client.sizes[client.head:])
             self._advance()
         client.clear()
@@ -210,14 +238,14 @@ class AckTracker(Generic[P]):
         resend: list[P] = []
         previous: object = None
         for old in orphans:
-            self.outstanding -= 1
+            self.outstanding -= old.units
             self.outstanding_bytes -= old.size
             if old.txn is not None:
                 old.txn.outstanding -= 1
             if getattr(old.payload, "private", False):
                 continue
             if same_api or old.event is None:
-                self.deliver(client, old.lsn, old.txn, old.payload, old.event, old.size)
+                self.deliver(client, old.lsn, old.txn, old.payload, old.event, old.size, old.units)
                 resend.append(old.payload)
             elif old.event is not previous:
                 previous = old.event

@@ -22,7 +22,7 @@ from google.protobuf.message import DecodeError
 from ..events.change import ChangeEvent
 from ..events.replay import compact, restore
 from ..lsn import format_lsn
-from .acks import AckTracker, ClientLedger, TxnRecord
+from .acks import AckTracker, ClientLedger, DeliveryGroup, TxnRecord
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +90,7 @@ class Hub:
         self.max_unacked_bytes = max_unacked_bytes
         self.clients: list[Client] = []
         self.accepting = True
+        self.held = False  # reading waits while a CONSISTENT snapshot is copied (walstream.snapshot.consistent)
         self.capacity = asyncio.Event()  # set whenever can_accept() may have become true
         self.acks_rejected = 0
         self.unwoken = False  # publish() queued messages that no sender was woken for yet
@@ -138,7 +139,10 @@ class Hub:
         """Apply a client's ack; one that matches nothing is logged, counted and moves nothing."""
         self.acks_received += 1
         before = self.tracker.confirmed_lsn
-        if self.tracker.ack(client.ledger, lsn):
+        covered = self.tracker.ack(client.ledger, lsn)
+        if covered < 0:  # a repeat for a group acknowledged already (acks.py)
+            return True
+        if covered:
             if self.tracker.confirmed_lsn != before:
                 self.on_confirmed(self.tracker.confirmed_lsn)
             self.capacity.set()
@@ -165,7 +169,7 @@ class Hub:
     def can_accept(self) -> bool:
         clients = self.clients
         tracker = self.tracker
-        if (not clients or tracker.outstanding >= self.max_unacked
+        if (not clients or self.held or tracker.outstanding >= self.max_unacked
                 or tracker.outstanding_bytes >= self.max_unacked_bytes):
             return False
         size = self.queue_size
@@ -186,6 +190,17 @@ class Hub:
             append, adapter = client.queue.append, client.adapter
             for lsn, payload in adapter.expand(event):
                 size = adapter.size(payload)
+                if type(payload) is DeliveryGroup:  # one delivery, its messages queued one by one
+                    items = payload.items
+                    # Private (never handed to another client): nothing to re-express it from.
+                    deliver(client.ledger, lsn, txn, payload, None, HELD_PER_BYTE * size + HELD_FIXED * len(items),
+                            len(items))
+                    client.queue.extend(items)
+                    if size > CLIENT_RECEIVE_LIMIT:
+                        for item in items:
+                            if adapter.size(item) > CLIENT_RECEIVE_LIMIT:
+                                self._warn_oversized(event, lsn, adapter.size(item))
+                    continue
                 if size > CLIENT_RECEIVE_LIMIT:
                     self._warn_oversized(event, lsn, size)
                 deliver(client.ledger, lsn, txn, payload, record, HELD_PER_BYTE * size + HELD_FIXED)  # held(), inlined
@@ -204,6 +219,19 @@ class Hub:
         log.warning("a %s change of %s at %s is %d bytes, over gRPC's default 4 MiB receive limit: clients must "
                     "raise theirs (grpc.max_receive_message_length; docs/client.md) or they fail on it", event.op.value,
                     table, format_lsn(lsn), size)
+
+    def deliver_group(self, client: Client, lsn: int, group: DeliveryGroup) -> None:
+        """Queue messages made for one client outside the stream (a CONSISTENT snapshot's chunk) as one
+        delivery, in no transaction, and wake its sender."""
+        size = HELD_PER_BYTE * group.size + HELD_FIXED * len(group.items)
+        self.tracker.deliver(client.ledger, lsn, None, group, None, size, len(group.items))
+        client.queue.extend(group.items)
+        client.wake()
+
+    def release(self) -> None:
+        """End a hold: reading goes on."""
+        self.held = False
+        self.capacity.set()
 
     def wake(self) -> None:
         """Wake the senders of clients with newly queued messages. The reader calls this before it yields

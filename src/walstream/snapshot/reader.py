@@ -58,6 +58,9 @@ class Snapshot:
         return any(x & M32 == xid for x in self.xip)
 
 
+NO_SNAPSHOT = Snapshot(0, 0, frozenset())  # a read in an imported snapshot: no visibility guard applies
+
+
 def _precedes(a: int, b: int) -> bool:
     return ((a - b) & M32) >= 1 << 31
 
@@ -88,6 +91,10 @@ class ChunkReader:
         self._conn: psycopg2.extensions.connection | None = None
         self.server_version = 0
         self.encoding = "utf-8"
+        self.server_encoding = "UTF8"  # PostgreSQL's name, for key literals (tables.key_literal)
+        # Key values as text in resume tokens: the server encoding's codec, Latin-1 for SQL_ASCII (one
+        # character per byte: any bytes a SQL_ASCII database holds come back exactly).
+        self.key_codec = "utf-8"
 
     def _connection(self) -> psycopg2.extensions.connection:
         if self._conn is None or self._conn.closed:
@@ -97,8 +104,10 @@ class ChunkReader:
                     cur.execute(statement)
                 cur.execute("SELECT current_setting('server_encoding')")
                 row = cur.fetchone()
-            conn.set_client_encoding(str(row[0]) if row else "UTF8")
+            self.server_encoding = str(row[0]) if row else "UTF8"
+            conn.set_client_encoding(self.server_encoding)
             self.encoding = psycopg2.extensions.encodings.get(conn.encoding, "utf-8")
+            self.key_codec = "latin-1" if self.server_encoding == "SQL_ASCII" else self.encoding
             self.server_version = conn.server_version
             self._conn = conn
         return self._conn
@@ -135,30 +144,80 @@ class ChunkReader:
                 row = cur.fetchone()
                 assert row is not None
                 snapshot = Snapshot.parse(str(row[0]))
-                shape = tables.read_shape(conn, ref, self.publication, self.server_version)
-                if shape is None:
-                    return ChunkRead(None, snapshot, [], [], None, None, 0)
-                if shape.key != ref.key:
-                    raise KeyChanged(shape.key)
-                if upto is None:
-                    cur.execute(tables.max_key_query(conn, shape))
-                    top = cur.fetchone()
-                    if top is None:
-                        return ChunkRead(shape, snapshot, [], [], None, None, 0)
-                    upto = tuple(str(v) for v in top)
-                buffer = io.BytesIO()
-                cur.copy_expert(tables.chunk_query(conn, shape, after, upto, limit), buffer)
-            data = buffer.getvalue()
+            return self._read_keyed(conn, snapshot, ref, after, upto, limit)
         finally:
             conn.rollback()  # read only: nothing to commit
             conn.autocommit = True
+
+    # -- in one snapshot (walstream.snapshot.consistent) -------------------------------------------------
+
+    def import_snapshot(self, name: str) -> None:
+        """Open a REPEATABLE READ transaction on the exported snapshot `name`; the reads below run in it."""
+        conn = self._connection()
+        conn.autocommit = False
+        with conn.cursor() as cur:
+            cur.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            cur.execute("SET TRANSACTION SNAPSHOT %s", (name,))
+
+    def read_keyed(self, ref: TableRef, after: tuple[str, ...] | None, upto: tuple[str, ...] | None,
+                   limit: int) -> ChunkRead:
+        """One keyset chunk in the imported snapshot."""
+        return self._read_keyed(self._connection(), NO_SNAPSHOT, ref, after, upto, limit)
+
+    def table_pages(self, ref: TableRef) -> int:
+        """The table's size in pages now: every row the imported snapshot sees is in them (its xmin keeps
+        VACUUM from removing those row versions, so they stay where they are)."""
+        row = self.query("SELECT pg_catalog.pg_relation_size(%s::oid) / "
+                         "current_setting('block_size')::int8", (ref.relid,))
+        return int(str(row[0][0]))
+
+    def read_pages(self, ref: TableRef, first: int, pages: int) -> ChunkRead:
+        """The rows in pages [first, first + pages) in the imported snapshot (a table without a key)."""
+        conn = self._connection()
+        shape = tables.read_shape(conn, ref, self.publication, self.server_version)
+        if shape is None:
+            return ChunkRead(None, NO_SNAPSHOT, [], [], None, None, 0)
+        buffer = io.BytesIO()
+        with conn.cursor() as cur:
+            cur.copy_expert(tables.page_query(conn, shape, first, pages), buffer)
+        data = buffer.getvalue()
+        return ChunkRead(shape, NO_SNAPSHOT, parse_rows(data, len(shape.columns)), [], None, None, len(data))
+
+    def end_snapshot(self) -> None:
+        if self._conn is not None and not self._conn.closed:
+            self._conn.rollback()
+            self._conn.autocommit = True
+
+    def _read_keyed(self, conn: psycopg2.extensions.connection, snapshot: Snapshot, ref: TableRef,
+                    after: tuple[str, ...] | None, upto: tuple[str, ...] | None, limit: int) -> ChunkRead:
+        with conn.cursor() as cur:
+            shape = tables.read_shape(conn, ref, self.publication, self.server_version)
+            if shape is None:
+                return ChunkRead(None, snapshot, [], [], None, None, 0)
+            if shape.key != ref.key:
+                raise KeyChanged(shape.key)
+            codec, encoding = self.key_codec, self.server_encoding
+            if upto is None:
+                cur.execute(tables.max_key_query(conn, shape, encoding))
+                top = cur.fetchone()
+                if top is None:
+                    return ChunkRead(shape, snapshot, [], [], None, None, 0)
+                upto = tuple(bytes(v).decode(codec) for v in top)
+            buffer = io.BytesIO()
+            cur.copy_expert(tables.chunk_query(
+                conn, shape, None if after is None else tuple(v.encode(codec) for v in after),
+                tuple(v.encode(codec) for v in upto), limit, encoding), buffer)
+        data = buffer.getvalue()
         width = len(shape.columns)
         cells = parse_rows(data, width + len(shape.key))
         rows = [c[:width] for c in cells]
-        keys = [tuple(cell.data for cell in c[width:]) for c in cells]
+        if len(shape.key) == 1:
+            keys: list[tuple[bytes | None, ...]] = [(c[width][1],) for c in cells]
+        else:
+            keys = [tuple(cell[1] for cell in c[width:]) for c in cells]
         last = None
         if keys:
-            last = tuple((v or b"").decode(self.encoding) for v in keys[-1])
+            last = tuple((v or b"").decode(self.key_codec) for v in keys[-1])
         return ChunkRead(shape, snapshot, rows, keys, upto, last, len(data))
 
     def wait_visible(self, xids: list[int], stop: threading.Event) -> None:

@@ -25,12 +25,14 @@ from typing import Any, Protocol, TypeVar
 import psycopg2
 
 from .._proto import walstream_v1_pb2 as pb
-from ..delivery.hub import Client, Hub
+from ..delivery.acks import DeliveryGroup
+from ..delivery.hub import HELD_FIXED, HELD_PER_BYTE, Client, Hub
 from ..delivery.v1.adapter import Encoder, InvalidSubscription, Subscription, V1Adapter, same_relation
 from ..delivery.v1.wire import field as wire_field
-from ..events.change import RelationInfo
+from ..events.change import RelationInfo, TxnInfo
 from ..source import catalog
 from . import tables, token
+from .consistent import Held, ParallelCopy, decoded_any
 from .reader import ChunkRead, ChunkReader, KeyChanged, is_retryable
 from .request import SnapshotSpec, SnapshotUnavailable
 from .tables import TableRef, TableShape
@@ -40,6 +42,7 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 SUBSCRIBE_RESPONSE_PROGRESS = 2 << 3 | 2  # SubscribeResponse.progress: field 2, length-delimited
+HELD_CHECK = 1.0  # seconds between checks that the held snapshot can still be taken
 ROOM_POLL = 0.02  # seconds between checks of the client's room for the next chunk
 MAX_SCHEMA_RETRIES = 20  # reads of one chunk failing on a concurrent schema change before giving up
 # Test-only switch: turn the visibility guard off to show the race it prevents (tests/e2e/test_snapshot_race.py).
@@ -73,6 +76,7 @@ class Plan:
     reader: ChunkReader
     executor: ThreadPoolExecutor
     stop: threading.Event = field(default_factory=threading.Event)
+    consistent: bool = False  # copies the snapshot held since the slot was created (consistent.py)
     # Names this call's watermarks: a resumed backfill keeps its id, and its earlier call's watermarks may be
     # decoded again (after a restart walstream re-reads the WAL after the slot's confirmed position).
     run: str = field(default_factory=lambda: secrets.token_hex(8))
@@ -102,6 +106,7 @@ class SnapshotService:
         self.guard = os.environ.get(UNGUARDED_ENV, "") != "1"
         self.counters = Counters()
         self.running: dict[int, pb.SnapshotStatus] = {}  # id(plan) -> the table it copies now (for Status)
+        self.held = Held(conn_str)  # the snapshot exported with the slot (start --snapshot-consistent)
         if not self.guard:
             log.warning("snapshot visibility guard is OFF (%s=1): for tests only, snapshots may end stale",
                         UNGUARDED_ENV)
@@ -111,11 +116,16 @@ class SnapshotService:
     async def prepare(self, sub: Subscription, request: pb.SnapshotRequest) -> Plan:
         """Raises InvalidSubscription, SnapshotUnavailable or token.TokenRefused."""
         spec = SnapshotSpec.parse(request)
-        if spec.mode == pb.CONSISTENT:
-            raise SnapshotUnavailable(
-                "snapshot.mode: CONSISTENT is not available on this server yet (it needs the slot to be created "
-                "for this subscription); use INCREMENTAL, which gives the same end state while the stream flows")
         chunk_rows = spec.chunk_size(self.hub.queue_size, self.hub.max_unacked)
+        # CONSISTENT with a resume token goes on as INCREMENTAL chunks (the held snapshot is gone by then).
+        consistent = spec.mode == pb.CONSISTENT and not spec.resume_token
+        if consistent:
+            why = self.held.claim(decoded_any(self.pipeline.assembler, self.pipeline.reconnects))
+            if why:
+                raise SnapshotUnavailable(
+                    f"snapshot.mode: CONSISTENT is not available for slot {self.slot}: {why}; use INCREMENTAL, which "
+                    "ends in the same state while the stream flows (docs/api.md#consistent)")
+            self.hub.held = True  # nothing is read from the slot until the copy is delivered
         executor = ThreadPoolExecutor(1, thread_name_prefix="walstream-snapshot")
         reader = ChunkReader(self.conn_str, self.publication)
         try:
@@ -129,11 +139,16 @@ class SnapshotService:
                 backfill_id = position.backfill_id
                 if refs and refs[0].name == (position.tables[0] if position.tables else None):
                     after, upto = position.after, position.upto
+            if not consistent:
+                tables.check_keys(refs)  # a table without a key left by a CONSISTENT copy cannot go on here
         except BaseException:
             executor.submit(reader.close)
             executor.shutdown(wait=False)
+            if consistent:
+                self._consistent_over()
             raise
-        return Plan(spec, request_hash, epoch, backfill_id, refs, after, upto, chunk_rows, reader, executor)
+        return Plan(spec, request_hash, epoch, backfill_id, refs, after, upto, chunk_rows, reader, executor,
+                    consistent=consistent)
 
     def _resolve(self, reader: ChunkReader, sub: Subscription, spec: SnapshotSpec) -> tuple[str, list[TableRef]]:
         try:
@@ -164,7 +179,10 @@ class SnapshotService:
 
     async def _run(self, plan: Plan, client: Client, backfill: ClientBackfill) -> None:
         try:
-            await self._tables(plan, client, backfill)
+            if plan.consistent:
+                await self._copy_consistent(plan, client)
+            else:
+                await self._tables(plan, client, backfill)
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # the client learns why its backfill stopped; the stream itself is fine
@@ -176,11 +194,78 @@ class SnapshotService:
             self.running.pop(id(plan), None)
             backfill.window = None
             plan.close()
+            if plan.consistent:
+                self._consistent_over()
+
+    async def watch_held(self) -> None:
+        """While the exported snapshot waits for a CONSISTENT subscriber: give it up once the stream reads a
+        change (checked every HELD_CHECK seconds)."""
+        while True:
+            await asyncio.sleep(HELD_CHECK)
+            if self.held.waiting and decoded_any(self.pipeline.assembler, self.pipeline.reconnects):
+                self.held.give_up()
+
+    def _consistent_over(self) -> None:
+        """The held snapshot is done with: its transaction ends and the stream reads on."""
+        self.held.release()
+        self.hub.release()
+
+    async def _copy_consistent(self, plan: Plan, client: Client) -> None:
+        """Every table at the slot's consistent point, before the first change (consistent.py)."""
+        held, hub = self.held, self.hub
+        copy = ParallelCopy(self.conn_str, self.publication, held.name, plan.tables, plan.chunk_rows, plan.stop)
+        lsn, txn = held.lsn, TxnInfo(0, held.lsn, 0)
+        ordinal = held_bytes = 0
+        counters = self.counters
+        try:
+            for index, ref in enumerate(plan.tables):
+                sent = chunks = estimate = 0
+                shown = self.running[id(plan)] = pb.SnapshotStatus(client=client.name, table=ref.name)
+                done = False
+                while not done:
+                    item = await copy.feeds[index].queue.get()
+                    if isinstance(item, BaseException):
+                        raise SnapshotUnavailable(f"copying {ref.name}: {catalog.first_line(item)}")
+                    read, after, upto, done = item
+                    if read.shape is not None and read.rows:
+                        await self._room(client, len(read.rows), held_bytes)
+                        if client.closed:
+                            return
+                        await self.pipeline.ensure_types([c.type_oid for c in read.shape.columns])
+                        rel = self._relation(read.shape)
+                        items = self.encoder.snapshot_items(lsn, txn, [(rel, row) for row in read.rows], ordinal + 1)
+                        ordinal += len(items)
+                        hub.deliver_group(client, lsn, DeliveryGroup(items, sum(i.size for i in items)))
+                        held_bytes = HELD_PER_BYTE * read.bytes_read + HELD_FIXED * len(read.rows)
+                        sent, chunks = sent + len(items), chunks + 1
+                        estimate = estimate or read.shape.rows_estimate
+                        counters.chunks[ref.name] += 1
+                        counters.rows[ref.name] += len(items)
+                        shown.rows_sent, shown.chunks, shown.rows_estimate = sent, chunks, estimate
+                    remaining = plan.tables[index + 1:] if done else plan.tables[index:]
+                    position = token.Position(plan.backfill_id, plan.request_hash, tuple(r.name for r in remaining),
+                                              None if done else after, None if done else upto)
+                    state = pb.SNAPSHOT_TABLE_DONE if done else pb.SNAPSHOT_RUNNING
+                    progress = pb.SnapshotProgress(
+                        table=ref.name, state=state, rows_sent=sent, rows_estimate=estimate,
+                        position=lsn if read.rows else 0, resume_token=token.encode(position, plan.epoch),
+                        chunks=chunks)
+                    if done and index == len(plan.tables) - 1:
+                        progress.state, progress.done = pb.SNAPSHOT_DONE, True
+                    client.push(ProgressItem(wire_field(SUBSCRIBE_RESPONSE_PROGRESS, progress.SerializeToString())))
+            if not plan.tables:
+                progress = pb.SnapshotProgress(state=pb.SNAPSHOT_DONE, done=True, resume_token=token.encode(
+                    token.Position(plan.backfill_id, plan.request_hash, (), None, None), plan.epoch))
+                client.push(ProgressItem(wire_field(SUBSCRIBE_RESPONSE_PROGRESS, progress.SerializeToString())))
+        finally:
+            copy.close()
+        log.info("CONSISTENT snapshot for %s done: %d rows at the slot's starting point", client.name, ordinal)
 
     async def _tables(self, plan: Plan, client: Client, backfill: ClientBackfill) -> None:
         remaining = list(plan.tables)
         after, upto = plan.after, plan.upto
         seq = 0
+        held_bytes = 0  # what the last chunk delivered holds until acknowledged (estimates the next one)
         last_table = ""
         while remaining:
             ref = remaining[0]
@@ -190,7 +275,7 @@ class SnapshotService:
             shown = self.running[id(plan)] = pb.SnapshotStatus(client=client.name, table=ref.name)
             counters = self.counters
             while not done:
-                await self._room(client, plan.chunk_rows)
+                await self._room(client, plan.chunk_rows, held_bytes)
                 seq += 1
                 outcome, read = await self._chunk(plan, backfill, ref, after, upto, seq)
                 if read is None:  # read again (counted)
@@ -215,6 +300,7 @@ class SnapshotService:
                               "%d completed", seq, ref.name, len(read.rows), after, read.last, outcome.sent,
                               outcome.superseded, outcome.completed)
                     chunks += 1
+                    held_bytes = HELD_PER_BYTE * read.bytes_read + HELD_FIXED * len(read.rows)
                     sent += outcome.sent
                     superseded += outcome.superseded
                     counters.chunks[ref.name] += 1
@@ -247,10 +333,13 @@ class SnapshotService:
             client.push(ProgressItem(wire_field(SUBSCRIBE_RESPONSE_PROGRESS, progress.SerializeToString())))
         log.info("snapshot for %s done", client.name)
 
-    async def _room(self, client: Client, rows: int) -> None:
-        """Until the client's queue and the unacknowledged bound have room for a whole chunk."""
-        hub = self.hub
-        while (len(client.queue) + rows > hub.queue_size or hub.tracker.outstanding + rows > hub.max_unacked) \
+    async def _room(self, client: Client, rows: int, held_bytes: int) -> None:
+        """Until the client's queue and the unacknowledged bounds have room for a whole chunk: `rows` rows
+        holding about `held_bytes` (the previous chunk's). In bytes, a chunk goes when nothing is
+        unacknowledged, however large (as the hub lets one message through)."""
+        hub, tracker = self.hub, self.hub.tracker
+        while (len(client.queue) + rows > hub.queue_size or tracker.outstanding + rows > hub.max_unacked
+               or (tracker.outstanding_bytes and tracker.outstanding_bytes + held_bytes > hub.max_unacked_bytes)) \
                 and not client.closed:
             await asyncio.sleep(ROOM_POLL)
 

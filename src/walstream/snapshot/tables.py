@@ -99,7 +99,7 @@ def _rows(conn: Connection, sql: str, params: Sequence[Any]) -> list[tuple[Any, 
 
 
 def resolve(conn: Connection, publication: str, sub: Subscription, spec: SnapshotSpec) -> list[TableRef]:
-    """The tables to copy, in name order; InvalidSubscription naming a table that has no usable key."""
+    """The tables to copy, in name order, each with its key (() for none: see check_keys)."""
     refs: list[TableRef] = []
     for oid, schema, table in _rows(conn, _TABLES_SQL, (publication,)):
         if not (sub.wants_table(schema, table) and spec.wants(schema, table)):
@@ -107,12 +107,18 @@ def resolve(conn: Connection, publication: str, sub: Subscription, spec: Snapsho
         ref = TableRef(int(oid), schema, table)
         key = tuple(str(name) for name, _ in _rows(conn, _KEY_SQL, (ref.relid,)))
         refs.append(TableRef(ref.relid, schema, table, key))
-        if not key:
+    return refs
+
+
+def check_keys(refs: list[TableRef]) -> None:
+    """InvalidSubscription naming the first table INCREMENTAL chunks cannot read: one without a key (a
+    CONSISTENT copy reads such a table by pages, and skips this check)."""
+    for ref in refs:
+        if not ref.key:
             raise InvalidSubscription(
                 f"snapshot: table {ref.name} has no primary key and no replica identity index, which an "
                 "INCREMENTAL snapshot needs to read it in chunks; add a primary key (or ALTER TABLE ... REPLICA "
                 "IDENTITY USING INDEX on a unique index), or leave it out of snapshot.tables")
-    return refs
 
 
 def read_shape(conn: Connection, ref: TableRef, publication: str, server_version: int) -> TableShape | None:
@@ -141,20 +147,25 @@ def read_shape(conn: Connection, ref: TableRef, publication: str, server_version
                       row_filter, relkind == "p", int(estimate))
 
 
-def chunk_query(conn: Connection, shape: TableShape, after: Sequence[str] | None, upto: Sequence[str],
-                limit: int) -> str:
+def key_literal(value: bytes, type_name: str, encoding: str) -> str:
+    """A key value, given as its text in the database's encoding, as SQL that is ASCII whatever the bytes:
+    hex, turned back into text by the server (a SQL_ASCII database holds bytes no client codec takes)."""
+    return f"pg_catalog.convert_from('\\x{value.hex()}'::bytea, '{encoding}')::{type_name}"
+
+
+def chunk_query(conn: Connection, shape: TableShape, after: Sequence[bytes] | None, upto: Sequence[bytes],
+                limit: int, encoding: str) -> str:
     """COPY of the next `limit` rows after key `after` up to key `upto` (inclusive), in key order: the
-    published columns, then the key columns again (to page on, even when the column list leaves them out)."""
+    published columns, then the key columns again (to page on, even when the column list leaves them out).
+    Keys are each column's text in the server encoding `encoding` (a PostgreSQL encoding name)."""
     def q(name: str) -> str:
         return quote(conn, name)
 
     cols = [q(c.name) for c in shape.columns] + [q(k) for k in shape.key]
     key = _row([q(k) for k in shape.key])
 
-    def literal(values: Sequence[str]) -> str:
-        with conn.cursor() as cur:
-            return _row([cur.mogrify("%s::" + t, (v,)).decode()
-                         for v, t in zip(values, shape.key_types, strict=True)])
+    def literal(values: Sequence[bytes]) -> str:
+        return _row([key_literal(v, t, encoding) for v, t in zip(values, shape.key_types, strict=True)])
 
     where = [f"{key} <= {literal(upto)}"]
     if after is not None:
@@ -168,18 +179,33 @@ def chunk_query(conn: Connection, shape: TableShape, after: Sequence[str] | None
             f"ORDER BY {order} LIMIT {int(limit)}) TO STDOUT")
 
 
+def page_query(conn: Connection, shape: TableShape, first: int, pages: int) -> str:
+    """COPY of the published columns of the rows in pages [first, first + pages) (a TID range scan, 14+):
+    how a table without a key is read in chunks, inside one snapshot."""
+    def q(name: str) -> str:
+        return quote(conn, name)
+
+    where = [f"ctid >= '({int(first)},0)'::tid", f"ctid < '({int(first + pages)},0)'::tid"]
+    if shape.row_filter:
+        where.append(f"({shape.row_filter})")
+    cols = ", ".join(q(c.name) for c in shape.columns)
+    return (f"COPY (SELECT {cols} FROM ONLY {q(shape.ref.schema)}.{q(shape.ref.table)} "
+            f"WHERE {' AND '.join(where)}) TO STDOUT")
+
+
 def _row(parts: list[str]) -> str:
     """One value as itself, several as a row (compared column by column, as ORDER BY sorts them)."""
     return parts[0] if len(parts) == 1 else "ROW(" + ", ".join(parts) + ")"
 
 
-def max_key_query(conn: Connection, shape: TableShape) -> str:
-    """The largest key, each column as text: the backfill stops there (later rows arrive as INSERTs)."""
+def max_key_query(conn: Connection, shape: TableShape, encoding: str) -> str:
+    """The largest key, each column as its text's bytes in the server encoding `encoding` (bytea: no client
+    codec involved): the backfill stops there (later rows arrive as INSERTs)."""
     def q(name: str) -> str:
         return quote(conn, name)
 
     only = "" if shape.partitioned else "ONLY "
     # Aliased: ORDER BY a bare name would sort by an output column of that name, the text.
-    cols = ", ".join(f"{q(k)}::text AS k{i}" for i, k in enumerate(shape.key))
+    cols = ", ".join(f"pg_catalog.convert_to({q(k)}::text, '{encoding}') AS k{i}" for i, k in enumerate(shape.key))
     order = ", ".join(f"{q(k)} DESC" for k in shape.key)
     return f"SELECT {cols} FROM {only}{q(shape.ref.schema)}.{q(shape.ref.table)} ORDER BY {order} LIMIT 1"

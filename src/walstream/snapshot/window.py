@@ -24,7 +24,8 @@ from typing import Protocol
 
 import orjson
 
-from ..delivery.v1.adapter import Encoder, V1Item
+from ..delivery.acks import DeliveryGroup
+from ..delivery.v1.adapter import Encoder
 from ..events.change import ChangeEvent, Op, RelationInfo, TxnInfo
 from ..source.messages import COLUMN_UNCHANGED_TOAST, TupleData
 from .reader import Snapshot
@@ -39,13 +40,6 @@ class History(Protocol):
 
     recent_xids: Sequence[int]
     xids_begun: int
-
-
-class SnapshotItem(V1Item):
-    """A SNAPSHOT row: sent only to the client whose backfill read it (never handed to another client)."""
-
-    __slots__ = ()
-    private = True
 
 
 class ProgressItem:
@@ -110,7 +104,7 @@ class ClientBackfill:
 
     # -- from the adapter, in stream order ------------------------------------------------------------
 
-    def on_watermark(self, event: ChangeEvent) -> list[tuple[int, V1Item]]:
+    def on_watermark(self, event: ChangeEvent) -> list[tuple[int, object]]:
         window = self.window
         content = event.message_content
         if window is None or event.txn is None:
@@ -199,7 +193,7 @@ class ClientBackfill:
         before = recent[:max(0, len(recent) - after_mark)]
         return [x for x in before if x != exclude and snapshot.invisible(x)]
 
-    def _close(self, window: Window, high: ChangeEvent) -> tuple[Outcome, list[tuple[int, V1Item]]]:
+    def _close(self, window: Window, high: ChangeEvent) -> tuple[Outcome, list[tuple[int, object]]]:
         chunk = window.chunk
         txn = high.txn
         assert txn is not None
@@ -220,13 +214,14 @@ class ClientBackfill:
         rows = [(chunk.relation, cells) for cells in survivors]
         completed = self._completed(window, chunk)
         rows.extend(completed)
-        lsn, item = high.lsn, self.encoder.item
-        deliveries: list[tuple[int, V1Item]] = []
-        for ordinal, (rel, cells) in enumerate(rows, 1):
-            built = item(ChangeEvent(Op.SNAPSHOT, lsn, txn, ordinal, rel, new=cells))
-            deliveries.append((lsn, SnapshotItem(built.data, built.op, built.lsn, built.relations)))
-        if deliveries:
-            self.commit_ordinals[id(txn)] = (txn, len(deliveries) + 1)
+        lsn = high.lsn
+        deliveries: list[tuple[int, object]] = []
+        if rows:
+            # One delivery for the whole chunk: the rows share H's lsn, one ack acknowledges them all, and
+            # they go to this client only (a DeliveryGroup is never handed to another client).
+            items = self.encoder.snapshot_items(lsn, txn, rows)
+            deliveries.append((lsn, DeliveryGroup(items, sum(i.size for i in items))))
+            self.commit_ordinals[id(txn)] = (txn, len(items) + 1)
         return Outcome(len(rows), len(chunk.rows) - len(survivors), lsn, completed=len(completed)), deliveries
 
     @staticmethod

@@ -36,9 +36,10 @@ def check_permanent(failover: bool, temporary: bool) -> None:
                           "default, is dropped with its connection and is never synchronized to a standby)")
 
 
-def create_command(slot: str) -> str:
-    # The name is validated [a-z0-9_] (config.validate_slot_name). No snapshot: walstream never uses it.
-    return f"CREATE_REPLICATION_SLOT \"{slot}\" LOGICAL pgoutput (FAILOVER, SNAPSHOT 'nothing')"
+def create_command(slot: str, export: bool = False) -> str:
+    # The name is validated [a-z0-9_] (config.validate_slot_name). A snapshot only for --snapshot-consistent.
+    snapshot = "export" if export else "nothing"
+    return f"CREATE_REPLICATION_SLOT \"{slot}\" LOGICAL pgoutput (FAILOVER, SNAPSHOT '{snapshot}')"
 
 
 def enable(cur: psycopg2.extras.ReplicationCursor, slot: str) -> bool:

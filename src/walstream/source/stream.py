@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Callable
 
 import psycopg2
 import psycopg2.errors
@@ -65,7 +66,7 @@ class ReplicationStream:
     committed since the old one was lost."""
 
     def __init__(self, dsn: str, slot: str, publication: str, temporary: bool, create: bool = True,
-                 failover: bool = False) -> None:
+                 failover: bool = False, export: Callable[[str, int], None] | None = None) -> None:
         failover_slots.check_permanent(failover, temporary)
         self.dsn = dsn
         self.slot = slot
@@ -73,6 +74,10 @@ class ReplicationStream:
         self.temporary = temporary
         self.create = create
         self.failover = failover
+        # Called with (snapshot name, consistent point) when this stream creates the slot, exporting its
+        # snapshot: the snapshot is importable only until the replication connection runs anything else,
+        # so the callee must import it before it returns (walstream.snapshot.consistent).
+        self.export = export
         self._conn: psycopg2.extras.LogicalReplicationConnection | None = None
         self._wire: CopyBoth | None = None
 
@@ -127,11 +132,14 @@ class ReplicationStream:
 
     def _ensure_slot(self, cur: psycopg2.extras.ReplicationCursor) -> tuple[bool, int]:
         try:
-            if self.temporary:
-                # psycopg2's create_replication_slot has no TEMPORARY; the name is validated [a-z0-9_].
-                cur.execute(f'CREATE_REPLICATION_SLOT "{self.slot}" TEMPORARY LOGICAL pgoutput NOEXPORT_SNAPSHOT')
-            elif self.failover:
-                cur.execute(failover_slots.create_command(self.slot))
+            if self.failover:
+                cur.execute(failover_slots.create_command(self.slot, export=self.export is not None))
+            elif self.temporary or self.export is not None:
+                # psycopg2's create_replication_slot has neither TEMPORARY nor a snapshot option; the name
+                # is validated [a-z0-9_]. EXPORT_SNAPSHOT / NOEXPORT_SNAPSHOT: the syntax of 10 and later.
+                kind = "TEMPORARY LOGICAL" if self.temporary else "LOGICAL"
+                snapshot = "EXPORT_SNAPSHOT" if self.export is not None else "NOEXPORT_SNAPSHOT"
+                cur.execute(f'CREATE_REPLICATION_SLOT "{self.slot}" {kind} pgoutput {snapshot}')
             else:
                 cur.create_replication_slot(self.slot, output_plugin="pgoutput")
         except psycopg2.errors.DuplicateObject:
@@ -144,6 +152,8 @@ class ReplicationStream:
         consistent = row[1] if row else "0/0"
         kind = "temporary" if self.temporary else "permanent failover" if self.failover else "permanent"
         log.info("created %s replication slot %s at %s", kind, self.slot, consistent)
+        if self.export is not None and row is not None and row[2]:
+            self.export(str(row[2]), parse_lsn(consistent))  # before this connection runs anything else
         return True, parse_lsn(consistent)
 
     def _enable_failover(self, cur: psycopg2.extras.ReplicationCursor) -> None:

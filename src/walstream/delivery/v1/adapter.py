@@ -16,7 +16,7 @@ from typing import Protocol
 
 from ..._proto import walstream_v1_pb2 as pb
 from ...events.change import PG_EPOCH_US, ChangeEvent, Op, RelationInfo, TxnInfo
-from ...source.messages import TRUNCATE_CASCADE, TRUNCATE_RESTART_IDENTITY
+from ...source.messages import TRUNCATE_CASCADE, TRUNCATE_RESTART_IDENTITY, TupleData
 from . import wire
 from .typed import TypedCatalog
 
@@ -225,6 +225,26 @@ class Encoder:
                 b"\x28" + wire.varint(commit_time) if commit_time else b"")))
         return self._txn[1]
 
+    def snapshot_items(self, lsn: int, txn: TxnInfo, rows: Sequence[tuple[RelationInfo, TupleData]],
+                       first: int = 1) -> list[V1Item]:
+        """SNAPSHOT events of a chunk's rows at a high watermark (lsn, txn), ordinals first..: the bytes
+        _row_item writes for Event(op=SNAPSHOT, new=row), without an event object per row."""
+        varint = wire.varint
+        head = b"".join((_OP_FIELD[Op.SNAPSHOT], b"\x10" + varint(lsn) if lsn else b"", self._txn_fields(txn)))
+        op = _OP_VALUE[Op.SNAPSHOT]
+        items: list[V1Item] = []
+        append = items.append
+        last: RelationInfo | None = None
+        encoder = rels = None
+        for ordinal, (rel, cells) in enumerate(rows, first):
+            if rel is not last:
+                encoder, rels, last = self._row_encoder(rel), (rel,), rel
+            assert encoder is not None and rels is not None
+            row = encoder.row(cells)
+            body = b"".join((head, b"\x30", varint(ordinal), encoder.relation_field, b"\x42", varint(len(row)), row))
+            append(V1Item(b"\x12" + varint(len(body)) + body, op, lsn, rels))
+        return items
+
     def _build(self, event: ChangeEvent) -> V1Item:
         op, txn, rel = event.op, event.txn, event.relation
         if rel is not None and txn is not None:
@@ -286,7 +306,7 @@ _OP_FIELD = {op: b"\x08" + wire.varint(value) for op, value in _OP_VALUE.items()
 class Backfill(Protocol):
     """walstream.snapshot.window.ClientBackfill, as this adapter sees it."""
 
-    def on_watermark(self, event: ChangeEvent) -> list[tuple[int, V1Item]]: ...
+    def on_watermark(self, event: ChangeEvent) -> list[tuple[int, object]]: ...
     def on_delivered(self, event: ChangeEvent) -> None: ...
     def commit_ordinal(self, txn: TxnInfo | None) -> int | None: ...
 

@@ -67,6 +67,9 @@ class _Batcher:
         self.sent: dict[int, RelationInfo] = {}  # relation_id -> the version this subscriber has
         self.closed = False  # the hub closed this client
         self._size = 0  # encoded bytes of the batch being filled
+        # The version of each relation the batch's events use, sent before or in it: a batch holds one
+        # version per relation (a snapshot chunk read before an ALTER TABLE can follow changes made after).
+        self._using: dict[int, RelationInfo] = {}
 
     async def next(self, acks: asyncio.Future[None]) -> bytes | None:
         """The next batch; None once the call should end (half-closed by the client, or closed by the hub
@@ -75,6 +78,7 @@ class _Batcher:
         batch: list[V1Item] = []
         rels: dict[int, RelationInfo] = {}
         self._size = 0
+        self._using = {}
         full = self._fill(batch, rels)
         while not batch:
             if self.carry and not isinstance(self.carry[0], V1Item):
@@ -127,7 +131,7 @@ class _Batcher:
 
     def _fill(self, batch: list[V1Item], rels: dict[int, RelationInfo]) -> bool:
         """Move what is already queued into the batch, without waiting; True when the batch is full."""
-        sub, carry, queue, sent = self.sub, self.carry, self.client.queue, self.sent
+        sub, carry, queue, sent, using = self.sub, self.carry, self.client.queue, self.sent, self._using
         took = full = False
         while len(batch) < sub.max_events:
             if carry:
@@ -144,15 +148,17 @@ class _Batcher:
             cost = item.size
             new: list[RelationInfo] = []
             for rel in item.relations:
+                used = using.get(rel.relation_id)
+                if used is not None and used is not rel and not same_relation(used, rel):
+                    full = True  # another version of a relation this batch uses: next batch
+                    break
                 have = rels.get(rel.relation_id) or sent.get(rel.relation_id)
                 if have is rel:
+                    using[rel.relation_id] = rel
                     continue
                 if have is not None and same_relation(have, rel):
-                    sent[rel.relation_id] = rel
+                    sent[rel.relation_id] = using[rel.relation_id] = rel
                     continue
-                if rel.relation_id in rels:  # a new version of a relation already in this batch: next batch
-                    full = True
-                    break
                 new.append(rel)
                 cost += len(self.encoder.relation_bytes(rel))
             if full or (batch and self._size + cost > sub.max_bytes):
@@ -162,7 +168,7 @@ class _Batcher:
             batch.append(item)
             self._size += cost
             for rel in new:
-                rels[rel.relation_id] = rel
+                rels[rel.relation_id] = using[rel.relation_id] = rel
         if took:
             self.hub.capacity.set()  # the queue has room again: the reader may be waiting for it
         return full or len(batch) >= sub.max_events
