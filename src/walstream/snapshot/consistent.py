@@ -25,9 +25,6 @@ from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any
 
-import psycopg2
-import psycopg2.extensions
-
 from ..source import catalog
 from .reader import ChunkRead, ChunkReader
 from .tables import TableRef
@@ -47,7 +44,7 @@ class Held:
         self.name = ""  # the holder's own export, for the copy connections
         self.lsn = 0  # the slot's consistent point
         self.why_not = "walstream was started without --snapshot-consistent true"
-        self._conn: psycopg2.extensions.connection | None = None
+        self._conn: catalog.Connection | None = None
         self.claimed = False
 
     def take(self, exported: str, lsn: int) -> None:
@@ -104,7 +101,7 @@ class Held:
         if conn is not None:
             try:
                 conn.close()
-            except psycopg2.Error:
+            except catalog.DatabaseError:
                 pass
 
 

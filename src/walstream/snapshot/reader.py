@@ -12,10 +12,6 @@ import threading
 import time
 from dataclasses import dataclass
 
-import psycopg2
-import psycopg2.errors
-import psycopg2.extensions
-
 from ..delivery.v1.adapter import WATERMARK_PREFIX
 from ..source import catalog
 from ..source.messages import TupleData
@@ -88,7 +84,7 @@ class ChunkReader:
     def __init__(self, conn_str: str, publication: str) -> None:
         self.conn_str = conn_str
         self.publication = publication
-        self._conn: psycopg2.extensions.connection | None = None
+        self._conn: catalog.Connection | None = None
         self.server_version = 0
         self.encoding = "utf-8"
         self.server_encoding = "UTF8"  # PostgreSQL's name, for key literals (tables.key_literal)
@@ -96,7 +92,7 @@ class ChunkReader:
         # character per byte: any bytes a SQL_ASCII database holds come back exactly).
         self.key_codec = "utf-8"
 
-    def _connection(self) -> psycopg2.extensions.connection:
+    def _connection(self) -> catalog.Connection:
         if self._conn is None or self._conn.closed:
             conn = catalog.connect(self.conn_str)
             with conn.cursor() as cur:
@@ -106,7 +102,7 @@ class ChunkReader:
                 row = cur.fetchone()
             self.server_encoding = str(row[0]) if row else "UTF8"
             conn.set_client_encoding(self.server_encoding)
-            self.encoding = psycopg2.extensions.encodings.get(conn.encoding, "utf-8")
+            self.encoding = catalog.python_encoding(conn)
             self.key_codec = "latin-1" if self.server_encoding == "SQL_ASCII" else self.encoding
             self.server_version = conn.server_version
             self._conn = conn
@@ -116,7 +112,7 @@ class ChunkReader:
         if self._conn is not None:
             try:
                 self._conn.close()
-            except psycopg2.Error:
+            except catalog.DatabaseError:
                 pass
             self._conn = None
 
@@ -188,7 +184,7 @@ class ChunkReader:
             self._conn.rollback()
             self._conn.autocommit = True
 
-    def _read_keyed(self, conn: psycopg2.extensions.connection, snapshot: Snapshot, ref: TableRef,
+    def _read_keyed(self, conn: catalog.Connection, snapshot: Snapshot, ref: TableRef,
                     after: tuple[str, ...] | None, upto: tuple[str, ...] | None, limit: int) -> ChunkRead:
         with conn.cursor() as cur:
             shape = tables.read_shape(conn, ref, self.publication, self.server_version)
@@ -231,8 +227,6 @@ class ChunkReader:
             time.sleep(VISIBLE_POLL)  # waiting on another session's state: nothing to wait on but polling
 
 
-def is_retryable(exc: psycopg2.Error) -> bool:
+def is_retryable(exc: Exception) -> bool:
     """A chunk read that failed because of a concurrent schema change or lock: read it again."""
-    return isinstance(exc, (psycopg2.errors.LockNotAvailable, psycopg2.errors.UndefinedColumn,
-                            psycopg2.errors.UndefinedTable, psycopg2.errors.SerializationFailure,
-                            psycopg2.errors.FeatureNotSupported))
+    return isinstance(exc, catalog.TRANSIENT_READ_ERRORS)

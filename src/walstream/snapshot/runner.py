@@ -22,8 +22,6 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, Protocol, TypeVar
 
-import psycopg2
-
 from .._proto import walstream_v1_pb2 as pb
 from ..delivery.acks import DeliveryGroup
 from ..delivery.hub import HELD_FIXED, HELD_PER_BYTE, Client, Hub
@@ -160,7 +158,7 @@ class SnapshotService:
                     f"pgoutput sends from 14 on); this server is {reader.server_version // 10000}")
             conn = reader._connection()
             refs = tables.resolve(conn, self.publication, sub, spec)
-        except psycopg2.Error as exc:
+        except catalog.DatabaseError as exc:
             raise SnapshotUnavailable(f"snapshot: cannot read the tables: {catalog.first_line(exc)}") from None
         system_id, database = rows[0]
         incarnation = f"temporary/{PROCESS_NONCE}/{self.pipeline.reconnects}" if self.temporary else "permanent"
@@ -356,7 +354,7 @@ class SnapshotService:
             raise SnapshotUnavailable(
                 f"the key of {ref.name} changed during the backfill (from {', '.join(ref.key)} to "
                 f"{', '.join(exc.key) or 'no key'}); start a new backfill of it without resume_token") from None
-        except psycopg2.Error as exc:
+        except catalog.DatabaseError as exc:
             if not is_retryable(exc):
                 raise
             backfill.window = None

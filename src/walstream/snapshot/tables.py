@@ -11,13 +11,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import psycopg2.extensions
-
 from ..delivery.v1.adapter import InvalidSubscription, Subscription
+from ..source import catalog
 from ..source.messages import COLUMN_FLAG_KEY, RelationColumn
 from .request import SnapshotSpec
 
-Connection = psycopg2.extensions.connection
+Connection = catalog.Connection
 
 _TABLES_SQL = """
 SELECT c.oid::int8, n.nspname::text, c.relname::text
@@ -89,7 +88,7 @@ class TableShape:
 
 
 def quote(conn: Connection, name: str) -> str:
-    return str(psycopg2.extensions.quote_ident(name, conn))
+    return catalog.quote_ident(name, conn)
 
 
 def _rows(conn: Connection, sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:

@@ -362,3 +362,20 @@ def wal_positions(conn: Connection, slot: str) -> tuple[int, int] | None:
     if row is None or row[0] is None:
         return None
     return int(row[0]), int(row[1] or 0)
+
+
+# -- the driver, for the snapshot's readers (walstream.snapshot): what they need of psycopg2, named here ------
+
+def python_encoding(conn: Connection) -> str:
+    """The Python codec of the connection's client encoding (utf-8 when psycopg2 has no name for it)."""
+    return str(psycopg2.extensions.encodings.get(conn.encoding, "utf-8"))
+
+
+def quote_ident(name: str, conn: Connection) -> str:
+    return str(psycopg2.extensions.quote_ident(name, conn))
+
+
+# Errors a chunk read may meet while the table is being changed under it: the read is retried.
+TRANSIENT_READ_ERRORS: tuple[type[Exception], ...] = (
+    psycopg2.errors.LockNotAvailable, psycopg2.errors.UndefinedColumn, psycopg2.errors.UndefinedTable,
+    psycopg2.errors.SerializationFailure, psycopg2.errors.FeatureNotSupported)
