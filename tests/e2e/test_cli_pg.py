@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -82,7 +83,9 @@ def replication_conn(pg: Cluster) -> psycopg2.extras.LogicalReplicationConnectio
 def test_version() -> None:
     result = walstream("--version")
     assert result.returncode == 0
-    assert result.stdout.startswith("walstream ") and len(result.stdout.split()) == 2
+    # the version and which hot path this process runs (walstream.native): the C accelerator or pure Python
+    line = r"walstream \d+\.\d+\.\d+ \((native C accelerator|pure Python \([^)]*\))\)\n"
+    assert re.fullmatch(line, result.stdout), result.stdout
 
 
 def test_connection_from_environment(pg: Cluster) -> None:
