@@ -214,7 +214,10 @@ def test_oversized_change_stops_with_a_clear_error_and_the_slot_keeps_it(testdb:
         testdb.execute("INSERT INTO docs VALUES (2, repeat('x', 40000))")
         testdb.execute("INSERT INTO docs VALUES (3, 'after')")
         assert ws.proc is not None
-        code = ws.proc.wait(60)
+        try:
+            code = ws.proc.wait(60)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"walstream did not stop on the oversized change; its log ends:\n{ws.log()[-6000:]}")
         assert code == 1
         log = ws.log()
         assert "INSERT on public.docs at LSN" in log and "over the broker's limit of 16384 bytes" in log, log[-3000:]
