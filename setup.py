@@ -6,4 +6,5 @@ and walstream runs on its pure-Python path (`walstream --version` says which one
 
 from setuptools import Extension, setup
 
-setup(ext_modules=[Extension("walstream._native._rowenc", ["src/walstream/_native/_rowenc.c"], optional=True)])
+setup(ext_modules=[Extension("walstream._native._rowenc", ["src/walstream/_native/_rowenc.c"],
+                             depends=["src/walstream/_native/_tags.h"], optional=True)])
