@@ -91,6 +91,16 @@ def insert_decoder() -> tuple[Callable[..., None], Callable[[bytes], Any]] | Non
     return r.configure, r.plain_insert
 
 
+def insert_run() -> tuple[Callable[[list[bytes], int], tuple[int, int]], Callable[..., tuple[bytes, bytes, int]]] | None:
+    """(insert_run_length, encode_inserts): a burst's Inserts cut into runs of one relation and written as
+    framed walstream.v1 Events in one call each (events/run.py), or None: pure Python, message by message."""
+    require()
+    r = _rowenc
+    if implementation != "native" or r is None:
+        return None
+    return r.insert_run_length, r.encode_inserts
+
+
 def copy_reader(get_copy_data: int, freemem: int) -> Callable[[int], Any] | None:
     """The C CopyData reader, bound to libpq's PQgetCopyData and PQfreemem (by address), or None."""
     require()

@@ -20,6 +20,10 @@ clients acknowledge here, and the slot's confirmed position is derived from noth
   (idle_advance), so a slot on quiet tables does not hold WAL.
 - Each delivery carries a size (the memory it holds until acknowledged); `outstanding_bytes` sums them, so
   the reader can bound memory by bytes as well as by count.
+- A run of rows (the INSERTs of one transaction read in one burst, events/run.py) goes to a client as one
+  message, a `RunPayload`, but is recorded as one delivery per row, each with its own LSN: acks of a run are
+  per LSN like any others (an ack inside a run acknowledges that row and those before it). When the last
+  client leaves, each unacknowledged row of a run is handed on as its own message.
 - A delivery may hold several messages that share its LSN (a `DeliveryGroup`: the rows of one snapshot
   chunk): one ack of that LSN acknowledges all of them. `outstanding` counts messages, so the count bound
   means the same either way. An ack of the LSN of the group acknowledged last, once nothing pending has
@@ -47,6 +51,18 @@ class DeliveryGroup:
     def __init__(self, items: Sequence[Any], size: int) -> None:
         self.items = items
         self.size = size
+
+
+class RunPayload:
+    """A message holding the rows of a run: recorded as one delivery per row (deliver_run), the delivery's
+    event being the row's index in the payload. `unit(index)` gives that row alone as (message, event), for
+    a client the row is handed to."""
+
+    __slots__ = ()
+    private = False
+
+    def unit(self, index: int) -> tuple[Any, object]:
+        raise NotImplementedError
 
 
 @dataclass(slots=True, eq=False)
@@ -154,6 +170,24 @@ class AckTracker(Generic[P]):
         self.outstanding += units
         self.outstanding_bytes += size
 
+    def deliver_run(self, client: ClientLedger[P], lsns: Sequence[int], txn: TxnRecord | None, payload: P,
+                    size: int) -> None:
+        """One delivery per row of a RunPayload (lsns: the rows' LSNs), its size spread over them."""
+        n = len(lsns)
+        client.lsns.extend(lsns)
+        client.txns.extend([txn] * n)
+        client.payloads.extend([payload] * n)
+        client.events.extend(range(n))
+        per = size // n
+        sizes = [per] * n
+        sizes[-1] += size - per * n
+        client.sizes.extend(sizes)
+        client.units.extend([1] * n)
+        if txn is not None:
+            txn.outstanding += n
+        self.outstanding += n
+        self.outstanding_bytes += size
+
     def idle_advance(self, wal_end: int) -> bool:
         """Nothing open or pending: everything up to the server's WAL end is confirmed. A pending delivery
         outside any transaction (a non-transactional logical message) holds it like a transaction does."""
@@ -238,6 +272,9 @@ class AckTracker(Generic[P]):
         resend: list[P] = []
         previous: object = None
         for old in orphans:
+            if isinstance(old.payload, RunPayload):  # one row of a run: on its own from here
+                assert isinstance(old.event, int)
+                old.payload, old.event = old.payload.unit(old.event)
             self.outstanding -= old.units
             self.outstanding_bytes -= old.size
             if old.txn is not None:

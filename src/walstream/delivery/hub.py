@@ -22,7 +22,8 @@ from google.protobuf.message import DecodeError
 from ..events.change import ChangeEvent
 from ..events.replay import compact, restore
 from ..lsn import format_lsn
-from .acks import AckTracker, ClientLedger, DeliveryGroup, TxnRecord
+from ..events.run import InsertRun
+from .acks import AckTracker, ClientLedger, DeliveryGroup, RunPayload, TxnRecord
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +38,10 @@ class Adapter(Protocol):
     def size(self, message: object) -> int:
         """The encoded size of one of its messages, in bytes."""
         ...
+
+    # Optional: expand_run(run: InsertRun) -> Sequence[(lsn, message, row)] | None, the messages of a run of
+    # INSERTs (a RunPayload holds several rows; another message stands for row `row` of the run: a BEGIN for
+    # the first), or None: take the run's events one by one with expand().
 
 
 # Until acknowledged, a delivery holds its encoded message and (shared by every client it went to) the
@@ -178,33 +183,74 @@ class Hub:
                 return False
         return True
 
+    def room(self) -> tuple[int, int]:
+        """How many more changes, and how many more held bytes, the unacknowledged bounds take now, per
+        client (each change is a delivery to every client); at least one change: one is always let through."""
+        clients, tracker = max(1, len(self.clients)), self.tracker
+        return (max(1, (self.max_unacked - tracker.outstanding) // clients),
+                max(1, (self.max_unacked_bytes - tracker.outstanding_bytes) // clients))
+
     def begin(self, xid: int, commit_lsn: int) -> TxnRecord:
         return self.tracker.begin(xid, commit_lsn)
 
     def publish(self, event: ChangeEvent, txn: TxnRecord | None, raw: bytes = b"") -> None:
         """Queue the event's messages for every client; wake() then lets their senders run. The ledger keeps
         the compact record of the event (events/replay.py), not the event."""
-        deliver = self.tracker.deliver
         record = compact(event, raw)
         for client in self.clients:
-            append, adapter = client.queue.append, client.adapter
-            for lsn, payload in adapter.expand(event):
-                size = adapter.size(payload)
-                if type(payload) is DeliveryGroup:  # one delivery, its messages queued one by one
-                    items = payload.items
-                    # Private (never handed to another client): nothing to re-express it from.
-                    deliver(client.ledger, lsn, txn, payload, None, HELD_PER_BYTE * size + HELD_FIXED * len(items),
-                            len(items))
-                    client.queue.extend(items)
-                    if size > CLIENT_RECEIVE_LIMIT:
-                        for item in items:
-                            if adapter.size(item) > CLIENT_RECEIVE_LIMIT:
-                                self._warn_oversized(event, lsn, adapter.size(item))
-                    continue
+            self._publish_to(client, event, txn, record)
+        self.unwoken = True
+
+    def _publish_to(self, client: Client, event: ChangeEvent, txn: TxnRecord | None, record: object) -> None:
+        deliver = self.tracker.deliver
+        append, adapter = client.queue.append, client.adapter
+        for lsn, payload in adapter.expand(event):
+            size = adapter.size(payload)
+            if type(payload) is DeliveryGroup:  # one delivery, its messages queued one by one
+                items = payload.items
+                # Private (never handed to another client): nothing to re-express it from.
+                deliver(client.ledger, lsn, txn, payload, None, HELD_PER_BYTE * size + HELD_FIXED * len(items),
+                        len(items))
+                client.queue.extend(items)
                 if size > CLIENT_RECEIVE_LIMIT:
-                    self._warn_oversized(event, lsn, size)
-                deliver(client.ledger, lsn, txn, payload, record, HELD_PER_BYTE * size + HELD_FIXED)  # held(), inlined
-                append(payload)
+                    for item in items:
+                        if adapter.size(item) > CLIENT_RECEIVE_LIMIT:
+                            self._warn_oversized(event, lsn, adapter.size(item))
+                continue
+            if size > CLIENT_RECEIVE_LIMIT:
+                self._warn_oversized(event, lsn, size)
+            deliver(client.ledger, lsn, txn, payload, record, HELD_PER_BYTE * size + HELD_FIXED)  # held(), inlined
+            append(payload)
+
+    def publish_run(self, run: InsertRun, txn: TxnRecord | None) -> None:
+        """publish() for each event of a run of INSERTs, in one go for the adapters that take a run whole
+        (expand_run: a RunPayload is queued once and recorded as one delivery per row); the others get the
+        run's events one by one."""
+        for client in self.clients:
+            adapter = client.adapter
+            expand_run = getattr(adapter, "expand_run", None)
+            messages = expand_run(run) if expand_run is not None else None
+            if messages is None:
+                for i, event in enumerate(run.events()):
+                    self._publish_to(client, event, txn, run.record(i))
+                continue
+            for lsn, payload, row in messages:
+                size = adapter.size(payload)
+                if isinstance(payload, RunPayload):
+                    lsns = payload.lsns  # type: ignore[attr-defined]
+                    self.tracker.deliver_run(client.ledger, lsns, txn, payload,
+                                             HELD_PER_BYTE * size + HELD_FIXED * len(lsns))
+                    if size > CLIENT_RECEIVE_LIMIT:
+                        for i in range(len(lsns)):
+                            unit_size = adapter.size(payload.unit(i)[0])
+                            if unit_size > CLIENT_RECEIVE_LIMIT:
+                                self._warn_oversized(run.event(row + i), lsns[i], unit_size)
+                else:  # a row the run's writer left to the per-event path, or a BEGIN
+                    if size > CLIENT_RECEIVE_LIMIT:
+                        self._warn_oversized(run.event(row), lsn, size)
+                    self.tracker.deliver(client.ledger, lsn, txn, payload, run.record(row),
+                                         HELD_PER_BYTE * size + HELD_FIXED)
+                client.queue.append(payload)
         self.unwoken = True
 
     def _warn_oversized(self, event: ChangeEvent, lsn: int, size: int) -> None:

@@ -17,8 +17,10 @@ from typing import Any, Protocol
 from ..errors import ProtocolError
 from ..lsn import format_lsn
 from ..source import messages as m
+from ..source.decoder import decode_message
 from ..source.messages import TupleData
 from .change import ChangeEvent, Converter, Op, RelationInfo, TxnInfo
+from .run import InsertRun
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +38,8 @@ class Sink(Protocol):
         """`raw`: the pgoutput message a row change was decoded from (what the ack ledger keeps of it)."""
         ...
     def commit(self, txn: Any, end_lsn: int) -> None: ...
+    # Optional: publish_run(run: InsertRun, txn), a run of INSERTs (events/run.py) as one unit; a sink without
+    # it is given the run's events one by one.
 
 
 class ConverterSource(Protocol):
@@ -187,6 +191,39 @@ class Assembler:
         self._inserts[relation_id] += 1
         self.sink.publish(_new_event(ChangeEvent, (_INSERT, lsn, txn.info, ordinal, rel, new, None, None, (),
                                                    0, 0, "", b"", False)), txn.record, raw)
+
+    def insert_run(self, lsns: list[int], raws: list[bytes], run_length: Callable[[list[bytes], int], tuple[int, int]],
+                   decode: Callable[[bytes], tuple[int, TupleData] | None]) -> None:
+        """The Insert messages ('I') of one read burst, in order (the session loop, with the C accelerator):
+        each run of well-formed Inserts of one relation (run_length: native.insert_run) goes to the sink as
+        one InsertRun; a message that is not one, or any Insert while resuming a transaction, goes message by
+        message as the session would send it (decode: decoder.insert_decoder()), with the same errors."""
+        i, n = 0, len(raws)
+        publish_run = getattr(self.sink, "publish_run", None)
+        while i < n:
+            relid, count = run_length(raws, i)
+            txn = self._txn
+            if count == 0 or txn is None or self._skipping or self._skip_changes:
+                raw = raws[i]
+                row = decode(raw)
+                if row is None:
+                    self.handle(decode_message(raw), lsns[i], raw)  # raises the decoder's error
+                else:
+                    self.insert(row[0], row[1], lsns[i], raw)
+                i += 1
+                continue
+            rel = self._rel(relid)
+            end = i + count
+            run = InsertRun(rel, txn.info, txn.ordinal + 1, lsns if i == 0 and end == n else lsns[i:end],
+                            raws if i == 0 and end == n else raws[i:end])
+            txn.ordinal += count
+            self._inserts[relid] += count
+            if publish_run is not None:
+                publish_run(run, txn.record)
+            else:  # a sink that takes events only
+                for k, event in enumerate(run.events()):
+                    self.sink.publish(event, txn.record, run.raws[k])
+            i = end
 
     def _change(self, msg: m.Insert | m.Update | m.Delete | m.Truncate, lsn: int) -> None:
         txn = self._next_ordinal()

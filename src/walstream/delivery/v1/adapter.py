@@ -10,13 +10,18 @@ filtered out completely sends nothing (and holds nothing back in the slot).
 from __future__ import annotations
 
 import re
+from bisect import bisect_right
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from ... import native
 from ..._proto import tags
 from ..._proto import walstream_v1_pb2 as pb
 from ...events.change import PG_EPOCH_US, ChangeEvent, Op, RelationInfo, TxnInfo
+from ...events.replay import RowRecord
+from ...events.run import InsertRun
+from ..acks import RunPayload
 from ...source.messages import TRUNCATE_CASCADE, TRUNCATE_RESTART_IDENTITY, TupleData
 from . import wire
 from .typed import TypedCatalog
@@ -57,6 +62,49 @@ class V1Item:
     def event(self) -> pb.Event:
         """The Event message (decoded again: for tests and logs, not the hot path)."""
         return pb.Batch.FromString(self.data).events[0]  # data is one Batch.events field
+
+
+class V1Run(RunPayload):
+    """Rows lo..hi-1 of a chunk of an InsertRun written in one C call (Encoder.run_items): their framed
+    Batch.events fields back to back in `data`, row i's at data[offsets[i]:offsets[i + 1]]. The hub queues
+    the whole chunk as one message and records a delivery per row (lsns); the batcher sends it whole or cut
+    (split) where a batch is full."""
+
+    __slots__ = ("data", "offsets", "lsns", "run", "first", "relations", "lo", "hi", "size")
+    op = pb.INSERT
+
+    def __init__(self, data: bytes, offsets: memoryview, lsns: list[int], run: InsertRun, first: int,
+                 relations: tuple[RelationInfo, ...], lo: int = 0, hi: int = -1) -> None:
+        self.data, self.offsets, self.lsns, self.run, self.first = data, offsets, lsns, run, first
+        self.relations = relations
+        self.lo, self.hi = lo, hi if hi >= 0 else len(lsns)
+        self.size = offsets[self.hi] - offsets[lo]
+
+    @property
+    def count(self) -> int:
+        return self.hi - self.lo
+
+    def unit(self, index: int) -> tuple[V1Item, RowRecord]:
+        """Row lo + index alone, with its record: what a client it is handed to gets (acks.adopt_orphans)."""
+        i, o = self.lo + index, self.offsets
+        item = V1Item(self.data[o[i]:o[i + 1]], pb.INSERT, self.lsns[i], self.relations)
+        return item, self.run.record(self.first + i)
+
+    def fit(self, rows: int, budget: int) -> int:
+        """How many of the first `rows` rows fit in `budget` bytes."""
+        o, lo = self.offsets, self.lo
+        return bisect_right(o, o[lo] + budget, lo, lo + min(rows, self.hi - lo) + 1) - 1 - lo
+
+    def split(self, n: int) -> tuple[V1Run, V1Run]:
+        """(its first n rows, the rest): views of the same bytes."""
+        cut = self.lo + n
+        return (V1Run(self.data, self.offsets, self.lsns, self.run, self.first, self.relations, self.lo, cut),
+                V1Run(self.data, self.offsets, self.lsns, self.run, self.first, self.relations, cut, self.hi))
+
+    def bytes(self) -> bytes:
+        if self.lo == 0 and self.hi == len(self.lsns):
+            return self.data
+        return self.data[self.offsets[self.lo]:self.offsets[self.hi]]
 
 
 BATCH_EVENTS = tags.BATCH_EVENTS
@@ -175,6 +223,9 @@ class Encoder:
         self._relations: dict[int, tuple[RelationInfo, bytes]] = {}
         self._rows: dict[int, wire.RowEncoder] = {}
         self._txn: tuple[TxnInfo | None, bytes] = (None, b"")
+        self._run: tuple[InsertRun | None, list[tuple[int, V1Item | V1Run, int]]] = (None, [])
+        accelerated = native.insert_run()
+        self._encode_inserts = accelerated[1] if accelerated is not None else None
 
     def item(self, event: ChangeEvent) -> V1Item:
         if self._event is not event:
@@ -230,6 +281,34 @@ class Encoder:
                 _COMMIT_LSN + wire.varint(txn.commit_lsn) if txn.commit_lsn else b"",
                 _COMMIT_TIME + wire.varint(commit_time) if commit_time else b"")))
         return self._txn[1]
+
+    def run_items(self, run: InsertRun) -> list[tuple[int, V1Item | V1Run, int]]:
+        """A run of INSERTs as (lsn, message, row of the run): chunks of rows written in one C call each
+        (V1Run), and a V1Item of _row_item for a row the C writer leaves to Python (it gives the same bytes
+        or raises the same error). Built once for every subscriber."""
+        if self._run[0] is run:
+            return self._run[1]
+        rel, txn = run.relation, run.txn
+        rows = self._row_encoder(rel)
+        encode = self._encode_inserts
+        out: list[tuple[int, V1Item | V1Run, int]] = []
+        i, n, lsns, raws = 0, len(run), run.lsns, run.raws
+        relations = (rel,)
+        while i < n:
+            done = 0
+            if encode is not None and rows.native_insert is not None:
+                data, offsets, done = encode(raws, lsns, i, n, _OP_FIELD[Op.INSERT], self._txn_fields(txn),
+                                             run.first_ordinal + i, rows.relation_field, rows.kinds, rows.encoders)
+                if done:
+                    chunk = lsns if i == 0 and done == n else lsns[i:i + done]
+                    out.append((chunk[-1], V1Run(data, memoryview(offsets).cast("Q"), chunk, run, i, relations), i))
+                    i += done
+            if i < n:
+                event = run.event(i)
+                out.append((event.lsn, self._row_item(event, rel, txn), i))
+                i += 1
+        self._run = (run, out)
+        return out
 
     def snapshot_items(self, lsn: int, txn: TxnInfo, rows: Sequence[tuple[RelationInfo, TupleData]],
                        first: int = 1) -> list[V1Item]:
@@ -386,6 +465,21 @@ class V1Adapter:
             self._begun = txn
             return ((txn.commit_lsn, self.encoder.begin_item(txn)), (event.lsn, item))
         return ((event.lsn, item),)
+
+    def expand_run(self, run: InsertRun) -> Sequence[tuple[int, object, int]] | None:
+        """expand() of every event of a run of INSERTs at once (Hub.publish_run); None while a snapshot runs
+        (its backfill follows each delivered change): then the run comes event by event."""
+        if self.backfill is not None:
+            return None
+        sub = self.sub
+        if Op.INSERT not in sub.ops or not self.wants(run.relation):
+            return ()
+        items = self.encoder.run_items(run)
+        txn = run.txn
+        if sub.transaction_boundaries and self._begun is not txn:
+            self._begun = txn
+            return [(txn.commit_lsn, self.encoder.begin_item(txn), 0), *items]
+        return items
 
     def _watermark(self, event: ChangeEvent, backfill: Backfill | None) -> Sequence[tuple[int, object]]:
         """A snapshot watermark: hidden; at this subscriber's high watermark, its chunk's rows."""

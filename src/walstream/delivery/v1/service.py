@@ -29,7 +29,7 @@ from ...events.change import RelationInfo
 from ...sinks.attach import status_of as sink_status
 from ...source import catalog
 from ..hub import Client, Hub, finish_requests
-from .adapter import Encoder, InvalidSubscription, Subscription, V1Adapter, V1Item, same_relation
+from .adapter import Encoder, InvalidSubscription, Subscription, V1Adapter, V1Item, V1Run, same_relation
 from .wire import field
 
 if TYPE_CHECKING:
@@ -66,6 +66,7 @@ class _Batcher:
         self.sent: dict[int, RelationInfo] = {}  # relation_id -> the version this subscriber has
         self.closed = False  # the hub closed this client
         self._size = 0  # encoded bytes of the batch being filled
+        self._count = 0  # events in it (a V1Run holds several)
         # The version of each relation the batch's events use, sent before or in it: a batch holds one
         # version per relation (a snapshot chunk read before an ALTER TABLE can follow changes made after).
         self._using: dict[int, RelationInfo] = {}
@@ -74,9 +75,9 @@ class _Batcher:
         """The next batch; None once the call should end (half-closed by the client, or closed by the hub
         with nothing left to send)."""
         sub = self.sub
-        batch: list[V1Item] = []
+        batch: list[V1Item | V1Run] = []
         rels: dict[int, RelationInfo] = {}
-        self._size = 0
+        self._size = self._count = 0
         self._using = {}
         full = self._fill(batch, rels)
         while not batch:
@@ -102,7 +103,7 @@ class _Batcher:
                     mid_transaction_deadline = mid_transaction_deadline or now + MID_TRANSACTION_WAIT
                     if now >= mid_transaction_deadline:
                         break
-                    took = await self._take(sub.max_events - len(batch), acks, mid_transaction_deadline - now)
+                    took = await self._take(sub.max_events - self._count, acks, mid_transaction_deadline - now)
                     self.carry.extend(took)
                     full, idle = self._fill(batch, rels), 0 if took else idle
                     continue
@@ -117,22 +118,24 @@ class _Batcher:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     break
-                self.carry.extend(await self._take(sub.max_events - len(batch), acks, remaining))
+                self.carry.extend(await self._take(sub.max_events - self._count, acks, remaining))
                 full = self._fill(batch, rels)
         if len(batch) > 1 and batch[-1].op == pb.BEGIN:
             self.carry.appendleft(batch.pop())  # a BEGIN goes with its transaction's first event
+            self._count -= 1
         self.sent.update(rels)
         # A SubscribeResponse holding a Batch, written as bytes: every item is already an encoded
         # Batch.events field, so the batch is one join (building messages would copy each event twice).
         parts = [self.encoder.relation_bytes(r) for r in rels.values()]
-        parts.extend([i.data for i in batch])
+        parts.extend([i.data if type(i) is V1Item else i.bytes() for i in batch])  # type: ignore[union-attr]
         return field(tags.SUBSCRIBE_RESPONSE_BATCH, b"".join(parts))
 
-    def _fill(self, batch: list[V1Item], rels: dict[int, RelationInfo]) -> bool:
-        """Move what is already queued into the batch, without waiting; True when the batch is full."""
+    def _fill(self, batch: list[V1Item | V1Run], rels: dict[int, RelationInfo]) -> bool:
+        """Move what is already queued into the batch, without waiting; True when the batch is full. A V1Run
+        goes in whole or, where the batch fills up inside it, cut there (its rest stays first in line)."""
         sub, carry, queue, sent, using = self.sub, self.carry, self.client.queue, self.sent, self._using
         took = full = False
-        while len(batch) < sub.max_events:
+        while self._count < sub.max_events:
             if carry:
                 item = carry.popleft()
             elif queue:
@@ -140,7 +143,7 @@ class _Batcher:
                 took = True
             else:
                 break
-            if not isinstance(item, V1Item):  # a snapshot progress (walstream.snapshot): sent on its own
+            if not isinstance(item, (V1Item, V1Run)):  # a snapshot progress (walstream.snapshot): sent alone
                 carry.appendleft(item)
                 full = True
                 break
@@ -160,17 +163,38 @@ class _Batcher:
                     continue
                 new.append(rel)
                 cost += len(self.encoder.relation_bytes(rel))
-            if full or (batch and self._size + cost > sub.max_bytes):
+            if full:
+                carry.appendleft(item)
+                break
+            count = 1
+            if type(item) is V1Run:
+                extra = cost - item.size  # the relation metadata it brings
+                count = item.count
+                rows = item.fit(sub.max_events - self._count, sub.max_bytes - self._size - extra)
+                if rows < count:
+                    if rows == 0:
+                        if batch:
+                            carry.appendleft(item)
+                            full = True
+                            break
+                        rows = 1  # an empty batch takes one row whatever its size
+                    item, rest = item.split(rows)
+                    carry.appendleft(rest)
+                    cost, count, full = extra + item.size, rows, True
+            elif batch and self._size + cost > sub.max_bytes:
                 carry.appendleft(item)
                 full = True
                 break
             batch.append(item)
             self._size += cost
+            self._count += count
             for rel in new:
                 rels[rel.relation_id] = using[rel.relation_id] = rel
+            if full:
+                break
         if took:
             self.hub.capacity.set()  # the queue has room again: the reader may be waiting for it
-        return full or len(batch) >= sub.max_events
+        return full or self._count >= sub.max_events
 
     @staticmethod
     def _progress(item: object) -> bytes:
