@@ -20,6 +20,9 @@ from .errors import ConfigError
 ENV = "WALSTREAM_NATIVE"
 RowEncodeFn = Callable[[Any, bytes, tuple[Any, ...]], "bytes | None"]
 # (op field, lsn, txn fields, ordinal, relation field, cells, kinds, column encoders) -> framed Event | None
+RunLengthFn = Callable[[list[bytes], int], tuple[int, int]]
+# (msgs, lsns, start, stop, op field, txn fields, first ordinal, relation field, kinds, column encoders)
+EncodeInsertsFn = Callable[..., tuple[bytes, bytes, int]]
 InsertEventFn = Callable[[bytes, int, bytes, int, bytes, Any, bytes, tuple[Any, ...]], "bytes | None"]
 
 _rowenc: ModuleType | None = None
@@ -91,14 +94,16 @@ def insert_decoder() -> tuple[Callable[..., None], Callable[[bytes], Any]] | Non
     return r.configure, r.plain_insert
 
 
-def insert_run() -> tuple[Callable[[list[bytes], int], tuple[int, int]], Callable[..., tuple[bytes, bytes, int]]] | None:
+def insert_run() -> tuple[RunLengthFn, EncodeInsertsFn] | None:
     """(insert_run_length, encode_inserts): a burst's Inserts cut into runs of one relation and written as
     framed walstream.v1 Events in one call each (events/run.py), or None: pure Python, message by message."""
     require()
     r = _rowenc
     if implementation != "native" or r is None:
         return None
-    return r.insert_run_length, r.encode_inserts
+    run_length: RunLengthFn = r.insert_run_length
+    encode: EncodeInsertsFn = r.encode_inserts
+    return run_length, encode
 
 
 def copy_reader(get_copy_data: int, freemem: int) -> Callable[[int], Any] | None:

@@ -14,8 +14,8 @@ import logging
 import time
 from collections.abc import Callable, Mapping
 
-from .config import StartConfig
 from . import native
+from .config import StartConfig
 from .delivery.hub import HELD_FIXED, HELD_PER_BYTE, Hub
 from .errors import SlotInUseError, WalstreamError
 from .events.assembler import Assembler

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from test_native_rows import COLUMN, CELL_KIND  # type: ignore[import-not-found]  # a sibling test module
+from test_native_rows import CELL_KIND, COLUMN  # type: ignore[import-not-found]  # a sibling test module
 from test_replay import GOLDEN, Tagged  # type: ignore[import-not-found]
 from test_v1wire import relation  # type: ignore[import-not-found]
 
@@ -166,7 +166,7 @@ def test_bad_arguments_raise_and_never_crash() -> None:
     assert _rowenc.encode_inserts([b"I"], [16], 0, 1, *args[4:])[2] == 0  # malformed: Python's turn
     with pytest.raises(TypeError):
         _rowenc.insert_run_length((msg,), 0)  # type: ignore[arg-type]
-    assert _rowenc.insert_run_length([msg, "not bytes", msg], 0)[1] == 1
+    assert _rowenc.insert_run_length([msg, "not bytes", msg], 0)[1] == 1  # type: ignore[list-item]
 
 
 # --- the delivery side, fed as runs and message by message ---------------------------------------------
@@ -291,6 +291,7 @@ SUBSCRIPTIONS = [
     Subscription(max_events=7),
     Subscription(max_events=1000, max_bytes=600, transaction_boundaries=True),  # cut by bytes inside runs
     Subscription(max_events=3, ops=frozenset({Op.INSERT, Op.UPDATE}), transaction_boundaries=True),
+    Subscription(max_bytes=30),  # every row over the bound: one a batch
 ]
 
 

@@ -21,8 +21,8 @@ from google.protobuf.message import DecodeError
 
 from ..events.change import ChangeEvent
 from ..events.replay import compact, restore
-from ..lsn import format_lsn
 from ..events.run import InsertRun
+from ..lsn import format_lsn
 from .acks import AckTracker, ClientLedger, DeliveryGroup, RunPayload, TxnRecord
 
 log = logging.getLogger(__name__)

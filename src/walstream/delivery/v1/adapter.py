@@ -21,8 +21,8 @@ from ..._proto import walstream_v1_pb2 as pb
 from ...events.change import PG_EPOCH_US, ChangeEvent, Op, RelationInfo, TxnInfo
 from ...events.replay import RowRecord
 from ...events.run import InsertRun
-from ..acks import RunPayload
 from ...source.messages import TRUNCATE_CASCADE, TRUNCATE_RESTART_IDENTITY, TupleData
+from ..acks import RunPayload
 from . import wire
 from .typed import TypedCatalog
 
@@ -91,9 +91,9 @@ class V1Run(RunPayload):
         return item, self.run.record(self.first + i)
 
     def fit(self, rows: int, budget: int) -> int:
-        """How many of the first `rows` rows fit in `budget` bytes."""
+        """How many of the first `rows` rows fit in `budget` bytes (none when the budget is negative)."""
         o, lo = self.offsets, self.lo
-        return bisect_right(o, o[lo] + budget, lo, lo + min(rows, self.hi - lo) + 1) - 1 - lo
+        return max(0, bisect_right(o, o[lo] + budget, lo, lo + min(rows, self.hi - lo) + 1) - 1 - lo)
 
     def split(self, n: int) -> tuple[V1Run, V1Run]:
         """(its first n rows, the rest): views of the same bytes."""

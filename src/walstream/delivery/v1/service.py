@@ -171,16 +171,17 @@ class _Batcher:
                 extra = cost - item.size  # the relation metadata it brings
                 count = item.count
                 rows = item.fit(sub.max_events - self._count, sub.max_bytes - self._size - extra)
+                if rows == 0:
+                    if batch:
+                        carry.appendleft(item)
+                        full = True
+                        break
+                    rows = 1  # an empty batch takes one row whatever its size
                 if rows < count:
-                    if rows == 0:
-                        if batch:
-                            carry.appendleft(item)
-                            full = True
-                            break
-                        rows = 1  # an empty batch takes one row whatever its size
                     item, rest = item.split(rows)
                     carry.appendleft(rest)
-                    cost, count, full = extra + item.size, rows, True
+                    cost, count = extra + item.size, rows
+                    full = True
             elif batch and self._size + cost > sub.max_bytes:
                 carry.appendleft(item)
                 full = True
