@@ -430,7 +430,8 @@ def test_reading_runs_gives_the_messages_read_copy_data_gives(kinds: list[str], 
         if kind == "insert":
             messages.append(xlogdata(1000 + i, insert_message([("t", str(i).encode())])))
         elif kind == "other":
-            messages.append(xlogdata(1000 + i, b"B" + struct.pack(">QqI", 5, 6, 7)))
+            messages.append(xlogdata(1000 + i, b"B" + struct.pack(">QqI", 5, 6, 7) if i % 2 else
+                                     b"C\0" + struct.pack(">QQq", 5, 13, 6)))
         elif kind == "keepalive":
             messages.append(b"k" + struct.pack(">QQB", 99, 0, 1))
         else:
