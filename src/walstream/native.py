@@ -117,16 +117,6 @@ def copy_reader(get_copy_data: int, freemem: int) -> Callable[[int], Any] | None
     return fn
 
 
-def inserts_reader(get_copy_data: int, freemem: int) -> Callable[..., Any] | None:
-    """The C reader of runs of Inserts (read_inserts: CopyData read in a loop, Inserts appended to lists),
-    bound to libpq's PQgetCopyData and PQfreemem (by address), or None."""
-    if copy_reader(get_copy_data, freemem) is None:
-        return None
-    assert _rowenc is not None
-    fn: Callable[..., Any] = _rowenc.read_inserts
-    return fn
-
-
 @contextmanager
 def using(name: str) -> Iterator[None]:
     """Run a block with one implementation (tests and bench/micro.py compare both in one process); encoders

@@ -203,7 +203,6 @@ class Pipeline:
         # With the accelerator, the Inserts of a read burst go to the assembler as runs (events/run.py).
         runs = native.insert_run()
         run_length = runs[0] if runs is not None else None
-        read_inserts = getattr(stream, "read_inserts", None) if runs is not None else None
         run_lsns: list[int] = []
         run_raws: list[bytes] = []
         loop = asyncio.get_running_loop()
@@ -227,33 +226,14 @@ class Pipeline:
             drained = False
             room, room_bytes = hub.room()  # what a run may hold before the bounds are checked again
             run_bytes = 0
-            handled = 0
-            while handled < YIELD_EVERY:
+            for _ in range(YIELD_EVERY):
                 if self._held is not None:
                     msg, self._held = self._held, None
-                elif read_inserts is not None:  # the Inserts up to the next other message, in one C call
-                    before = len(run_raws)
-                    got = read_inserts(min(room, before + YIELD_EVERY - handled),
-                                       max(1, (room_bytes - run_bytes) // HELD_PER_BYTE), run_lsns, run_raws)
-                    added = len(run_raws) - before
-                    if added:
-                        handled += added
-                        new = run_raws[before:]
-                        read_size = sum(map(len, new))
-                        size += read_size
-                        run_bytes += HELD_PER_BYTE * read_size + HELD_FIXED * added  # as Hub.publish counts it
-                        top = max(run_lsns[before:])
-                        if top > self.written_lsn:
-                            self.written_lsn = top
-                    if got is True:  # the run is as long as the bounds or the burst allow
-                        break
-                    msg = got
                 else:
                     msg = read()
                 if msg is None:
                     drained = True
                     break
-                handled += 1
                 lsn, data = msg
                 if lsn > self.written_lsn:
                     self.written_lsn = lsn

@@ -10,7 +10,6 @@ Skipped where the accelerator was not built; under CI=true a missing build fails
 from __future__ import annotations
 
 import asyncio
-import ctypes
 import json
 import os
 import struct
@@ -373,89 +372,3 @@ def test_a_corrupted_insert_in_a_run_raises_the_same_error_after_the_same_delive
             errors.append((str(exc.value), d.batches(), d.state()))
     assert errors[0] == errors[1]
     assert pb.SubscribeResponse.FromString(errors[0][1][0]).batch.events  # the rows before it were delivered
-
-
-# --- reading: runs of Inserts in one C call against read_copy_data message by message ------------------
-
-
-class FakeLibpq:
-    """PQgetCopyData and PQfreemem over a list of CopyData messages (C callbacks handed to set_libpq), then 0
-    (nothing more buffered): what the readers see of a connection, without one."""
-
-    GET = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.POINTER(ctypes.c_void_p), ctypes.c_int)
-    FREE = ctypes.CFUNCTYPE(None, ctypes.c_void_p)
-
-    def __init__(self, messages: list[bytes]) -> None:
-        self.pending = list(messages)
-        self.buffers: list[ctypes.Array[ctypes.c_char]] = []
-        self.freed = 0
-        self.get = self.GET(self._get)
-        self.free = self.FREE(lambda pointer: self._free())
-
-    def _get(self, conn: int, out: Any, is_async: int) -> int:
-        assert is_async == 1
-        if not self.pending:
-            return 0
-        data = self.pending.pop(0)
-        buf = ctypes.create_string_buffer(data, len(data))
-        self.buffers.append(buf)
-        out[0] = ctypes.cast(buf, ctypes.c_void_p)
-        return len(data)
-
-    def _free(self) -> None:
-        self.freed += 1
-
-    def install(self) -> None:
-        from walstream._native import _rowenc
-
-        address = ctypes.cast(self.get, ctypes.c_void_p).value
-        free = ctypes.cast(self.free, ctypes.c_void_p).value
-        assert address and free
-        _rowenc.set_libpq(address, free)
-
-
-def xlogdata(lsn: int, message: bytes) -> bytes:
-    return b"w" + struct.pack(">QQQ", lsn, lsn + 8, 0) + message
-
-
-@settings(max_examples=200, deadline=None)
-@given(st.lists(st.sampled_from(["insert", "other", "keepalive", "short"]), max_size=30), st.integers(1, 8),
-       st.integers(1, 200))
-def test_reading_runs_gives_the_messages_read_copy_data_gives(kinds: list[str], max_count: int,
-                                                              max_bytes: int) -> None:
-    from walstream._native import _rowenc
-
-    messages = []
-    for i, kind in enumerate(kinds):
-        if kind == "insert":
-            messages.append(xlogdata(1000 + i, insert_message([("t", str(i).encode())])))
-        elif kind == "other":
-            messages.append(xlogdata(1000 + i, b"B" + struct.pack(">QqI", 5, 6, 7) if i % 2 else
-                                     b"C\0" + struct.pack(">QQq", 5, 13, 6)))
-        elif kind == "keepalive":
-            messages.append(b"k" + struct.pack(">QQB", 99, 0, 1))
-        else:
-            messages.append(b"w" + b"\0" * 24)  # an XLogData without a message: the keepalive path says so
-    reference = FakeLibpq(messages)
-    reference.install()
-    want = []
-    while (got := _rowenc.read_copy_data(1)) != 0:
-        is_insert = type(got) is tuple and got[1][:1] == b"I"
-        want.append(("run", *got) if is_insert else got)  # type: ignore[misc]
-    bulk_reader = FakeLibpq(messages)
-    bulk_reader.install()
-    seen: list[object] = []
-    while True:
-        lsns: list[int] = []
-        raws: list[bytes] = []
-        got = _rowenc.read_inserts(1, max_count, max_bytes, lsns, raws)
-        assert len(raws) <= max_count and (len(raws) <= 1 or sum(map(len, raws[:-1])) < max_bytes)
-        seen.extend(("run", lsn, raw) for lsn, raw in zip(lsns, raws, strict=True))
-        if got is True:
-            assert raws
-            continue
-        if got == 0:
-            break
-        seen.append(got)
-    assert seen == want
-    assert reference.freed == bulk_reader.freed == len(messages)

@@ -13,11 +13,6 @@
  *         those fields in data; done < stop - start: msgs[start + done] needs the Python path (a value that
  *         does not parse the strict way, a binary column, a column count other than len(kinds), a slow
  *         encoder that raised, a malformed message), which writes the same bytes or raises the same error.
- * read_inserts(conn, max_count, max_bytes, lsns, raws) -> (data_start, message) | bytes | True | int
- *   read_copy_data (_rowenc.c) in a loop: XLogData holding an Insert ('I') are appended to lsns / raws (data
- *   start, message) until max_count messages or max_bytes bytes are there (then True); the first other
- *   XLogData comes back as (data_start, message), any other CopyData whole as bytes (a keepalive, for
- *   copyboth.py), and PQgetCopyData's n <= 0 as an int (0: nothing more is buffered).
  */
 #include "_rowenc.h"
 
@@ -203,61 +198,7 @@ done:
     return result;
 }
 
-static PyObject *read_inserts(PyObject *self, PyObject *args) {
-    PyObject *connobj, *lsns, *raws;
-    Py_ssize_t max_count, max_bytes;
-    if (!PyArg_ParseTuple(args, "OnnO!O!:read_inserts", &connobj, &max_count, &max_bytes, &PyList_Type, &lsns,
-                          &PyList_Type, &raws))
-        return NULL;
-    if (pq_get_copy_data == NULL) {
-        PyErr_SetString(PyExc_RuntimeError, "walstream._native: read_inserts before set_libpq");
-        return NULL;
-    }
-    void *conn = PyLong_AsVoidPtr(connobj);
-    if (conn == NULL) {
-        if (!PyErr_Occurred())
-            PyErr_SetString(PyExc_ValueError, "read_inserts: a NULL connection");
-        return NULL;
-    }
-    Py_ssize_t bytes = 0;
-    while (PyList_GET_SIZE(raws) < max_count && bytes < max_bytes) {
-        char *buf = NULL;
-        int n = pq_get_copy_data(conn, &buf, 1); /* async: never blocks */
-        if (n <= 0)
-            return PyLong_FromLong(n);
-        PyObject *out = NULL;
-        if (buf[0] == 'w' && n > 25) {
-            const unsigned char *u = (const unsigned char *)buf;
-            uint64_t lsn = 0;
-            for (int k = 1; k < 9; k++)
-                lsn = lsn << 8 | u[k];
-            PyObject *data = PyBytes_FromStringAndSize(buf + 25, n - 25);
-            PyObject *start = data == NULL ? NULL : PyLong_FromUnsignedLongLong(lsn);
-            if (start != NULL && buf[25] == 'I') {
-                int failed = PyList_Append(lsns, start) < 0 || PyList_Append(raws, data) < 0;
-                Py_DECREF(start);
-                Py_DECREF(data);
-                pq_freemem(buf);
-                if (failed)
-                    return NULL;
-                bytes += n - 25;
-                continue;
-            }
-            out = start == NULL ? NULL : PyTuple_Pack(2, start, data);
-            Py_XDECREF(start);
-            Py_XDECREF(data);
-        } else {
-            out = PyBytes_FromStringAndSize(buf, n);
-        }
-        pq_freemem(buf);
-        return out;
-    }
-    Py_RETURN_TRUE;
-}
-
 PyMethodDef insertrun_methods[] = {
-    {"read_inserts", read_inserts, METH_VARARGS,
-     "read_inserts(conn, max_count, max_bytes, lsns, raws) -> (data_start, message) | bytes | True | n <= 0"},
     {"insert_run_length", insert_run_length, METH_VARARGS,
      "insert_run_length(msgs, start) -> (relation id, n well-formed Inserts of it from start)"},
     {"encode_inserts", (PyCFunction)(void (*)(void))encode_inserts, METH_FASTCALL,

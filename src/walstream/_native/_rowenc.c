@@ -343,8 +343,10 @@ error:
  * headers or link here). read_copy_data(conn pointer) -> (data_start, pgoutput message) for an XLogData,
  * the whole message as bytes for anything else (a keepalive: copyboth.py reads it), or PQgetCopyData's
  * result n <= 0 as an int. One copy out of libpq's buffer, straight into the message's bytes. */
-get_copy_data_fn pq_get_copy_data = NULL;
-freemem_fn pq_freemem = NULL;
+typedef int (*get_copy_data_fn)(void *, char **, int);
+typedef void (*freemem_fn)(void *);
+static get_copy_data_fn pq_get_copy_data = NULL;
+static freemem_fn pq_freemem = NULL;
 
 static PyObject *set_libpq(PyObject *self, PyObject *args) {
     unsigned long long get_addr, free_addr;

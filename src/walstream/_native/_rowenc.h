@@ -46,12 +46,6 @@ static inline uint32_t be32(const unsigned char *p) {
     return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | (uint32_t)p[3];
 }
 
-/* libpq's PQgetCopyData and PQfreemem, by the addresses set_libpq was given (_rowenc.c). */
-typedef int (*get_copy_data_fn)(void *, char **, int);
-typedef void (*freemem_fn)(void *);
-extern get_copy_data_fn pq_get_copy_data;
-extern freemem_fn pq_freemem;
-
 extern PyMethodDef insertrun_methods[]; /* _insertrun.c: added to the module at init */
 
 #endif

@@ -99,7 +99,6 @@ class CopyBoth:
         self._conn_int = pgconn_ptr
         # The C accelerator's reader (walstream.native), handed this libpq's functions by address.
         self._native = native.copy_reader(_function_address(_get_copy_data), _function_address(_free))
-        self._native_inserts = native.inserts_reader(_function_address(_get_copy_data), _function_address(_free))
         self._buf = ctypes.c_void_p()
         self._buf_ref = ctypes.byref(self._buf)
         self.wal_end = 0  # the server's WAL end from the last keepalive
@@ -140,43 +139,6 @@ class CopyBoth:
         while True:
             got = read_copy_data(conn)
             if type(got) is tuple:
-                return got
-            if isinstance(got, bytes):
-                self._keepalive(got)
-                consumed = True
-                continue
-            assert isinstance(got, int)
-            if got == 0:
-                if consumed:
-                    return None
-                if not _consume_input(self._conn):
-                    raise CopyBothError(self._libpq_error())
-                consumed = True
-                continue
-            raise self._ended(got)
-
-    def read_inserts(self, max_count: int, max_bytes: int, lsns: list[int],
-                     raws: list[bytes]) -> tuple[int, bytes] | bool | None:
-        """read() while the messages are Inserts, appending them to lsns and raws (the C accelerator reads
-        them in one call), until there are max_count of them or max_bytes bytes of them: then True. Else the
-        next message that is not an Insert, or None when nothing more has arrived (as read())."""
-        read = self._native_inserts
-        if read is None:  # no accelerator: message by message
-            while len(raws) < max_count:
-                msg = self.read()
-                if msg is None or msg[1][:1] != b"I":
-                    return msg
-                lsns.append(msg[0])
-                raws.append(msg[1])
-            return True
-        conn = self._conn_int
-        consumed = False  # since the last message appended: once read what the socket had, and none came
-        while True:
-            before = len(raws)
-            got = read(conn, max_count, max_bytes, lsns, raws)
-            if len(raws) != before:
-                consumed = False
-            if got is True or type(got) is tuple:
                 return got
             if isinstance(got, bytes):
                 self._keepalive(got)

@@ -176,15 +176,6 @@ class ReplicationStream:
         except CopyBothError as exc:
             raise _stream_ended(exc, self.slot) from None
 
-    def read_inserts(self, max_count: int, max_bytes: int, lsns: list[int],
-                     raws: list[bytes]) -> tuple[int, bytes] | bool | None:
-        """read() while the messages are Inserts, appending them (copyboth.CopyBoth.read_inserts)."""
-        assert self._wire is not None
-        try:
-            return self._wire.read_inserts(max_count, max_bytes, lsns, raws)
-        except CopyBothError as exc:
-            raise _stream_ended(exc, self.slot) from None
-
     @property
     def wal_end(self) -> int:
         """The server's WAL end from the last keepalive; meaningful only when no transaction is open."""
