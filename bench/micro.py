@@ -2,8 +2,10 @@
 
 Generated pgoutput Insert messages (the shapes of bench/workloads.py) go through the stages the session
 loop runs for each row: decode (decoder.plain_insert), assemble (Assembler.insert -> ChangeEvent), v1 encode
-(the batched API's Event bytes, Encoder.item) and seed JSON (ChangeEvent.json_bytes). No PostgreSQL, no gRPC:
-this measures the CPU walstream spends per row, so a change to the hot path is measured before and after.
+(the batched API's Event bytes, Encoder.item) and seed JSON (ChangeEvent.json_bytes); and, native only, the
+three v1 stages at once as runs of 256 Inserts (Assembler.insert_run -> Encoder.run_items, events/run.py).
+No PostgreSQL, no gRPC: this measures the CPU walstream spends per row, so a change to the hot path is
+measured before and after.
 
     .venv/bin/python bench/micro.py [--rows 20000] [--repeat 5]
 """
@@ -74,6 +76,15 @@ class _Sink:
         pass
 
 
+class _RunSink(_Sink):
+    def __init__(self, encode: Callable[[Any], object]) -> None:
+        super().__init__()
+        self.encode = encode
+
+    def publish_run(self, run: Any, txn: Any) -> None:
+        self.encode(run)
+
+
 def _best(fn: Callable[[], object], repeat: int) -> float:
     best = float("inf")
     for _ in range(repeat):
@@ -124,6 +135,21 @@ def measure(shape: str, rows: int, repeat: int) -> dict[str, float]:
         for e in events:
             e.json_bytes()
 
+    def runs() -> None:
+        """decode + assemble + v1 encode at once, as runs of 256 Inserts (events/run.py): the native path."""
+        encoder = Encoder(TypedCatalog(TypeCatalog()))
+        run_sink = _RunSink(encoder.run_items)
+        run_asm = Assembler(run_sink, TypeCatalog(), text_decoder("utf-8"))
+        run_asm.handle(decode_message(b"B" + struct.pack(">QqI", 1 << 32, 0, 1000)), 1 << 32)
+        run_asm.handle(decode_message(relation_message(columns)), 1 << 32)
+        accelerated = native.insert_run()
+        assert accelerated is not None
+        plain = insert_decoder()
+        for i in range(0, len(msgs), 256):
+            run_asm.insert_run(lsns[i:i + 256], msgs[i:i + 256], accelerated[0], plain)
+
+    lsns = [lsn] * len(msgs)
+
     us = 1e6 / rows
     result: dict[str, float] = {}
     for impl in native.available_implementations():
@@ -133,6 +159,9 @@ def measure(shape: str, rows: int, repeat: int) -> dict[str, float]:
         with native.using(impl):
             result[f"v1 encode ({impl})"] = _best(v1(impl), repeat) * us
     result["seed json"] = _best(seed, repeat) * us
+    if "native" in native.available_implementations():
+        with native.using("native"):
+            result["v1 runs, decode to Event (native)"] = _best(runs, repeat) * us
     return result
 
 
