@@ -167,7 +167,8 @@ class SnapshotService:
     # -- the client's backfill ------------------------------------------------------------------------
 
     def start(self, plan: Plan, client: Client, adapter: V1Adapter) -> asyncio.Task[None]:
-        backfill = ClientBackfill(self.encoder, self.pipeline.assembler, self.guard)
+        backfill = ClientBackfill(self.encoder, self.pipeline.assembler, self.guard,
+                                  (adapter.sub.max_events, adapter.sub.max_bytes))
         adapter.backfill = backfill
         return asyncio.create_task(self._run(plan, client, backfill))
 
@@ -178,7 +179,7 @@ class SnapshotService:
     async def _run(self, plan: Plan, client: Client, backfill: ClientBackfill) -> None:
         try:
             if plan.consistent:
-                await self._copy_consistent(plan, client)
+                await self._copy_consistent(plan, client, backfill)
             else:
                 await self._tables(plan, client, backfill)
         except asyncio.CancelledError:
@@ -208,7 +209,7 @@ class SnapshotService:
         self.held.release()
         self.hub.release()
 
-    async def _copy_consistent(self, plan: Plan, client: Client) -> None:
+    async def _copy_consistent(self, plan: Plan, client: Client, backfill: ClientBackfill) -> None:
         """Every table at the slot's consistent point, before the first change (consistent.py)."""
         held, hub = self.held, self.hub
         copy = ParallelCopy(self.conn_str, self.publication, held.name, plan.tables, plan.chunk_rows, plan.stop)
@@ -225,20 +226,22 @@ class SnapshotService:
                     if isinstance(item, BaseException):
                         raise SnapshotUnavailable(f"copying {ref.name}: {catalog.first_line(item)}")
                     read, after, upto, done = item
-                    if read.shape is not None and read.rows:
-                        await self._room(client, len(read.rows), held_bytes)
+                    if read.shape is not None and read.count:
+                        await self._room(client, read.count, held_bytes)
                         if client.closed:
                             return
                         await self.pipeline.ensure_types([c.type_oid for c in read.shape.columns])
                         rel = self._relation(read.shape)
-                        items = self.encoder.snapshot_items(lsn, txn, [(rel, row) for row in read.rows], ordinal + 1)
-                        ordinal += len(items)
-                        hub.deliver_group(client, lsn, DeliveryGroup(items, sum(i.size for i in items)))
-                        held_bytes = HELD_PER_BYTE * read.bytes_read + HELD_FIXED * len(read.rows)
-                        sent, chunks = sent + len(items), chunks + 1
+                        items, _ = self.encoder.snapshot_chunk(lsn, txn, rel, read.copy, set(), ordinal + 1,
+                                                               *backfill.piece_limits(rel))
+                        rows = sum(i.count for i in items)
+                        ordinal += rows
+                        hub.deliver_group(client, lsn, DeliveryGroup(items, sum(i.size for i in items), rows))
+                        held_bytes = HELD_PER_BYTE * read.bytes_read + HELD_FIXED * read.count
+                        sent, chunks = sent + rows, chunks + 1
                         estimate = estimate or read.shape.rows_estimate
                         counters.chunks[ref.name] += 1
-                        counters.rows[ref.name] += len(items)
+                        counters.rows[ref.name] += rows
                         shown.rows_sent, shown.chunks, shown.rows_estimate = sent, chunks, estimate
                     remaining = plan.tables[index + 1:] if done else plan.tables[index:]
                     position = token.Position(plan.backfill_id, plan.request_hash, tuple(r.name for r in remaining),
@@ -246,7 +249,7 @@ class SnapshotService:
                     state = pb.SNAPSHOT_TABLE_DONE if done else pb.SNAPSHOT_RUNNING
                     progress = pb.SnapshotProgress(
                         table=ref.name, state=state, rows_sent=sent, rows_estimate=estimate,
-                        position=lsn if read.rows else 0, resume_token=token.encode(position, plan.epoch),
+                        position=lsn if read.count else 0, resume_token=token.encode(position, plan.epoch),
                         chunks=chunks)
                     if done and index == len(plan.tables) - 1:
                         progress.state, progress.done = pb.SNAPSHOT_DONE, True
@@ -295,10 +298,10 @@ class SnapshotService:
                             await _in(plan.executor, partial(plan.reader.wait_visible, outcome.wait_for, plan.stop))
                         continue
                     log.debug("snapshot chunk %d of %s: %d rows read after %s up to %s, %d sent, %d superseded, "
-                              "%d completed", seq, ref.name, len(read.rows), after, read.last, outcome.sent,
+                              "%d completed", seq, ref.name, read.count, after, read.last, outcome.sent,
                               outcome.superseded, outcome.completed)
                     chunks += 1
-                    held_bytes = HELD_PER_BYTE * read.bytes_read + HELD_FIXED * len(read.rows)
+                    held_bytes = HELD_PER_BYTE * read.bytes_read + HELD_FIXED * read.count
                     sent += outcome.sent
                     superseded += outcome.superseded
                     counters.chunks[ref.name] += 1
@@ -308,7 +311,7 @@ class SnapshotService:
                     shown.rows_estimate = estimate
                     if read.last is not None:
                         after = read.last
-                    done = upto is None or read.last is None or read.last == upto or len(read.rows) < plan.chunk_rows
+                    done = upto is None or read.last is None or read.last == upto or read.count < plan.chunk_rows
                 if done:
                     remaining.pop(0)
                     after = upto = None
@@ -361,11 +364,11 @@ class SnapshotService:
             log.info("snapshot chunk %d of %s read again: %s", seq, ref.name, catalog.first_line(exc))
             await asyncio.sleep(ROOM_POLL)
             return Outcome(), None
-        if read.shape is None or not read.rows:
+        if read.shape is None or not read.count:
             backfill.window = None
             return Outcome(), read
         await self.pipeline.ensure_types([c.type_oid for c in read.shape.columns])  # typed as INSERT values
-        window.chunk = Chunk(self._relation(read.shape), read.rows, read.keys, read.snapshot)
+        window.chunk = Chunk(self._relation(read.shape), read.copy, read.snapshot)
         was_read = time.monotonic()
         await _in(plan.executor, lambda: reader.emit(window.high))
         outcome = await window.outcome
