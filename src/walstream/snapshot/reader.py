@@ -136,19 +136,21 @@ class ChunkReader:
              limit: int) -> ChunkRead:
         """One chunk, in one REPEATABLE READ transaction: its snapshot, the table's shape, and its rows."""
         conn = self._connection()
-        conn.autocommit = False
         try:
             with conn.cursor() as cur:
-                cur.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-                cur.execute(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'")
-                cur.execute("SELECT pg_catalog.pg_current_snapshot()::text")
+                # The transaction opened in the same round trip as the snapshot is taken (the connection stays
+                # in autocommit: the driver adds no BEGIN of its own): a chunk is round trips more than rows.
+                cur.execute("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY; "
+                            f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'; "
+                            "SELECT pg_catalog.pg_current_snapshot()::text")
                 row = cur.fetchone()
                 assert row is not None
                 snapshot = Snapshot.parse(str(row[0]))
             return self._read_keyed(conn, snapshot, ref, after, upto, limit)
         finally:
-            conn.rollback()  # read only: nothing to commit
-            conn.autocommit = True
+            if not conn.closed:
+                with conn.cursor() as cur:
+                    cur.execute("ROLLBACK")  # read only: nothing to commit
 
     # -- in one snapshot (walstream.snapshot.consistent) -------------------------------------------------
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -60,6 +61,7 @@ class Outcome:
     retry: str = ""  # why the chunk must be read again ("" = delivered)
     completed: int = 0  # rows completed with TOASTed values from the chunk (included in sent)
     wait_for: list[int] = field(default_factory=list)  # xids to wait for before reading it again
+    seq: int = 0  # the chunk's number (in logs)
 
 
 @dataclass
@@ -73,6 +75,7 @@ class Chunk:
 
 class Window:
     def __init__(self, backfill_id: str, seq: int, relation_id: int, key_names: tuple[str, ...]) -> None:
+        self.seq = seq
         self.low = orjson.dumps({"bf": backfill_id, "seq": seq, "k": "L"})
         self.high = orjson.dumps({"bf": backfill_id, "seq": seq, "k": "H"})
         self.relation_id = relation_id
@@ -98,9 +101,21 @@ class ClientBackfill:
         self.history = history
         self.guard = guard
         self.limits = limits  # the client's batch limits (events, bytes): a chunk's pieces fit in one batch
-        self.window: Window | None = None
+        # The runner's windows in the order of their watermarks in the WAL (it emits them from one connection,
+        # each committed before the next): the first is the one the stream is in or comes to next. A chunk
+        # read ahead adds its window while the one before still waits for its high watermark.
+        self.windows: deque[Window] = deque()
         self._key_index: dict[tuple[int, tuple[str, ...]], tuple[RelationInfo, tuple[int, ...] | None]] = {}
         self.commit_ordinals: dict[int, tuple[TxnInfo, int]] = {}  # id(txn) -> (txn, COMMIT's ordinal)
+
+    @property
+    def window(self) -> Window | None:
+        return self.windows[0] if self.windows else None
+
+    def drop(self, window: Window) -> None:
+        """A window whose high watermark will not be emitted (its chunk is read again, or had no rows)."""
+        if window in self.windows:
+            self.windows.remove(window)
 
     # -- from the adapter, in stream order ------------------------------------------------------------
 
@@ -114,8 +129,8 @@ class ClientBackfill:
             window.mark = self.history.xids_begun
             return []
         if content != window.high:
-            return []  # another backfill's, or an old one replayed
-        self.window = None
+            return []  # another backfill's, an old one replayed, or a dropped window's
+        self.windows.popleft()
         outcome = self._close(window, event)
         if not window.outcome.done():
             window.outcome.set_result(outcome[0])
