@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 .PHONY: setup test test-fast lint proto check-proto clean demo bench bench-sinks
 
 # setup.py and the C sources: the editable install compiles the accelerator in place, so a change rebuilds it.
-$(VENV)/.installed: pyproject.toml setup.py $(wildcard src/walstream/_native/*.c src/walstream/_native/*.h)
+$(VENV)/.installed: pyproject.toml setup.py $(wildcard src/walstream/_native/*.[ch])
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[dev]'

@@ -63,8 +63,9 @@ static int parse_int64(const char *s, Py_ssize_t n, int64_t *out) {
     return 1;
 }
 
-static const char V_NULL[] = "\x0a\x02\x08\x01";
-static const char V_TOAST[] = "\x0a\x02\x10\x01";
+/* Row.values element: Value{null: true} / Value{unchanged_toast: true} */
+static const char V_NULL[] = {TAG_ROW_VALUES, 2, TAG_VALUE_NULL, 1};
+static const char V_TOAST[] = {TAG_ROW_VALUES, 2, TAG_VALUE_UNCHANGED_TOAST, 1};
 
 /* One text value of kind `kind` into b (framed as a Row.values element): 1 written, 0 it needs the Python
  * path, -1 a Python error is set. K_SLOW calls slow(data); data NULL: a bytes object of s is made for it. */
@@ -77,22 +78,22 @@ int rowenc_text_value(Buf *b, unsigned char kind, const char *s, Py_ssize_t n, P
         uint64_t z = ((uint64_t)v << 1) ^ (uint64_t)(v >> 63);
         if (buf_reserve(b, 13) < 0)
             return -1;
-        b->data[b->len++] = 0x0a;
+        b->data[b->len++] = TAG_ROW_VALUES;
         b->data[b->len++] = (char)(1 + varint_size(z));
-        b->data[b->len++] = 0x20; /* Value.int64: field 4, varint */
+        b->data[b->len++] = TAG_VALUE_INT64;
         put_varint(b, z);
         break;
     }
     case K_NUMERIC:
     case K_TEXT:
     case K_JSON: {
-        unsigned char tag = kind == K_NUMERIC ? 6 : kind == K_TEXT ? 7 : 9;
+        unsigned char tag = kind == K_NUMERIC ? TAG_VALUE_NUMERIC : kind == K_TEXT ? TAG_VALUE_TEXT : TAG_VALUE_JSON;
         uint64_t inner = 1 + (uint64_t)varint_size((uint64_t)n) + (uint64_t)n;
         if (buf_reserve(b, 1 + 10 + 1 + 10 + n) < 0)
             return -1;
-        b->data[b->len++] = 0x0a;
+        b->data[b->len++] = TAG_ROW_VALUES;
         put_varint(b, inner);
-        b->data[b->len++] = (char)(tag << 3 | 2);
+        b->data[b->len++] = (char)tag;
         put_varint(b, (uint64_t)n);
         memcpy(b->data + b->len, s, (size_t)n);
         b->len += n;
@@ -103,7 +104,9 @@ int rowenc_text_value(Buf *b, unsigned char kind, const char *s, Py_ssize_t n, P
             return 0;
         if (buf_reserve(b, 4) < 0)
             return -1;
-        memcpy(b->data + b->len, "\x0a\x02\x18", 3);
+        b->data[b->len] = TAG_ROW_VALUES;
+        b->data[b->len + 1] = 2;
+        b->data[b->len + 2] = TAG_VALUE_BOOL;
         b->data[b->len + 3] = s[0] == 't';
         b->len += 4;
         break;
@@ -228,23 +231,23 @@ static PyObject *insert_event(PyObject *self, PyObject *const *args, Py_ssize_t 
         return NULL;
     }
     Buf o = {PyBytes_AS_STRING(out), 0, total, {0}}; /* exact size: put_varint needs no reserve */
-    o.data[o.len++] = 0x12;
+    o.data[o.len++] = TAG_BATCH_EVENTS;
     put_varint(&o, body);
     memcpy(o.data + o.len, PyBytes_AS_STRING(op), (size_t)nop);
     o.len += nop;
     if (lsn) {
-        o.data[o.len++] = 0x10;
+        o.data[o.len++] = TAG_EVENT_LSN;
         put_varint(&o, lsn);
     }
     memcpy(o.data + o.len, PyBytes_AS_STRING(txn), (size_t)ntxn);
     o.len += ntxn;
     if (ordinal) {
-        o.data[o.len++] = 0x30;
+        o.data[o.len++] = TAG_EVENT_ORDINAL;
         put_varint(&o, ordinal);
     }
     memcpy(o.data + o.len, PyBytes_AS_STRING(relf), (size_t)nrel);
     o.len += nrel;
-    o.data[o.len++] = 0x42;
+    o.data[o.len++] = TAG_EVENT_NEW;
     put_varint(&o, (uint64_t)b.len);
     memcpy(o.data + o.len, b.data, (size_t)b.len);
     buf_free(&b);

@@ -8,6 +8,8 @@
 #include <stdint.h>
 #include <string.h>
 
+#include "_tags.h"
+
 enum { K_SLOW = 0, K_SINT64 = 1, K_NUMERIC = 2, K_TEXT = 3, K_JSON = 4, K_BOOL = 5 };
 
 typedef struct {

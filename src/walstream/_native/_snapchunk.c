@@ -15,7 +15,7 @@
  */
 #include "_rowenc.h"
 
-static const char SNAP_NULL[] = "\x0a\x02\x08\x01"; /* Value(null=True) */
+static const char SNAP_NULL[] = {TAG_ROW_VALUES, 2, TAG_VALUE_NULL, 1}; /* Value{null: true} */
 
 /* Fields of one line [p, end): starts and ends of the first `columns`; the number of fields found. */
 static Py_ssize_t split_line(const char *p, const char *end, Py_ssize_t columns, const char **starts,
@@ -276,15 +276,15 @@ static PyObject *snapshot_events(PyObject *self, PyObject *const *args, Py_ssize
                 break;
             }
             Buf *o = &out.piece;
-            o->data[o->len++] = 0x12; /* Batch.events: field 2, length-delimited */
+            o->data[o->len++] = TAG_BATCH_EVENTS;
             put_varint(o, body);
             memcpy(o->data + o->len, hd, (size_t)nhead);
             o->len += nhead;
-            o->data[o->len++] = 0x30; /* Event.ordinal */
+            o->data[o->len++] = TAG_EVENT_ORDINAL;
             put_varint(o, ordinal);
             memcpy(o->data + o->len, rf, (size_t)nrel);
             o->len += nrel;
-            o->data[o->len++] = 0x42; /* Event.new */
+            o->data[o->len++] = TAG_EVENT_NEW;
             put_varint(o, (uint64_t)row.len);
             memcpy(o->data + o->len, row.data, (size_t)row.len);
             o->len += row.len;

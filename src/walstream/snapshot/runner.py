@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, Protocol, TypeVar
 
+from .._proto import tags
 from .._proto import walstream_v1_pb2 as pb
 from ..delivery.acks import DeliveryGroup
 from ..delivery.hub import HELD_FIXED, HELD_PER_BYTE, Client, Hub
@@ -41,7 +42,6 @@ from .window import Chunk, ClientBackfill, History, Outcome, ProgressItem, Windo
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-SUBSCRIBE_RESPONSE_PROGRESS = 2 << 3 | 2  # SubscribeResponse.progress: field 2, length-delimited
 HELD_CHECK = 1.0  # seconds between checks that the held snapshot can still be taken
 ROOM_POLL = 0.02  # seconds between checks of the client's room for the next chunk
 MAX_SCHEMA_RETRIES = 20  # reads of one chunk failing on a concurrent schema change before giving up
@@ -256,11 +256,11 @@ class SnapshotService:
                         chunks=chunks)
                     if done and index == len(plan.tables) - 1:
                         progress.state, progress.done = pb.SNAPSHOT_DONE, True
-                    client.push(ProgressItem(wire_field(SUBSCRIBE_RESPONSE_PROGRESS, progress.SerializeToString())))
+                    client.push(_progress_item(progress))
             if not plan.tables:
                 progress = pb.SnapshotProgress(state=pb.SNAPSHOT_DONE, done=True, resume_token=token.encode(
                     token.Position(plan.backfill_id, plan.request_hash, (), None, None), plan.epoch))
-                client.push(ProgressItem(wire_field(SUBSCRIBE_RESPONSE_PROGRESS, progress.SerializeToString())))
+                client.push(_progress_item(progress))
         finally:
             copy.close()
         log.info("CONSISTENT snapshot for %s done: %d rows at the slot's starting point", client.name, ordinal)
@@ -331,7 +331,7 @@ class SnapshotService:
                         chunks=chunks, retries=retries)
                     if done and not remaining:
                         progress.state, progress.done = pb.SNAPSHOT_DONE, True
-                    client.push(ProgressItem(wire_field(SUBSCRIBE_RESPONSE_PROGRESS, progress.SerializeToString())))
+                    client.push(_progress_item(progress))
         finally:
             if ahead is not None:  # the call ended while a chunk was read ahead
                 ahead.cancel()
@@ -339,7 +339,7 @@ class SnapshotService:
             progress = pb.SnapshotProgress(table=last_table, state=pb.SNAPSHOT_DONE, done=True,
                                            resume_token=token.encode(token.Position(
                                                plan.backfill_id, plan.request_hash, (), None, None), plan.epoch))
-            client.push(ProgressItem(wire_field(SUBSCRIBE_RESPONSE_PROGRESS, progress.SerializeToString())))
+            client.push(_progress_item(progress))
         log.info("snapshot for %s done", client.name)
 
     def _has_room(self, client: Client, rows: int, held_bytes: int) -> bool:
@@ -453,3 +453,8 @@ async def _in(executor: ThreadPoolExecutor, work: Callable[[], T]) -> T:
 
 
 __all__ = ["History", "InvalidSubscription", "Plan", "SnapshotService", "SnapshotUnavailable"]
+
+
+def _progress_item(progress: pb.SnapshotProgress) -> ProgressItem:
+    """SubscribeResponse.progress, framed for the client's queue."""
+    return ProgressItem(wire_field(tags.SUBSCRIBE_RESPONSE_PROGRESS, progress.SerializeToString()))

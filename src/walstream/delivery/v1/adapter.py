@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
 from ... import native
+from ..._proto import tags
 from ..._proto import walstream_v1_pb2 as pb
 from ...events.change import PG_EPOCH_US, ChangeEvent, Op, RelationInfo, TxnInfo
 from ...source.messages import TRUNCATE_CASCADE, TRUNCATE_RESTART_IDENTITY, TupleData
@@ -65,8 +66,13 @@ class V1Item:
         return pb.Batch.FromString(self.data).events[0]  # data is one Batch.events field
 
 
-BATCH_EVENTS = 2 << 3 | 2  # Batch.events: field 2, length-delimited
-BATCH_RELATIONS = 1 << 3 | 2  # Batch.relations: field 1
+BATCH_EVENTS = tags.BATCH_EVENTS
+BATCH_RELATIONS = tags.BATCH_RELATIONS
+# One-byte tags of the Event fields written by hand below (walstream._proto.tags, generated from the .proto).
+_EVENT = bytes((tags.BATCH_EVENTS,))
+_LSN, _XID, _COMMIT_LSN, _COMMIT_TIME, _ORDINAL, _NEW, _OLD, _OLD_ROW_TAG = (bytes((t,)) for t in (
+    tags.EVENT_LSN, tags.EVENT_XID, tags.EVENT_COMMIT_LSN, tags.EVENT_COMMIT_TIME_US, tags.EVENT_ORDINAL,
+    tags.EVENT_NEW, tags.EVENT_OLD, tags.EVENT_OLD_ROW))
 
 
 # --- subscriptions ------------------------------------------------------------------------------------
@@ -228,14 +234,14 @@ class Encoder:
         if self._txn[0] is not txn:
             commit_time = txn.commit_ts + PG_EPOCH_US
             self._txn = (txn, b"".join((
-                b"\x18" + wire.varint(txn.xid) if txn.xid else b"",
-                b"\x20" + wire.varint(txn.commit_lsn) if txn.commit_lsn else b"",
-                b"\x28" + wire.varint(commit_time) if commit_time else b"")))
+                _XID + wire.varint(txn.xid) if txn.xid else b"",
+                _COMMIT_LSN + wire.varint(txn.commit_lsn) if txn.commit_lsn else b"",
+                _COMMIT_TIME + wire.varint(commit_time) if commit_time else b"")))
         return self._txn[1]
 
     def _snapshot_head(self, lsn: int, txn: TxnInfo) -> bytes:
         """Event fields 1-5 of every SNAPSHOT event at (lsn, txn)."""
-        return b"".join((_OP_FIELD[Op.SNAPSHOT], b"\x10" + wire.varint(lsn) if lsn else b"", self._txn_fields(txn)))
+        return b"".join((_OP_FIELD[Op.SNAPSHOT], _LSN + wire.varint(lsn) if lsn else b"", self._txn_fields(txn)))
 
     def snapshot_chunk(self, lsn: int, txn: TxnInfo, rel: RelationInfo, chunk: CopyChunk, cancelled: set[Key],
                        first: int, max_events: int, max_bytes: int) -> tuple[list[V1Item], int]:
@@ -275,8 +281,8 @@ class Encoder:
                 encoder, rels, last = self._row_encoder(rel), (rel,), rel
             assert encoder is not None and rels is not None
             row = encoder.row(cells)
-            body = b"".join((head, b"\x30", varint(ordinal), encoder.relation_field, b"\x42", varint(len(row)), row))
-            append(V1Item(b"\x12" + varint(len(body)) + body, op, lsn, rels))
+            body = b"".join((head, _ORDINAL, varint(ordinal), encoder.relation_field, _NEW, varint(len(row)), row))
+            append(V1Item(_EVENT + varint(len(body)) + body, op, lsn, rels))
         return items
 
     def _build(self, event: ChangeEvent) -> V1Item:
@@ -314,24 +320,24 @@ class Encoder:
                                       rows.relation_field, event.new, rows.kinds, rows.encoders)
             if data is not None:  # else a value the Python path writes (wire.RowEncoder.row)
                 return V1Item(data, _OP_VALUE[Op.INSERT], lsn, (rel,))
-        parts = [_OP_FIELD[event.op], b"\x10" + varint(lsn) if lsn else b"", self._txn_fields(txn),
-                 b"\x30" + varint(event.ordinal) if event.ordinal else b"", rows.relation_field]
+        parts = [_OP_FIELD[event.op], _LSN + varint(lsn) if lsn else b"", self._txn_fields(txn),
+                 _ORDINAL + varint(event.ordinal) if event.ordinal else b"", rows.relation_field]
         if event.new is not None:
             row = rows.row(event.new)
-            parts.append(b"\x42" + varint(len(row)) + row)
+            parts.append(_NEW + varint(len(row)) + row)
         old_kind = event.old_kind
         if event.old is not None and old_kind is not None:
             row = rows.row(event.old, key_only=old_kind != "O")
-            parts.append(b"\x4a" + varint(len(row)) + row)
+            parts.append(_OLD + varint(len(row)) + row)
             old_row = _OLD_ROW.get(old_kind, pb.OLD_ROW_NONE)
             if old_row:
-                parts.append(b"\x50" + varint(old_row))
+                parts.append(_OLD_ROW_TAG + varint(old_row))
         body = b"".join(parts)
-        return V1Item(b"\x12" + varint(len(body)) + body, _OP_VALUE[event.op], lsn, (rel,))
+        return V1Item(_EVENT + varint(len(body)) + body, _OP_VALUE[event.op], lsn, (rel,))
 
 
 _OP_VALUE = {op: pb.Operation.Value(name) for op, name in _OPS.items()}
-_OP_FIELD = {op: b"\x08" + wire.varint(value) for op, value in _OP_VALUE.items()}
+_OP_FIELD = {op: bytes((tags.EVENT_OP,)) + wire.varint(value) for op, value in _OP_VALUE.items()}
 
 
 def pack(items: Sequence[V1Item], max_events: int, max_bytes: int) -> list[V1Item]:

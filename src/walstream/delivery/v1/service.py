@@ -23,8 +23,8 @@ import grpc
 from google.protobuf.message import DecodeError
 
 from ... import __version__
+from ..._proto import tags, walstream_v1_pb2_grpc
 from ..._proto import walstream_v1_pb2 as pb
-from ..._proto import walstream_v1_pb2_grpc
 from ...events.change import RelationInfo
 from ...sinks.attach import status_of as sink_status
 from ...source import catalog
@@ -40,7 +40,6 @@ log = logging.getLogger(__name__)
 Context = grpc.aio.ServicerContext[pb.SubscribeRequest, pb.SubscribeResponse]
 IDLE_TURNS = 2  # turns of the event loop without new events after which the replication stream is dry
 MID_TRANSACTION_WAIT = 0.005  # seconds a batch waits for more of a transaction it holds part of
-SUBSCRIBE_RESPONSE_BATCH = 1 << 3 | 2  # SubscribeResponse.batch: field 1, length-delimited
 
 
 class BackfillFailed(Exception):
@@ -128,7 +127,7 @@ class _Batcher:
         # Batch.events field, so the batch is one join (building messages would copy each event twice).
         parts = [self.encoder.relation_bytes(r) for r in rels.values()]
         parts.extend([i.data for i in batch])
-        return field(SUBSCRIBE_RESPONSE_BATCH, b"".join(parts))
+        return field(tags.SUBSCRIBE_RESPONSE_BATCH, b"".join(parts))
 
     def _fill(self, batch: list[V1Item], rels: dict[int, RelationInfo]) -> bool:
         """Move what is already queued into the batch, without waiting; True when the batch is full."""

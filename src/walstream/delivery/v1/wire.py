@@ -9,7 +9,8 @@ through the message classes column by column.
 
 Wire format (protobuf encoding): a field is its tag (field number << 3 | wire type) then a varint, or a
 length-delimited payload; sint fields are zigzag-encoded; proto3 leaves out fields holding their default,
-except members of a oneof (a Value's kind), which are always written.
+except members of a oneof (a Value's kind), which are always written. The tags come from walstream._proto.tags,
+generated from the .proto (the C accelerator's _tags.h is the same table); all are one byte.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import struct
 from collections.abc import Callable
 
 from ... import native
+from ..._proto import tags
 from ...events.text import undecodable
 from ...source.messages import COLUMN_NULL, COLUMN_TEXT, COLUMN_UNCHANGED_TOAST, TupleData
 from .typed import INT64_MAX, RelationTyping, ValueConverter, parse_date, parse_time, parse_timestamp, to_value
@@ -65,20 +67,20 @@ def field(tag: int, payload: bytes) -> bytes:
 
 # --- one Value, framed as an element of Row.values (field 1) --------------------------------------------
 
-ROW_VALUE = 0x0A  # Row.values: field 1, length-delimited
-NULL = b"\x0a\x02\x08\x01"  # Value(null=True)
-UNCHANGED_TOAST = b"\x0a\x02\x10\x01"  # Value(unchanged_toast=True)
-UNSET = b"\x0a\x00"  # Value() (a non-key column of an OLD_ROW_KEY row)
+ROW_VALUE = bytes((tags.ROW_VALUES,))  # the tag of one element of Row.values
+NULL = bytes((tags.ROW_VALUES, 2, tags.VALUE_NULL, 1))  # Value(null=True)
+UNCHANGED_TOAST = bytes((tags.ROW_VALUES, 2, tags.VALUE_UNCHANGED_TOAST, 1))  # Value(unchanged_toast=True)
+UNSET = bytes((tags.ROW_VALUES, 0))  # Value() (a non-key column of an OLD_ROW_KEY row)
 
 
 def _framed(value: bytes) -> bytes:
-    return b"\x0a" + _SMALL[len(value)] + value if len(value) < 16384 else b"\x0a" + varint(len(value)) + value
+    return ROW_VALUE + _SMALL[len(value)] + value if len(value) < 16384 else ROW_VALUE + varint(len(value)) + value
 
 
 def _string_encoder(tag: int) -> ValueEncoder:
-    """A string kind (numeric 6, text 7, json 9): the bytes as they are (UTF-8 from a UTF-8 server)."""
-    tag_byte = bytes((tag << 3 | 2,))
-    heads = [b"\x0a" + bytes((n + 2, tag << 3 | 2, n)) for n in range(126)]  # value of fewer than 126 bytes
+    """A string kind (numeric, text, json): the bytes as they are (UTF-8 from a UTF-8 server)."""
+    tag_byte = bytes((tag,))
+    heads = [ROW_VALUE + bytes((n + 2, tag, n)) for n in range(126)]  # a value of fewer than 126 bytes
 
     def encode(data: bytes) -> bytes:
         n = len(data)
@@ -90,7 +92,7 @@ def _string_encoder(tag: int) -> ValueEncoder:
 
 
 def _sint64_encoder(tag: int, parse: Callable[[bytes], int]) -> ValueEncoder:
-    tag_byte = bytes((tag << 3,))
+    tag_byte = bytes((tag,))
     small = [_framed(tag_byte + _SMALL[z]) for z in range(128)]
 
     def encode(data: bytes) -> bytes:
@@ -99,7 +101,7 @@ def _sint64_encoder(tag: int, parse: Callable[[bytes], int]) -> ValueEncoder:
         if z < 128:
             return small[z]
         v = tag_byte + (_SMALL[z] if z < 16384 else varint(z))
-        return b"\x0a" + _SMALL[len(v)] + v
+        return ROW_VALUE + _SMALL[len(v)] + v
 
     return encode
 
@@ -139,11 +141,13 @@ def _time_us(data: bytes) -> int:
 
 
 _DOUBLE = struct.Struct("<d").pack
-_BOOL = {b"t": b"\x0a\x02\x18\x01", b"f": b"\x0a\x02\x18\x00"}
+_BOOL = {b"t": bytes((tags.ROW_VALUES, 2, tags.VALUE_BOOL, 1)), b"f": bytes((tags.ROW_VALUES, 2, tags.VALUE_BOOL, 0))}
+_DOUBLE_HEAD = bytes((tags.ROW_VALUES, 9, tags.VALUE_DOUBLE))
+_DATE_TAG = bytes((tags.VALUE_DATE_DAYS,))
 
 
 def _double(data: bytes) -> bytes:
-    return b"\x0a\x09\x29" + _DOUBLE(float(data))  # float() reads NaN, Infinity and -Infinity
+    return _DOUBLE_HEAD + _DOUBLE(float(data))  # float() reads NaN, Infinity and -Infinity
 
 
 def _bool(data: bytes) -> bytes:
@@ -153,23 +157,25 @@ def _bool(data: bytes) -> bytes:
 def _date(data: bytes) -> bytes:
     days = parse_date(data.decode("ascii"))
     z = (days << 1) ^ (days >> 31)  # sint32
-    return _framed(b"\x60" + varint(z & 0xFFFFFFFF))
+    return _framed(_DATE_TAG + varint(z & 0xFFFFFFFF))
 
 
 # Type OID -> encoder; the kinds as in typed.SCALARS. Text-like kinds only when the server sends UTF-8.
 _ASCII_ENCODERS: dict[int, ValueEncoder] = {
     16: _bool,
-    20: _sint64_encoder(4, int), 21: _sint64_encoder(4, int), 23: _sint64_encoder(4, int),
+    20: _sint64_encoder(tags.VALUE_INT64, int), 21: _sint64_encoder(tags.VALUE_INT64, int),
+    23: _sint64_encoder(tags.VALUE_INT64, int),
     700: _double, 701: _double,
-    1700: _string_encoder(6),
-    1114: _cached(_sint64_encoder(10, _timestamp_us)),
-    1184: _cached(_sint64_encoder(11, _timestamptz_us)),
+    1700: _string_encoder(tags.VALUE_NUMERIC),
+    1114: _cached(_sint64_encoder(tags.VALUE_TIMESTAMP_US, _timestamp_us)),
+    1184: _cached(_sint64_encoder(tags.VALUE_TIMESTAMPTZ_US, _timestamptz_us)),
     1082: _cached(_date),
-    1083: _sint64_encoder(13, _time_us),
+    1083: _sint64_encoder(tags.VALUE_TIME_US, _time_us),
 }
 _UTF8_ENCODERS: dict[int, ValueEncoder] = {
-    25: _string_encoder(7), 1043: _string_encoder(7), 1042: _string_encoder(7), 19: _string_encoder(7),
-    114: _string_encoder(9), 3802: _string_encoder(9),
+    25: _string_encoder(tags.VALUE_TEXT), 1043: _string_encoder(tags.VALUE_TEXT),
+    1042: _string_encoder(tags.VALUE_TEXT), 19: _string_encoder(tags.VALUE_TEXT),
+    114: _string_encoder(tags.VALUE_JSON), 3802: _string_encoder(tags.VALUE_JSON),
 }
 
 
@@ -192,7 +198,7 @@ class RowEncoder:
     def __init__(self, typing: RelationTyping, utf8: bool) -> None:
         self.typing = typing
         relation_id = typing.relation.relation_id
-        self.relation_field = b"\x38" + varint(relation_id) if relation_id else b""  # Event.relation_id
+        self.relation_field = varint(tags.EVENT_RELATION_ID) + varint(relation_id) if relation_id else b""
         columns = typing.relation.columns
         self.encoders: tuple[ValueEncoder, ...] = tuple(
             value_encoder(c.type_oid, utf8) or self._slow_encoder(typing.converters[i])
@@ -226,7 +232,7 @@ class RowEncoder:
             log.warning("%s value does not parse (%s); sending its text: %.80r", typing.columns[index].type_name,
                         exc, text)
             utf8 = text.encode()
-            return _framed(field(7 << 3 | 2, utf8))  # Value.text
+            return _framed(field(tags.VALUE_TEXT, utf8))
 
     def row(self, cells: TupleData, key_only: bool = False) -> bytes:
         if self.native is not None and not key_only:
