@@ -6,5 +6,7 @@ and walstream runs on its pure-Python path (`walstream --version` says which one
 
 from setuptools import Extension, setup
 
-setup(ext_modules=[Extension("walstream._native._rowenc", ["src/walstream/_native/_rowenc.c"],
-                             depends=["src/walstream/_native/_tags.h"], optional=True)])
+NATIVE = "src/walstream/_native"
+
+setup(ext_modules=[Extension("walstream._native._rowenc", [f"{NATIVE}/_rowenc.c", f"{NATIVE}/_snapchunk.c"],
+                             depends=[f"{NATIVE}/_rowenc.h", f"{NATIVE}/_tags.h"], optional=True)])

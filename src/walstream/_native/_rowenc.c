@@ -9,21 +9,9 @@
  *         a binary column, a slow encoder that raised, a column count that does not match). The caller
  *         then encodes the row in Python, which gives the same bytes or raises the same errors.
  */
-#define PY_SSIZE_T_CLEAN
-#include <Python.h>
-#include <stdint.h>
-#include <string.h>
-#include "_tags.h"
+#include "_rowenc.h"
 
-enum { K_SLOW = 0, K_SINT64 = 1, K_NUMERIC = 2, K_TEXT = 3, K_JSON = 4, K_BOOL = 5 };
-
-typedef struct {
-    char *data;
-    Py_ssize_t len, cap;
-    char stack[1024];
-} Buf;
-
-static int buf_reserve(Buf *b, Py_ssize_t extra) {
+int buf_reserve(Buf *b, Py_ssize_t extra) {
     if (b->len + extra <= b->cap)
         return 0;
     Py_ssize_t cap = b->cap * 2;
@@ -44,23 +32,6 @@ static int buf_reserve(Buf *b, Py_ssize_t extra) {
     b->data = p;
     b->cap = cap;
     return 0;
-}
-
-static inline void put_varint(Buf *b, uint64_t v) {
-    while (v > 127) {
-        b->data[b->len++] = (char)((v & 127) | 128);
-        v >>= 7;
-    }
-    b->data[b->len++] = (char)v;
-}
-
-static inline int varint_size(uint64_t v) {
-    int n = 1;
-    while (v > 127) {
-        v >>= 7;
-        n++;
-    }
-    return n;
 }
 
 /* -?[0-9]+ within int64, as PostgreSQL writes int2/int4/int8; 0 on anything else. */
@@ -96,6 +67,82 @@ static int parse_int64(const char *s, Py_ssize_t n, int64_t *out) {
 static const char V_NULL[] = {TAG_ROW_VALUES, 2, TAG_VALUE_NULL, 1};
 static const char V_TOAST[] = {TAG_ROW_VALUES, 2, TAG_VALUE_UNCHANGED_TOAST, 1};
 
+/* One text value of kind `kind` into b (framed as a Row.values element): 1 written, 0 it needs the Python
+ * path, -1 a Python error is set. K_SLOW calls slow(data); data NULL: a bytes object of s is made for it. */
+int rowenc_text_value(Buf *b, unsigned char kind, const char *s, Py_ssize_t n, PyObject *slow, PyObject *data) {
+    switch (kind) {
+    case K_SINT64: {
+        int64_t v;
+        if (!parse_int64(s, n, &v))
+            return 0;
+        uint64_t z = ((uint64_t)v << 1) ^ (uint64_t)(v >> 63);
+        if (buf_reserve(b, 13) < 0)
+            return -1;
+        b->data[b->len++] = TAG_ROW_VALUES;
+        b->data[b->len++] = (char)(1 + varint_size(z));
+        b->data[b->len++] = TAG_VALUE_INT64;
+        put_varint(b, z);
+        break;
+    }
+    case K_NUMERIC:
+    case K_TEXT:
+    case K_JSON: {
+        unsigned char tag = kind == K_NUMERIC ? TAG_VALUE_NUMERIC : kind == K_TEXT ? TAG_VALUE_TEXT : TAG_VALUE_JSON;
+        uint64_t inner = 1 + (uint64_t)varint_size((uint64_t)n) + (uint64_t)n;
+        if (buf_reserve(b, 1 + 10 + 1 + 10 + n) < 0)
+            return -1;
+        b->data[b->len++] = TAG_ROW_VALUES;
+        put_varint(b, inner);
+        b->data[b->len++] = (char)tag;
+        put_varint(b, (uint64_t)n);
+        memcpy(b->data + b->len, s, (size_t)n);
+        b->len += n;
+        break;
+    }
+    case K_BOOL: {
+        if (n != 1 || (s[0] != 't' && s[0] != 'f'))
+            return 0;
+        if (buf_reserve(b, 4) < 0)
+            return -1;
+        b->data[b->len] = TAG_ROW_VALUES;
+        b->data[b->len + 1] = 2;
+        b->data[b->len + 2] = TAG_VALUE_BOOL;
+        b->data[b->len + 3] = s[0] == 't';
+        b->len += 4;
+        break;
+    }
+    case K_SLOW: {
+        PyObject *arg = data != NULL ? Py_NewRef(data) : PyBytes_FromStringAndSize(s, n);
+        if (arg == NULL)
+            return -1;
+        PyObject *out = PyObject_CallOneArg(slow, arg);
+        Py_DECREF(arg);
+        if (out == NULL) {
+            if (!PyErr_ExceptionMatches(PyExc_Exception))
+                return -1; /* KeyboardInterrupt, MemoryError...: not a value problem */
+            PyErr_Clear();
+            return 0;
+        }
+        if (!PyBytes_Check(out)) {
+            Py_DECREF(out);
+            return 0;
+        }
+        Py_ssize_t m = PyBytes_GET_SIZE(out);
+        if (buf_reserve(b, m) < 0) {
+            Py_DECREF(out);
+            return -1;
+        }
+        memcpy(b->data + b->len, PyBytes_AS_STRING(out), (size_t)m);
+        b->len += m;
+        Py_DECREF(out);
+        break;
+    }
+    default:
+        return 0;
+    }
+    return 1;
+}
+
 /* The Row of cells into b: 1 written, 0 this row needs the Python path, -1 a Python error is set. */
 static int write_row(Buf *b, PyObject *cells, const char *kinds, Py_ssize_t nkinds, PyObject *slow) {
     Py_ssize_t ncols = PyTuple_GET_SIZE(cells);
@@ -118,80 +165,15 @@ static int write_row(Buf *b, PyObject *cells, const char *kinds, Py_ssize_t nkin
         }
         if (k != 't' || !PyBytes_Check(data))
             return 0;
-        const char *s = PyBytes_AS_STRING(data);
-        Py_ssize_t n = PyBytes_GET_SIZE(data);
-        switch ((unsigned char)kinds[i]) {
-        case K_SINT64: {
-            int64_t v;
-            if (!parse_int64(s, n, &v))
-                return 0;
-            uint64_t z = ((uint64_t)v << 1) ^ (uint64_t)(v >> 63);
-            if (buf_reserve(b, 13) < 0)
-                return -1;
-            b->data[b->len++] = TAG_ROW_VALUES;
-            b->data[b->len++] = (char)(1 + varint_size(z));
-            b->data[b->len++] = TAG_VALUE_INT64;
-            put_varint(b, z);
-            break;
-        }
-        case K_NUMERIC:
-        case K_TEXT:
-        case K_JSON: {
-            unsigned char tag = kinds[i] == K_NUMERIC ? TAG_VALUE_NUMERIC : kinds[i] == K_TEXT ? TAG_VALUE_TEXT
-                                                                                           : TAG_VALUE_JSON;
-            uint64_t inner = 1 + (uint64_t)varint_size((uint64_t)n) + (uint64_t)n;
-            if (buf_reserve(b, 1 + 10 + 1 + 10 + n) < 0)
-                return -1;
-            b->data[b->len++] = TAG_ROW_VALUES;
-            put_varint(b, inner);
-            b->data[b->len++] = (char)tag;
-            put_varint(b, (uint64_t)n);
-            memcpy(b->data + b->len, s, (size_t)n);
-            b->len += n;
-            break;
-        }
-        case K_BOOL: {
-            if (n != 1 || (s[0] != 't' && s[0] != 'f'))
-                return 0;
-            if (buf_reserve(b, 4) < 0)
-                return -1;
-            b->data[b->len] = TAG_ROW_VALUES;
-            b->data[b->len + 1] = 2;
-            b->data[b->len + 2] = TAG_VALUE_BOOL;
-            b->data[b->len + 3] = s[0] == 't';
-            b->len += 4;
-            break;
-        }
-        case K_SLOW: {
-            PyObject *out = PyObject_CallOneArg(PyTuple_GET_ITEM(slow, i), data);
-            if (out == NULL) {
-                if (!PyErr_ExceptionMatches(PyExc_Exception))
-                    return -1; /* KeyboardInterrupt, MemoryError...: not a value problem */
-                PyErr_Clear();
-                return 0;
-            }
-            if (!PyBytes_Check(out)) {
-                Py_DECREF(out);
-                return 0;
-            }
-            Py_ssize_t m = PyBytes_GET_SIZE(out);
-            if (buf_reserve(b, m) < 0) {
-                Py_DECREF(out);
-                return -1;
-            }
-            memcpy(b->data + b->len, PyBytes_AS_STRING(out), (size_t)m);
-            b->len += m;
-            Py_DECREF(out);
-            break;
-        }
-        default:
-            return 0;
-        }
+        int ok = rowenc_text_value(b, (unsigned char)kinds[i], PyBytes_AS_STRING(data), PyBytes_GET_SIZE(data),
+                                   PyTuple_GET_ITEM(slow, i), data);
+        if (ok <= 0)
+            return ok;
     }
     return 1;
 }
 
-static void buf_free(Buf *b) {
+void buf_free(Buf *b) {
     if (b->data != b->stack)
         PyMem_Free(b->data);
 }
@@ -438,6 +420,10 @@ PyMODINIT_FUNC PyInit__rowenc(void) {
     PyObject *m = PyModule_Create(&module);
     if (m == NULL)
         return NULL;
+    if (PyModule_AddFunctions(m, snapchunk_methods) < 0) { /* _snapchunk.c */
+        Py_DECREF(m);
+        return NULL;
+    }
     if (PyModule_AddIntConstant(m, "K_SLOW", K_SLOW) < 0 || PyModule_AddIntConstant(m, "K_SINT64", K_SINT64) < 0 ||
         PyModule_AddIntConstant(m, "K_NUMERIC", K_NUMERIC) < 0 || PyModule_AddIntConstant(m, "K_TEXT", K_TEXT) < 0 ||
         PyModule_AddIntConstant(m, "K_JSON", K_JSON) < 0 || PyModule_AddIntConstant(m, "K_BOOL", K_BOOL) < 0) {

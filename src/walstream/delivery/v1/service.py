@@ -66,6 +66,7 @@ class _Batcher:
         self.sent: dict[int, RelationInfo] = {}  # relation_id -> the version this subscriber has
         self.closed = False  # the hub closed this client
         self._size = 0  # encoded bytes of the batch being filled
+        self._events = 0  # events in it (a snapshot piece is one item of several events: V1Item.count)
         # The version of each relation the batch's events use, sent before or in it: a batch holds one
         # version per relation (a snapshot chunk read before an ALTER TABLE can follow changes made after).
         self._using: dict[int, RelationInfo] = {}
@@ -76,7 +77,7 @@ class _Batcher:
         sub = self.sub
         batch: list[V1Item] = []
         rels: dict[int, RelationInfo] = {}
-        self._size = 0
+        self._size = self._events = 0
         self._using = {}
         full = self._fill(batch, rels)
         while not batch:
@@ -102,7 +103,7 @@ class _Batcher:
                     mid_transaction_deadline = mid_transaction_deadline or now + MID_TRANSACTION_WAIT
                     if now >= mid_transaction_deadline:
                         break
-                    took = await self._take(sub.max_events - len(batch), acks, mid_transaction_deadline - now)
+                    took = await self._take(sub.max_events - self._events, acks, mid_transaction_deadline - now)
                     self.carry.extend(took)
                     full, idle = self._fill(batch, rels), 0 if took else idle
                     continue
@@ -117,7 +118,7 @@ class _Batcher:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     break
-                self.carry.extend(await self._take(sub.max_events - len(batch), acks, remaining))
+                self.carry.extend(await self._take(sub.max_events - self._events, acks, remaining))
                 full = self._fill(batch, rels)
         if len(batch) > 1 and batch[-1].op == pb.BEGIN:
             self.carry.appendleft(batch.pop())  # a BEGIN goes with its transaction's first event
@@ -132,7 +133,7 @@ class _Batcher:
         """Move what is already queued into the batch, without waiting; True when the batch is full."""
         sub, carry, queue, sent, using = self.sub, self.carry, self.client.queue, self.sent, self._using
         took = full = False
-        while len(batch) < sub.max_events:
+        while self._events < sub.max_events:
             if carry:
                 item = carry.popleft()
             elif queue:
@@ -160,17 +161,18 @@ class _Batcher:
                     continue
                 new.append(rel)
                 cost += len(self.encoder.relation_bytes(rel))
-            if full or (batch and self._size + cost > sub.max_bytes):
+            if full or (batch and (self._size + cost > sub.max_bytes or self._events + item.count > sub.max_events)):
                 carry.appendleft(item)
                 full = True
                 break
             batch.append(item)
             self._size += cost
+            self._events += item.count
             for rel in new:
                 rels[rel.relation_id] = using[rel.relation_id] = rel
         if took:
             self.hub.capacity.set()  # the queue has room again: the reader may be waiting for it
-        return full or len(batch) >= sub.max_events
+        return full or self._events >= sub.max_events
 
     @staticmethod
     def _progress(item: object) -> bytes:
