@@ -8,5 +8,6 @@ from setuptools import Extension, setup
 
 NATIVE = "src/walstream/_native"
 
-setup(ext_modules=[Extension("walstream._native._rowenc", [f"{NATIVE}/_rowenc.c", f"{NATIVE}/_insertrun.c"],
-                             depends=[f"{NATIVE}/_tags.h", f"{NATIVE}/_rowenc.h"], optional=True)])
+setup(ext_modules=[Extension("walstream._native._rowenc", [f"{NATIVE}/_rowenc.c", f"{NATIVE}/_snapchunk.c",
+                                                        f"{NATIVE}/_insertrun.c"],
+                             depends=[f"{NATIVE}/_rowenc.h", f"{NATIVE}/_tags.h"], optional=True)])

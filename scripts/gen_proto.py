@@ -18,7 +18,8 @@ PROTO_DIR = ROOT / "proto"
 OUT_DIR = ROOT / "src" / "walstream" / "_proto"
 HEADER = "# DO NOT EDIT: generated from proto/{name} by scripts/gen_proto.py (make proto).\n"
 C_HEADER_PATH = ROOT / "src" / "walstream" / "_native" / "_tags.h"
-TAGGED_PROTO = "walstream_v1.proto"
+# The protos whose messages are framed by hand, and the prefix of their names in the table.
+TAGGED_PROTOS = {"walstream_v1.proto": "", "plugin.proto": "PLUGIN_"}
 
 # Wire types (protobuf encoding): 0 varint, 1 fixed 64-bit, 2 length-delimited, 5 fixed 32-bit.
 _FIXED64 = {"TYPE_DOUBLE", "TYPE_FIXED64", "TYPE_SFIXED64"}
@@ -41,9 +42,9 @@ def _snake(name: str) -> str:
     return re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "_", name).upper()
 
 
-def tag_table(proto: Path) -> list[tuple[str, int, str]]:
-    """(NAME, tag, what) for every field of every message of `proto`: NAME is MESSAGE_FIELD, the tag is
-    field number << 3 | wire type (written as a varint before the field's value)."""
+def tag_table(proto: Path, prefix: str = "") -> list[tuple[str, int, str]]:
+    """(NAME, tag, what) for every field of every message of `proto`: NAME is prefix + MESSAGE_FIELD, the
+    tag is field number << 3 | wire type (written as a varint before the field's value)."""
     from google.protobuf import descriptor_pb2
     from grpc_tools import protoc
 
@@ -56,19 +57,25 @@ def tag_table(proto: Path) -> list[tuple[str, int, str]]:
     for message in files.file[0].message_type:
         for f in message.field:
             wire = _wire_type(f)
-            table.append((f"{_snake(message.name)}_{f.name.upper()}", f.number << 3 | wire,
-                          f"{message.name}.{f.name} = {f.number}, wire type {wire}"))
+            table.append((f"{prefix}{_snake(message.name)}_{f.name.upper()}", f.number << 3 | wire,
+                          f"{files.file[0].package}.{message.name}.{f.name} = {f.number}, wire type {wire}"))
     return table
+
+
+def all_tags() -> list[tuple[str, int, str]]:
+    return [row for name, prefix in TAGGED_PROTOS.items() for row in tag_table(PROTO_DIR / name, prefix)]
 
 
 def render_tags(table: list[tuple[str, int, str]]) -> tuple[str, str]:
     """The Python module and the C header of the same table."""
-    py = [HEADER.format(name=TAGGED_PROTO).rstrip("\n"),
-          '"""Protobuf tags (field number << 3 | wire type) of walstream.v1, for the encoders that frame messages',
-          'by hand (delivery/v1/wire.py, adapter.py, service.py, snapshot/runner.py; _native/_tags.h is the same',
-          'table for C)."""', "", "from typing import Final", ""]
-    c = ["/* DO NOT EDIT: generated from proto/" + TAGGED_PROTO + " by scripts/gen_proto.py (make proto). */",
-         "/* Protobuf tags of walstream.v1 (field number << 3 | wire type) of one byte (field numbers below 16),",
+    names = " and ".join(f"proto/{name}" for name in TAGGED_PROTOS)
+    py = [f"# DO NOT EDIT: generated from {names} by scripts/gen_proto.py (make proto).",
+          '"""Protobuf tags (field number << 3 | wire type) for the encoders that frame messages by hand',
+          '(delivery/v1/wire.py, adapter.py, service.py, delivery/seed/service.py, snapshot/runner.py;',
+          '_native/_tags.h is the same table for C). plugin.proto\'s (the seed API) are prefixed PLUGIN_."""',
+          "", "from typing import Final", ""]
+    c = [f"/* DO NOT EDIT: generated from {names} by scripts/gen_proto.py (make proto). */",
+         "/* Protobuf tags (field number << 3 | wire type) of one byte (field numbers below 16),",
          "   the same table as walstream/_proto/tags.py. */",
          "#ifndef WALSTREAM_TAGS_H", "#define WALSTREAM_TAGS_H", ""]
     for name, tag, what in table:
@@ -96,7 +103,7 @@ def generate(out_dir: Path) -> list[Path]:
         path.write_text(HEADER.format(name=proto_name) + text)
         written.append(path)
     (out_dir / "__init__.py").write_text(HEADER.format(name="*.proto"))
-    py, c = render_tags(tag_table(PROTO_DIR / TAGGED_PROTO))
+    py, c = render_tags(all_tags())
     (out_dir / "tags.py").write_text(py)
     written.append(out_dir / "tags.py")
     return written
@@ -108,11 +115,11 @@ def main() -> None:
         for old in OUT_DIR.glob("*_pb2*.py*"):
             old.unlink()
         generate(OUT_DIR)
-        C_HEADER_PATH.write_text(render_tags(tag_table(PROTO_DIR / TAGGED_PROTO))[1])
+        C_HEADER_PATH.write_text(render_tags(all_tags())[1])
         return
     with tempfile.TemporaryDirectory() as tmp:
         fresh = {p.name: p.read_text() for p in generate(Path(tmp))}
-    fresh[C_HEADER_PATH.name] = render_tags(tag_table(PROTO_DIR / TAGGED_PROTO))[1]
+    fresh[C_HEADER_PATH.name] = render_tags(all_tags())[1]
     committed = {p.name: p.read_text() for p in [*OUT_DIR.glob("*_pb2*.py*"), OUT_DIR / "tags.py", C_HEADER_PATH]
                  if p.exists()}
     if fresh != committed:

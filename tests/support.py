@@ -43,7 +43,9 @@ class WalstreamProcess:
     """`walstream start` in a subprocess; its log goes to a file the test can read."""
 
     def __init__(self, dsn: str, publication: str, slot: str, temporary: bool = False,
-                 extra: tuple[str, ...] = (), port: int | None = None, log_dir: Path | None = None) -> None:
+                 extra: tuple[str, ...] = (), port: int | None = None, log_dir: Path | None = None,
+                 env: dict[str, str] | None = None) -> None:
+        self.env = {**walstream_env(), **(env or {})}
         self.port = port or free_port()
         self.addr = f"127.0.0.1:{self.port}"
         self.log_path = (log_dir or Path("/tmp")) / f"walstream-{slot}-{self.port}-{time.time_ns()}.log"
@@ -56,7 +58,7 @@ class WalstreamProcess:
     def start(self, wait_for: str = "listening on", timeout: float = 30) -> WalstreamProcess:
         self._log = open(self.log_path, "ab")
         self.proc = subprocess.Popen([sys.executable, "-m", "walstream", *self.args], stdout=self._log,
-                                     stderr=subprocess.STDOUT, env=walstream_env())
+                                     stderr=subprocess.STDOUT, env=self.env)
         self.wait_log(wait_for, timeout)
         return self
 
@@ -230,6 +232,21 @@ class SeedClient:
         self._call.cancel()
         self.done.wait(5)
         self.channel.close()
+
+
+def wait_until(what: str, check: Callable[[], object], timeout: float = 90,
+               log: Callable[[], str] | None = None) -> object:
+    """Poll `check` until it returns something true, and return that; AssertionError naming `what` with the
+    last value (and the tail of `log()`, e.g. walstream's log) when it does not within `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            tail = f"\n{log()[-4000:]}" if log is not None else ""
+            raise AssertionError(f"timed out after {timeout:.0f} s waiting until {what} (last: {value!r}){tail}")
+        time.sleep(0.1)  # the states waited on here have no event to block on from a test
 
 
 def confirmed_flush(dsn: str, slot: str) -> int:

@@ -14,12 +14,11 @@ import signal
 import grpc
 
 from . import native
-from ._proto import plugin_pb2_grpc
 from .config import StartConfig
 from .delivery import auth
 from .delivery.acks import AckTracker
 from .delivery.hub import Hub
-from .delivery.seed.service import SeedService
+from .delivery.seed import service as seed_service
 from .delivery.v1 import service as v1_service
 from .delivery.v1.adapter import Encoder
 from .delivery.v1.service import ServerStatus, WalstreamServicer
@@ -52,7 +51,7 @@ async def serve(config: StartConfig, ready: asyncio.Event | None = None) -> int:
     # The guard checks the token and the client limit before any servicer code runs (delivery/auth.py).
     server = grpc.aio.server(interceptors=[auth.Guard(config.auth_token, config.max_clients)],
                              options=auth.server_options(config))
-    plugin_pb2_grpc.add_PluginServiceServicer_to_server(SeedService(hub), server)  # type: ignore[no-untyped-call]
+    seed_service.add_to_server(seed_service.SeedService(hub), server)
     status = ServerStatus(hub, pipeline, config.slot, config.temporary, config.connection)
     encoder = Encoder(TypedCatalog(types, pipeline.type_schemas.get))
     snapshots = SnapshotService(config.connection, config.publication, config.slot, config.temporary, hub, encoder,

@@ -24,6 +24,12 @@ RunLengthFn = Callable[[list[bytes], int], tuple[int, int]]
 # (msgs, lsns, start, stop, op field, txn fields, first ordinal, relation field, kinds, column encoders)
 EncodeInsertsFn = Callable[..., tuple[bytes, bytes, int]]
 InsertEventFn = Callable[[bytes, int, bytes, int, bytes, Any, bytes, tuple[Any, ...]], "bytes | None"]
+# (COPY text, columns) -> rows | None
+CopyRowsFn = Callable[[bytes, int], "int | None"]
+# (COPY text, columns, width, cancelled keys, head, relation field, first ordinal, kinds, column encoders,
+#  events per piece, bytes per piece) -> (pieces, events in each, rows cancelled) | None
+SnapshotEventsFn = Callable[[bytes, int, int, Any, bytes, bytes, int, bytes, tuple[Any, ...], int, int],
+                            "tuple[list[bytes], list[int], int] | None"]
 
 _rowenc: ModuleType | None = None
 _import_error = ""
@@ -114,6 +120,28 @@ def copy_reader(get_copy_data: int, freemem: int) -> Callable[[int], Any] | None
         return None
     r.set_libpq(get_copy_data, freemem)
     fn: Callable[[int], Any] = r.read_copy_data
+    return fn
+
+
+def copy_row_counter() -> CopyRowsFn | None:
+    """The C check of a COPY text buffer (snapshot.copytext.CopyChunk: rows counted, each with the right
+    number of fields; None from it: parse in Python, which says what is wrong), or None: pure Python."""
+    require()
+    r = _rowenc
+    if implementation != "native" or r is None:
+        return None
+    fn: CopyRowsFn = r.copy_rows
+    return fn
+
+
+def snapshot_writer() -> SnapshotEventsFn | None:
+    """The C writer of a snapshot chunk's SNAPSHOT events straight from its COPY text (Encoder.snapshot_chunk
+    in one call; None from it: that chunk in Python), or None: pure Python."""
+    require()
+    r = _rowenc
+    if implementation != "native" or r is None:
+        return None
+    fn: SnapshotEventsFn = r.snapshot_events
     return fn
 
 

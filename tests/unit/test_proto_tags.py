@@ -1,5 +1,6 @@
 """The generated tag table (walstream._proto.tags and _native/_tags.h, from scripts/gen_proto.py) against
-what protobuf itself writes: every field of walstream.v1, set alone, serialises starting with its tag."""
+what protobuf itself writes: every field of walstream.v1 and of the seed API (plugin), set alone, serialises
+starting with its tag."""
 
 from __future__ import annotations
 
@@ -10,8 +11,7 @@ import pytest
 from google.protobuf import descriptor as d
 from google.protobuf.message import Message
 
-from walstream._proto import tags
-from walstream._proto import walstream_v1_pb2 as pb
+from walstream._proto import plugin_pb2, tags, walstream_v1_pb2
 from walstream.delivery.v1.wire import varint
 
 HEADER = Path(__file__).resolve().parents[2] / "src" / "walstream" / "_native" / "_tags.h"
@@ -36,14 +36,17 @@ def _set_alone(message: Message, field: d.FieldDescriptor) -> None:
         setattr(message, field.name, value)
 
 
-FIELDS = [(m, f) for m in pb.DESCRIPTOR.message_types_by_name.values() for f in m.fields]
+MODULES = {"walstream.v1": (walstream_v1_pb2, ""), "plugin": (plugin_pb2, "PLUGIN_")}
+FIELDS = [(m, f) for module, _ in MODULES.values() for m in module.DESCRIPTOR.message_types_by_name.values()
+          for f in m.fields]
 
 
-@pytest.mark.parametrize(("message", "field"), FIELDS, ids=[f"{m.name}.{f.name}" for m, f in FIELDS])
+@pytest.mark.parametrize(("message", "field"), FIELDS, ids=[f"{m.full_name}.{f.name}" for m, f in FIELDS])
 def test_every_field_serialises_with_the_generated_tag(message: d.Descriptor, field: d.FieldDescriptor) -> None:
-    instance = getattr(pb, message.name)()
+    module, prefix = MODULES[message.file.package]
+    instance = getattr(module, message.name)()
     _set_alone(instance, field)
-    tag = getattr(tags, f"{_snake(message.name)}_{field.name.upper()}")
+    tag = getattr(tags, f"{prefix}{_snake(message.name)}_{field.name.upper()}")
     assert instance.SerializeToString().startswith(varint(tag))
 
 

@@ -47,3 +47,26 @@ def test_a_batch_never_mixes_two_versions_of_a_relation() -> None:
 
     got = [([len(r.columns) for r in b.batch.relations], len(b.batch.events)) for b in asyncio.run(batches())]
     assert got == [([3], 2), ([], 1), ([2], 2), ([3], 1)]
+
+
+def test_pieces_of_a_snapshot_chunk_count_as_their_events() -> None:
+    """A piece (V1Item of several events) fills a batch by its event count: max_events holds."""
+    async def batches() -> list[pb.SubscribeResponse]:
+        encoder = Encoder(TypedCatalog(TypeCatalog()))
+        sub = Subscription(max_events=5)
+        client = Client("c", V1Adapter(encoder, sub))
+        batcher = _Batcher(Hub(AckTracker(), 100, 100), client, encoder, sub)
+        rel = relation("id", "v")
+
+        def piece(count: int) -> V1Item:
+            one = V1Item.of(pb.Event(op=pb.SNAPSHOT, lsn=7, relation_id=rel.relation_id), (rel,))
+            return V1Item(one.data * count, pb.SNAPSHOT, 7, (rel,), count)
+
+        acks: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        client.queue.extend([piece(3), piece(3), piece(1), piece(5), piece(1)])
+        out = []
+        while client.queue or batcher.carry:
+            out.append(await batcher.next(acks))
+        return [pb.SubscribeResponse.FromString(data) for data in out if data is not None]
+
+    assert [len(b.batch.events) for b in asyncio.run(batches())] == [3, 4, 5, 1]

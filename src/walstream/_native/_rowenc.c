@@ -34,11 +34,6 @@ int buf_reserve(Buf *b, Py_ssize_t extra) {
     return 0;
 }
 
-void buf_free(Buf *b) {
-    if (b->data != b->stack)
-        PyMem_Free(b->data);
-}
-
 /* -?[0-9]+ within int64, as PostgreSQL writes int2/int4/int8; 0 on anything else. */
 static int parse_int64(const char *s, Py_ssize_t n, int64_t *out) {
     Py_ssize_t i = 0;
@@ -68,7 +63,8 @@ static int parse_int64(const char *s, Py_ssize_t n, int64_t *out) {
     return 1;
 }
 
-/* One text value of kind `kind` into b, framed as a Row.values element: 1 written, 0 it needs the Python
+
+/* One text value of kind `kind` into b (framed as a Row.values element): 1 written, 0 it needs the Python
  * path, -1 a Python error is set. K_SLOW calls slow(data); data NULL: a bytes object of s is made for it. */
 int rowenc_text_value(Buf *b, unsigned char kind, const char *s, Py_ssize_t n, PyObject *slow, PyObject *data) {
     switch (kind) {
@@ -88,8 +84,7 @@ int rowenc_text_value(Buf *b, unsigned char kind, const char *s, Py_ssize_t n, P
     case K_NUMERIC:
     case K_TEXT:
     case K_JSON: {
-        unsigned char tag = kind == K_NUMERIC ? TAG_VALUE_NUMERIC : kind == K_TEXT ? TAG_VALUE_TEXT
-                                                                                       : TAG_VALUE_JSON;
+        unsigned char tag = kind == K_NUMERIC ? TAG_VALUE_NUMERIC : kind == K_TEXT ? TAG_VALUE_TEXT : TAG_VALUE_JSON;
         uint64_t inner = 1 + (uint64_t)varint_size((uint64_t)n) + (uint64_t)n;
         if (buf_reserve(b, 1 + 10 + 1 + 10 + n) < 0)
             return -1;
@@ -173,6 +168,11 @@ static int write_row(Buf *b, PyObject *cells, const char *kinds, Py_ssize_t nkin
             return ok;
     }
     return 1;
+}
+
+void buf_free(Buf *b) {
+    if (b->data != b->stack)
+        PyMem_Free(b->data);
 }
 
 static PyObject *encode_row(PyObject *self, PyObject *args) {
@@ -417,7 +417,8 @@ PyMODINIT_FUNC PyInit__rowenc(void) {
     PyObject *m = PyModule_Create(&module);
     if (m == NULL)
         return NULL;
-    if (PyModule_AddFunctions(m, insertrun_methods) < 0) {
+    if (PyModule_AddFunctions(m, snapchunk_methods) < 0 || /* _snapchunk.c */
+        PyModule_AddFunctions(m, insertrun_methods) < 0) { /* _insertrun.c */
         Py_DECREF(m);
         return NULL;
     }

@@ -1,5 +1,5 @@
 /* Declarations shared by the C sources of walstream._native._rowenc (one extension module): the value kinds,
- * the growable byte buffer and the value writer of _rowenc.c, and the functions the other sources add. */
+ * the growable byte buffer and the value writer of _rowenc.c, and the functions _snapchunk.c and _insertrun.c add. */
 #ifndef WALSTREAM_ROWENC_H
 #define WALSTREAM_ROWENC_H
 
@@ -7,6 +7,7 @@
 #include <Python.h>
 #include <stdint.h>
 #include <string.h>
+
 #include "_tags.h"
 
 enum { K_SLOW = 0, K_SINT64 = 1, K_NUMERIC = 2, K_TEXT = 3, K_JSON = 4, K_BOOL = 5 };
@@ -46,6 +47,7 @@ static inline uint32_t be32(const unsigned char *p) {
     return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | (uint32_t)p[3];
 }
 
+extern PyMethodDef snapchunk_methods[]; /* _snapchunk.c: added to the module at init */
 extern PyMethodDef insertrun_methods[]; /* _insertrun.c: added to the module at init */
 
 #endif

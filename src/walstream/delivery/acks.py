@@ -45,12 +45,13 @@ class DeliveryGroup:
     """Messages sharing one LSN that a client acknowledges together, recorded as one delivery (the rows of
     a snapshot chunk): the hub queues `items` one by one and records the group once."""
 
-    __slots__ = ("items", "size")
+    __slots__ = ("items", "size", "count")
     private = True  # its messages were made for one client (see the module's docstring)
 
-    def __init__(self, items: Sequence[Any], size: int) -> None:
+    def __init__(self, items: Sequence[Any], size: int, count: int | None = None) -> None:
         self.items = items
         self.size = size
+        self.count = len(items) if count is None else count  # messages: an item may hold several (V1Item.count)
 
 
 class RunPayload:

@@ -209,8 +209,8 @@ class Hub:
             if type(payload) is DeliveryGroup:  # one delivery, its messages queued one by one
                 items = payload.items
                 # Private (never handed to another client): nothing to re-express it from.
-                deliver(client.ledger, lsn, txn, payload, None, HELD_PER_BYTE * size + HELD_FIXED * len(items),
-                        len(items))
+                count = payload.count
+                deliver(client.ledger, lsn, txn, payload, None, HELD_PER_BYTE * size + HELD_FIXED * count, count)
                 client.queue.extend(items)
                 if size > CLIENT_RECEIVE_LIMIT:
                     for item in items:
@@ -269,8 +269,8 @@ class Hub:
     def deliver_group(self, client: Client, lsn: int, group: DeliveryGroup) -> None:
         """Queue messages made for one client outside the stream (a CONSISTENT snapshot's chunk) as one
         delivery, in no transaction, and wake its sender."""
-        size = HELD_PER_BYTE * group.size + HELD_FIXED * len(group.items)
-        self.tracker.deliver(client.ledger, lsn, None, group, None, size, len(group.items))
+        size = HELD_PER_BYTE * group.size + HELD_FIXED * group.count
+        self.tracker.deliver(client.ledger, lsn, None, group, None, size, group.count)
         client.queue.extend(group.items)
         client.wake()
 

@@ -185,7 +185,7 @@ class ParallelCopy:
                 upto = read.upto
                 after = read.last if read.last is not None else after
                 done = (read.shape is None or read.last is None or read.last == upto
-                        or len(read.rows) < self.chunk_rows)
+                        or read.count < self.chunk_rows)
                 self._put(index, (read, after, upto, done))
                 if done:
                     return

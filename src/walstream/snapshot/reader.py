@@ -14,9 +14,8 @@ from dataclasses import dataclass
 
 from ..delivery.v1.adapter import WATERMARK_PREFIX
 from ..source import catalog
-from ..source.messages import TupleData
 from . import tables
-from .copytext import parse_rows
+from .copytext import CopyChunk
 from .tables import TableRef, TableShape
 
 SESSION_SETTINGS = (
@@ -73,11 +72,17 @@ class KeyChanged(Exception):
 class ChunkRead:
     shape: TableShape | None  # None: the table is gone (dropped, or left the publication)
     snapshot: Snapshot
-    rows: list[TupleData]  # the published columns
-    keys: list[tuple[bytes | None, ...]]
+    copy: CopyChunk  # the rows: the published columns, then the key columns again (a keyset chunk)
     upto: tuple[str, ...] | None  # the table's maximum key (None: the table is empty)
     last: tuple[str, ...] | None  # the last key read (None: no rows)
     bytes_read: int
+
+    @property
+    def count(self) -> int:
+        return self.copy.count
+
+
+NO_ROWS = CopyChunk(b"", 1, 1)
 
 
 class ChunkReader:
@@ -131,19 +136,21 @@ class ChunkReader:
              limit: int) -> ChunkRead:
         """One chunk, in one REPEATABLE READ transaction: its snapshot, the table's shape, and its rows."""
         conn = self._connection()
-        conn.autocommit = False
         try:
             with conn.cursor() as cur:
-                cur.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-                cur.execute(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'")
-                cur.execute("SELECT pg_catalog.pg_current_snapshot()::text")
+                # The transaction opened in the same round trip as the snapshot is taken (the connection stays
+                # in autocommit: the driver adds no BEGIN of its own): a chunk is round trips more than rows.
+                cur.execute("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY; "
+                            f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'; "
+                            "SELECT pg_catalog.pg_current_snapshot()::text")
                 row = cur.fetchone()
                 assert row is not None
                 snapshot = Snapshot.parse(str(row[0]))
             return self._read_keyed(conn, snapshot, ref, after, upto, limit)
         finally:
-            conn.rollback()  # read only: nothing to commit
-            conn.autocommit = True
+            if not conn.closed:
+                with conn.cursor() as cur:
+                    cur.execute("ROLLBACK")  # read only: nothing to commit
 
     # -- in one snapshot (walstream.snapshot.consistent) -------------------------------------------------
 
@@ -172,12 +179,13 @@ class ChunkReader:
         conn = self._connection()
         shape = tables.read_shape(conn, ref, self.publication, self.server_version)
         if shape is None:
-            return ChunkRead(None, NO_SNAPSHOT, [], [], None, None, 0)
+            return ChunkRead(None, NO_SNAPSHOT, NO_ROWS, None, None, 0)
         buffer = io.BytesIO()
         with conn.cursor() as cur:
             cur.copy_expert(tables.page_query(conn, shape, first, pages), buffer)
         data = buffer.getvalue()
-        return ChunkRead(shape, NO_SNAPSHOT, parse_rows(data, len(shape.columns)), [], None, None, len(data))
+        width = len(shape.columns)
+        return ChunkRead(shape, NO_SNAPSHOT, CopyChunk(data, width, width), None, None, len(data))
 
     def end_snapshot(self) -> None:
         if self._conn is not None and not self._conn.closed:
@@ -189,7 +197,7 @@ class ChunkReader:
         with conn.cursor() as cur:
             shape = tables.read_shape(conn, ref, self.publication, self.server_version)
             if shape is None:
-                return ChunkRead(None, snapshot, [], [], None, None, 0)
+                return ChunkRead(None, snapshot, NO_ROWS, None, None, 0)
             if shape.key != ref.key:
                 raise KeyChanged(shape.key)
             codec, encoding = self.key_codec, self.server_encoding
@@ -197,7 +205,7 @@ class ChunkReader:
                 cur.execute(tables.max_key_query(conn, shape, encoding))
                 top = cur.fetchone()
                 if top is None:
-                    return ChunkRead(shape, snapshot, [], [], None, None, 0)
+                    return ChunkRead(shape, snapshot, NO_ROWS, None, None, 0)
                 upto = tuple(bytes(v).decode(codec) for v in top)
             buffer = io.BytesIO()
             cur.copy_expert(tables.chunk_query(
@@ -205,16 +213,10 @@ class ChunkReader:
                 tuple(v.encode(codec) for v in upto), limit, encoding), buffer)
         data = buffer.getvalue()
         width = len(shape.columns)
-        cells = parse_rows(data, width + len(shape.key))
-        rows = [c[:width] for c in cells]
-        if len(shape.key) == 1:
-            keys: list[tuple[bytes | None, ...]] = [(c[width][1],) for c in cells]
-        else:
-            keys = [tuple(cell[1] for cell in c[width:]) for c in cells]
-        last = None
-        if keys:
-            last = tuple((v or b"").decode(self.key_codec) for v in keys[-1])
-        return ChunkRead(shape, snapshot, rows, keys, upto, last, len(data))
+        chunk = CopyChunk(data, width + len(shape.key), width)
+        key = chunk.last_key()
+        last = None if key is None else tuple((v or b"").decode(self.key_codec) for v in key)
+        return ChunkRead(shape, snapshot, chunk, upto, last, len(data))
 
     def wait_visible(self, xids: list[int], stop: threading.Event) -> None:
         """Until every xid is visible to a new snapshot (they have committed: they were decoded), or until

@@ -10,13 +10,15 @@ without a readable key) is read again, after waiting for the transactions it nam
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import itertools
 import logging
 import os
 import secrets
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
@@ -78,6 +80,7 @@ class Plan:
     # Names this call's watermarks: a resumed backfill keeps its id, and its earlier call's watermarks may be
     # decoded again (after a restart walstream re-reads the WAL after the slot's confirmed position).
     run: str = field(default_factory=lambda: secrets.token_hex(8))
+    seqs: Iterator[int] = field(default_factory=lambda: itertools.count(1))  # numbers this call's chunks
 
     def close(self) -> None:
         """Close the reader's connection (on its own thread, after any read in progress) and the thread."""
@@ -167,7 +170,8 @@ class SnapshotService:
     # -- the client's backfill ------------------------------------------------------------------------
 
     def start(self, plan: Plan, client: Client, adapter: V1Adapter) -> asyncio.Task[None]:
-        backfill = ClientBackfill(self.encoder, self.pipeline.assembler, self.guard)
+        backfill = ClientBackfill(self.encoder, self.pipeline.assembler, self.guard,
+                                  (adapter.sub.max_events, adapter.sub.max_bytes))
         adapter.backfill = backfill
         return asyncio.create_task(self._run(plan, client, backfill))
 
@@ -178,7 +182,7 @@ class SnapshotService:
     async def _run(self, plan: Plan, client: Client, backfill: ClientBackfill) -> None:
         try:
             if plan.consistent:
-                await self._copy_consistent(plan, client)
+                await self._copy_consistent(plan, client, backfill)
             else:
                 await self._tables(plan, client, backfill)
         except asyncio.CancelledError:
@@ -190,7 +194,7 @@ class SnapshotService:
             client.push(ProgressItem(b"", (code, f"snapshot failed: {message}")))
         finally:
             self.running.pop(id(plan), None)
-            backfill.window = None
+            backfill.windows.clear()
             plan.close()
             if plan.consistent:
                 self._consistent_over()
@@ -208,7 +212,7 @@ class SnapshotService:
         self.held.release()
         self.hub.release()
 
-    async def _copy_consistent(self, plan: Plan, client: Client) -> None:
+    async def _copy_consistent(self, plan: Plan, client: Client, backfill: ClientBackfill) -> None:
         """Every table at the slot's consistent point, before the first change (consistent.py)."""
         held, hub = self.held, self.hub
         copy = ParallelCopy(self.conn_str, self.publication, held.name, plan.tables, plan.chunk_rows, plan.stop)
@@ -225,20 +229,22 @@ class SnapshotService:
                     if isinstance(item, BaseException):
                         raise SnapshotUnavailable(f"copying {ref.name}: {catalog.first_line(item)}")
                     read, after, upto, done = item
-                    if read.shape is not None and read.rows:
-                        await self._room(client, len(read.rows), held_bytes)
+                    if read.shape is not None and read.count:
+                        await self._room(client, read.count, held_bytes)
                         if client.closed:
                             return
                         await self.pipeline.ensure_types([c.type_oid for c in read.shape.columns])
                         rel = self._relation(read.shape)
-                        items = self.encoder.snapshot_items(lsn, txn, [(rel, row) for row in read.rows], ordinal + 1)
-                        ordinal += len(items)
-                        hub.deliver_group(client, lsn, DeliveryGroup(items, sum(i.size for i in items)))
-                        held_bytes = HELD_PER_BYTE * read.bytes_read + HELD_FIXED * len(read.rows)
-                        sent, chunks = sent + len(items), chunks + 1
+                        items, _ = self.encoder.snapshot_chunk(lsn, txn, rel, read.copy, set(), ordinal + 1,
+                                                               *backfill.piece_limits(rel))
+                        rows = sum(i.count for i in items)
+                        ordinal += rows
+                        hub.deliver_group(client, lsn, DeliveryGroup(items, sum(i.size for i in items), rows))
+                        held_bytes = HELD_PER_BYTE * read.bytes_read + HELD_FIXED * read.count
+                        sent, chunks = sent + rows, chunks + 1
                         estimate = estimate or read.shape.rows_estimate
                         counters.chunks[ref.name] += 1
-                        counters.rows[ref.name] += len(items)
+                        counters.rows[ref.name] += rows
                         shown.rows_sent, shown.chunks, shown.rows_estimate = sent, chunks, estimate
                     remaining = plan.tables[index + 1:] if done else plan.tables[index:]
                     position = token.Position(plan.backfill_id, plan.request_hash, tuple(r.name for r in remaining),
@@ -246,7 +252,7 @@ class SnapshotService:
                     state = pb.SNAPSHOT_TABLE_DONE if done else pb.SNAPSHOT_RUNNING
                     progress = pb.SnapshotProgress(
                         table=ref.name, state=state, rows_sent=sent, rows_estimate=estimate,
-                        position=lsn if read.rows else 0, resume_token=token.encode(position, plan.epoch),
+                        position=lsn if read.count else 0, resume_token=token.encode(position, plan.epoch),
                         chunks=chunks)
                     if done and index == len(plan.tables) - 1:
                         progress.state, progress.done = pb.SNAPSHOT_DONE, True
@@ -262,68 +268,73 @@ class SnapshotService:
     async def _tables(self, plan: Plan, client: Client, backfill: ClientBackfill) -> None:
         remaining = list(plan.tables)
         after, upto = plan.after, plan.upto
-        seq = 0
+        ahead: asyncio.Future[tuple[Window, ChunkRead | None]] | None = None  # the next chunk, read early
         held_bytes = 0  # what the last chunk delivered holds until acknowledged (estimates the next one)
         last_table = ""
-        while remaining:
-            ref = remaining[0]
-            sent = superseded = chunks = retries = 0
-            estimate = 0
-            done = False
-            shown = self.running[id(plan)] = pb.SnapshotStatus(client=client.name, table=ref.name)
-            counters = self.counters
-            while not done:
-                await self._room(client, plan.chunk_rows, held_bytes)
-                seq += 1
-                outcome, read = await self._chunk(plan, backfill, ref, after, upto, seq)
-                if read is None:  # read again (counted)
-                    retries += 1
-                    counters.retries[ref.name] += 1
-                    continue
-                if read.shape is None:
-                    log.warning("snapshot: table %s was dropped or left the publication; skipped", ref.name)
-                    done = True
-                else:
-                    estimate = estimate or read.shape.rows_estimate
-                    upto = read.upto
-                    if outcome.retry:
+        try:
+            while remaining:
+                ref = remaining[0]
+                sent = superseded = chunks = retries = 0
+                estimate = 0
+                done = False
+                shown = self.running[id(plan)] = pb.SnapshotStatus(client=client.name, table=ref.name)
+                counters = self.counters
+                while not done:
+                    if ahead is None:
+                        await self._room(client, plan.chunk_rows, held_bytes)
+                        ahead = asyncio.ensure_future(self._read(plan, backfill, ref, after, upto))
+                    outcome, read, ahead = await self._chunk(plan, client, backfill, ahead, held_bytes)
+                    if read is None:  # read again (counted)
                         retries += 1
                         counters.retries[ref.name] += 1
-                        shown.retries = retries
-                        log.info("snapshot chunk %d of %s read again: %s", seq, ref.name, outcome.retry)
-                        if outcome.wait_for:
-                            await _in(plan.executor, partial(plan.reader.wait_visible, outcome.wait_for, plan.stop))
                         continue
-                    log.debug("snapshot chunk %d of %s: %d rows read after %s up to %s, %d sent, %d superseded, "
-                              "%d completed", seq, ref.name, len(read.rows), after, read.last, outcome.sent,
-                              outcome.superseded, outcome.completed)
-                    chunks += 1
-                    held_bytes = HELD_PER_BYTE * read.bytes_read + HELD_FIXED * len(read.rows)
-                    sent += outcome.sent
-                    superseded += outcome.superseded
-                    counters.chunks[ref.name] += 1
-                    counters.rows[ref.name] += outcome.sent
-                    counters.superseded[ref.name] += outcome.superseded
-                    shown.rows_sent, shown.chunks, shown.rows_superseded = sent, chunks, superseded
-                    shown.rows_estimate = estimate
-                    if read.last is not None:
-                        after = read.last
-                    done = upto is None or read.last is None or read.last == upto or len(read.rows) < plan.chunk_rows
-                if done:
-                    remaining.pop(0)
-                    after = upto = None
-                position = token.Position(plan.backfill_id, plan.request_hash,
-                                          tuple(r.name for r in remaining), after, upto)
-                last_table = ref.name
-                state = pb.SNAPSHOT_TABLE_DONE if done else pb.SNAPSHOT_RUNNING
-                progress = pb.SnapshotProgress(
-                    table=ref.name, state=state, rows_sent=sent, rows_estimate=estimate,
-                    position=outcome.position if outcome.sent else 0,
-                    resume_token=token.encode(position, plan.epoch), rows_superseded=superseded,
-                    chunks=chunks, retries=retries)
-                if done and not remaining:
-                    progress.state, progress.done = pb.SNAPSHOT_DONE, True
-                client.push(_progress_item(progress))
+                    if read.shape is None:
+                        log.warning("snapshot: table %s was dropped or left the publication; skipped", ref.name)
+                        done = True
+                    else:
+                        estimate = estimate or read.shape.rows_estimate
+                        upto = read.upto
+                        if outcome.retry:
+                            retries += 1
+                            counters.retries[ref.name] += 1
+                            shown.retries = retries
+                            log.info("snapshot chunk %d of %s read again: %s", outcome.seq, ref.name, outcome.retry)
+                            if outcome.wait_for:
+                                await _in(plan.executor, partial(plan.reader.wait_visible, outcome.wait_for, plan.stop))
+                            continue
+                        log.debug("snapshot chunk %d of %s: %d rows read after %s up to %s, %d sent, %d superseded, "
+                                  "%d completed", outcome.seq, ref.name, read.count, after, read.last, outcome.sent,
+                                  outcome.superseded, outcome.completed)
+                        chunks += 1
+                        held_bytes = HELD_PER_BYTE * read.bytes_read + HELD_FIXED * read.count
+                        sent += outcome.sent
+                        superseded += outcome.superseded
+                        counters.chunks[ref.name] += 1
+                        counters.rows[ref.name] += outcome.sent
+                        counters.superseded[ref.name] += outcome.superseded
+                        shown.rows_sent, shown.chunks, shown.rows_superseded = sent, chunks, superseded
+                        shown.rows_estimate = estimate
+                        if read.last is not None:
+                            after = read.last
+                        done = last_of_table(read, plan.chunk_rows)
+                    if done:
+                        remaining.pop(0)
+                        after = upto = None
+                    position = token.Position(plan.backfill_id, plan.request_hash,
+                                              tuple(r.name for r in remaining), after, upto)
+                    last_table = ref.name
+                    state = pb.SNAPSHOT_TABLE_DONE if done else pb.SNAPSHOT_RUNNING
+                    progress = pb.SnapshotProgress(
+                        table=ref.name, state=state, rows_sent=sent, rows_estimate=estimate,
+                        position=outcome.position if outcome.sent else 0,
+                        resume_token=token.encode(position, plan.epoch), rows_superseded=superseded,
+                        chunks=chunks, retries=retries)
+                    if done and not remaining:
+                        progress.state, progress.done = pb.SNAPSHOT_DONE, True
+                    client.push(_progress_item(progress))
+        finally:
+            if ahead is not None:  # the call ended while a chunk was read ahead
+                ahead.cancel()
         if not plan.tables:  # nothing to copy: say so, once
             progress = pb.SnapshotProgress(table=last_table, state=pb.SNAPSHOT_DONE, done=True,
                                            resume_token=token.encode(token.Position(
@@ -331,47 +342,82 @@ class SnapshotService:
             client.push(_progress_item(progress))
         log.info("snapshot for %s done", client.name)
 
+    def _has_room(self, client: Client, rows: int, held_bytes: int) -> bool:
+        hub, tracker = self.hub, self.hub.tracker
+        return not (len(client.queue) + rows > hub.queue_size or tracker.outstanding + rows > hub.max_unacked
+                    or (tracker.outstanding_bytes and tracker.outstanding_bytes + held_bytes > hub.max_unacked_bytes))
+
     async def _room(self, client: Client, rows: int, held_bytes: int) -> None:
         """Until the client's queue and the unacknowledged bounds have room for a whole chunk: `rows` rows
         holding about `held_bytes` (the previous chunk's). In bytes, a chunk goes when nothing is
         unacknowledged, however large (as the hub lets one message through)."""
-        hub, tracker = self.hub, self.hub.tracker
-        while (len(client.queue) + rows > hub.queue_size or tracker.outstanding + rows > hub.max_unacked
-               or (tracker.outstanding_bytes and tracker.outstanding_bytes + held_bytes > hub.max_unacked_bytes)) \
-                and not client.closed:
+        while not self._has_room(client, rows, held_bytes) and not client.closed:
             await asyncio.sleep(ROOM_POLL)
 
-    async def _chunk(self, plan: Plan, backfill: ClientBackfill, ref: TableRef, after: tuple[str, ...] | None,
-                     upto: tuple[str, ...] | None, seq: int) -> tuple[Outcome, ChunkRead | None]:
-        window = Window(f"{plan.backfill_id}/{plan.run}", seq, ref.relid, ref.key)
-        backfill.window = window
+    async def _read(self, plan: Plan, backfill: ClientBackfill, ref: TableRef, after: tuple[str, ...] | None,
+                    upto: tuple[str, ...] | None) -> tuple[Window, ChunkRead | None]:
+        """A chunk's low watermark, then the chunk (None: read it again). Its window joins the client's
+        before the watermark is emitted, behind one still waiting for its high watermark (read ahead)."""
+        window = Window(f"{plan.backfill_id}/{plan.run}", next(plan.seqs), ref.relid, ref.key)
+        backfill.windows.append(window)
         reader = plan.reader
         started = time.monotonic()
-        await _in(plan.executor, lambda: reader.emit(window.low))
         try:
+            await _in(plan.executor, lambda: reader.emit(window.low))
             read = await _in(plan.executor, lambda: reader.read(ref, after, upto, plan.chunk_rows))
         except KeyChanged as exc:
+            backfill.drop(window)
             raise SnapshotUnavailable(
                 f"the key of {ref.name} changed during the backfill (from {', '.join(ref.key)} to "
                 f"{', '.join(exc.key) or 'no key'}); start a new backfill of it without resume_token") from None
         except catalog.DatabaseError as exc:
+            backfill.drop(window)
             if not is_retryable(exc):
                 raise
-            backfill.window = None
-            log.info("snapshot chunk %d of %s read again: %s", seq, ref.name, catalog.first_line(exc))
+            log.info("snapshot chunk %d of %s read again: %s", window.seq, ref.name, catalog.first_line(exc))
             await asyncio.sleep(ROOM_POLL)
-            return Outcome(), None
-        if read.shape is None or not read.rows:
-            backfill.window = None
-            return Outcome(), read
+            return window, None
+        except BaseException:
+            backfill.drop(window)
+            raise
+        if read.shape is None or not read.count:
+            backfill.drop(window)
+        log.debug("snapshot chunk %d of %s: read in %.1f ms (%d bytes)", window.seq, ref.name,
+                  (time.monotonic() - started) * 1000, read.bytes_read)
+        return window, read
+
+    async def _chunk(self, plan: Plan, client: Client, backfill: ClientBackfill,
+                     reading: asyncio.Future[tuple[Window, ChunkRead | None]], held_bytes: int,
+                     ) -> tuple[Outcome, ChunkRead | None, asyncio.Future[tuple[Window, ChunkRead | None]] | None]:
+        """A chunk read (`reading`: started by the caller, or read ahead by the chunk before), closed at its
+        high watermark: (its outcome, the read, the next chunk's read if it was started meanwhile).
+
+        Reading ahead: once H is emitted, the next chunk of the table (when there is one and the client has
+        room for two chunks) gets its low watermark and is read while H is still on its way through the
+        stream. The windows stay apart: the reader emits H(k) and then L(k+1) from one connection, each
+        committed before the next is emitted, so the stream has them in that order; window k closes at H(k)
+        before window k+1 opens at L(k+1), and ClientBackfill.windows takes them in that order. Chunk k+1's
+        snapshot is taken after L(k+1) is committed, as without reading ahead. Its H is emitted only once
+        chunk k's outcome is known: if chunk k must be read again, window k+1 is dropped before its H exists
+        and its rows are never delivered, so no progress (resume token) gets ahead of a chunk not delivered."""
+        window, read = await reading
+        if read is None or read.shape is None or not read.count:
+            return Outcome(seq=window.seq), read, None
         await self.pipeline.ensure_types([c.type_oid for c in read.shape.columns])  # typed as INSERT values
-        window.chunk = Chunk(self._relation(read.shape), read.rows, read.keys, read.snapshot)
-        was_read = time.monotonic()
-        await _in(plan.executor, lambda: reader.emit(window.high))
+        window.chunk = Chunk(self._relation(read.shape), read.copy, read.snapshot)
+        emitted = time.monotonic()
+        await _in(plan.executor, lambda: plan.reader.emit(window.high))
+        ahead = None
+        if not last_of_table(read, plan.chunk_rows) and self._has_room(client, 2 * plan.chunk_rows, 2 * held_bytes):
+            ahead = asyncio.ensure_future(self._read(plan, backfill, read.shape.ref, read.last, read.upto))
         outcome = await window.outcome
-        log.debug("snapshot chunk %d of %s: read in %.1f ms (%d bytes), closed %.1f ms later", seq, ref.name,
-                  (was_read - started) * 1000, read.bytes_read, (time.monotonic() - was_read) * 1000)
-        return outcome, read
+        outcome.seq = window.seq
+        if outcome.retry and ahead is not None:
+            await _discard(backfill, ahead)
+            ahead = None
+        log.debug("snapshot chunk %d of %s: closed %.1f ms after its high watermark was emitted", window.seq,
+                  read.shape.ref.name, (time.monotonic() - emitted) * 1000)
+        return outcome, read, ahead
 
     def _relation(self, shape: TableShape) -> RelationInfo:
         """The chunk's relation as pgoutput would describe it; the stream's own if it is the same."""
@@ -387,6 +433,19 @@ class SnapshotService:
 def _decoder(assembler: Any) -> Callable[[bytes], str]:
     decoder: Callable[[bytes], str] = assembler.text_decoder
     return decoder
+
+
+def last_of_table(read: ChunkRead, chunk_rows: int) -> bool:
+    """Whether no chunk of the table follows this one (read up to the key its backfill goes to)."""
+    return read.upto is None or read.last is None or read.last == read.upto or read.count < chunk_rows
+
+
+async def _discard(backfill: ClientBackfill, reading: asyncio.Future[tuple[Window, ChunkRead | None]]) -> None:
+    """A chunk read ahead that is not to be delivered: its window goes (its error, if any, comes back when
+    the chunk is read again)."""
+    with contextlib.suppress(Exception):
+        window, _ = await reading
+        backfill.drop(window)
 
 
 async def _in(executor: ThreadPoolExecutor, work: Callable[[], T]) -> T:

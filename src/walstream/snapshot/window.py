@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -25,14 +26,13 @@ from typing import Protocol
 import orjson
 
 from ..delivery.acks import DeliveryGroup
-from ..delivery.v1.adapter import Encoder
+from ..delivery.v1.adapter import Encoder, V1Item
 from ..events.change import ChangeEvent, Op, RelationInfo, TxnInfo
 from ..source.messages import COLUMN_UNCHANGED_TOAST, TupleData
+from .copytext import CopyChunk, Key
 from .reader import Snapshot
 
 log = logging.getLogger(__name__)
-
-Key = tuple[bytes | None, ...]
 
 
 class History(Protocol):
@@ -61,6 +61,7 @@ class Outcome:
     retry: str = ""  # why the chunk must be read again ("" = delivered)
     completed: int = 0  # rows completed with TOASTed values from the chunk (included in sent)
     wait_for: list[int] = field(default_factory=list)  # xids to wait for before reading it again
+    seq: int = 0  # the chunk's number (in logs)
 
 
 @dataclass
@@ -68,13 +69,13 @@ class Chunk:
     """What the runner read, attached before it emits H."""
 
     relation: RelationInfo
-    rows: list[TupleData]
-    keys: list[Key]
+    copy: CopyChunk
     snapshot: Snapshot
 
 
 class Window:
     def __init__(self, backfill_id: str, seq: int, relation_id: int, key_names: tuple[str, ...]) -> None:
+        self.seq = seq
         self.low = orjson.dumps({"bf": backfill_id, "seq": seq, "k": "L"})
         self.high = orjson.dumps({"bf": backfill_id, "seq": seq, "k": "H"})
         self.relation_id = relation_id
@@ -94,13 +95,27 @@ class Window:
 class ClientBackfill:
     """The adapter-side half of one client's backfill (the runner drives the other half)."""
 
-    def __init__(self, encoder: Encoder, history: History, guard: bool = True) -> None:
+    def __init__(self, encoder: Encoder, history: History, guard: bool = True,
+                 limits: tuple[int, int] = (1000, 1 << 20)) -> None:
         self.encoder = encoder
         self.history = history
         self.guard = guard
-        self.window: Window | None = None
+        self.limits = limits  # the client's batch limits (events, bytes): a chunk's pieces fit in one batch
+        # The runner's windows in the order of their watermarks in the WAL (it emits them from one connection,
+        # each committed before the next): the first is the one the stream is in or comes to next. A chunk
+        # read ahead adds its window while the one before still waits for its high watermark.
+        self.windows: deque[Window] = deque()
         self._key_index: dict[tuple[int, tuple[str, ...]], tuple[RelationInfo, tuple[int, ...] | None]] = {}
         self.commit_ordinals: dict[int, tuple[TxnInfo, int]] = {}  # id(txn) -> (txn, COMMIT's ordinal)
+
+    @property
+    def window(self) -> Window | None:
+        return self.windows[0] if self.windows else None
+
+    def drop(self, window: Window) -> None:
+        """A window whose high watermark will not be emitted (its chunk is read again, or had no rows)."""
+        if window in self.windows:
+            self.windows.remove(window)
 
     # -- from the adapter, in stream order ------------------------------------------------------------
 
@@ -114,8 +129,8 @@ class ClientBackfill:
             window.mark = self.history.xids_begun
             return []
         if content != window.high:
-            return []  # another backfill's, or an old one replayed
-        self.window = None
+            return []  # another backfill's, an old one replayed, or a dropped window's
+        self.windows.popleft()
         outcome = self._close(window, event)
         if not window.outcome.done():
             window.outcome.set_result(outcome[0])
@@ -173,6 +188,12 @@ class ClientBackfill:
             origin = prior[2]
         window.incomplete[new_key] = (rel, cells, origin)
 
+    def piece_limits(self, rel: RelationInfo) -> tuple[int, int]:
+        """Events and bytes per piece of a chunk (Encoder.snapshot_chunk): one piece fits in one of this
+        client's batches, with the relation's metadata if the batch has to carry it."""
+        max_events, max_bytes = self.limits
+        return max_events, max(1, max_bytes - len(self.encoder.relation_bytes(rel)))
+
     # -- internals -------------------------------------------------------------------------------------
 
     def _indexes(self, rel: RelationInfo, names: tuple[str, ...]) -> tuple[int, ...] | None:
@@ -206,23 +227,27 @@ class ClientBackfill:
             if invisible:
                 return Outcome(retry=f"transaction(s) {', '.join(map(str, invisible))} committed before the "
                                      "window but not visible to the chunk's snapshot", wait_for=invisible), []
-        if window.truncated:
-            survivors: list[TupleData] = []
-        else:
-            cancelled = window.cancelled
-            survivors = [row for row, key in zip(chunk.rows, chunk.keys, strict=True) if key not in cancelled]
-        rows = [(chunk.relation, cells) for cells in survivors]
+        lsn, rel, copy = high.lsn, chunk.relation, chunk.copy
         completed = self._completed(window, chunk)
-        rows.extend(completed)
-        lsn = high.lsn
+        items: list[V1Item] = []
+        if window.truncated:
+            superseded = copy.count
+        elif completed:  # rare: survivors and completed rows in Python, one item per row
+            cancelled = window.cancelled
+            survivors = [(rel, row) for row, key in zip(copy.rows, copy.keys, strict=True) if key not in cancelled]
+            items = self.encoder.snapshot_items(lsn, txn, survivors + completed)
+            superseded = copy.count - len(survivors)
+        else:
+            items, superseded = self.encoder.snapshot_chunk(lsn, txn, rel, copy, window.cancelled, 1,
+                                                            *self.piece_limits(rel))
+        sent = sum(i.count for i in items)
         deliveries: list[tuple[int, object]] = []
-        if rows:
+        if items:
             # One delivery for the whole chunk: the rows share H's lsn, one ack acknowledges them all, and
             # they go to this client only (a DeliveryGroup is never handed to another client).
-            items = self.encoder.snapshot_items(lsn, txn, rows)
-            deliveries.append((lsn, DeliveryGroup(items, sum(i.size for i in items))))
-            self.commit_ordinals[id(txn)] = (txn, len(items) + 1)
-        return Outcome(len(rows), len(chunk.rows) - len(survivors), lsn, completed=len(completed)), deliveries
+            deliveries.append((lsn, DeliveryGroup(items, sum(i.size for i in items), sent)))
+            self.commit_ordinals[id(txn)] = (txn, sent + 1)
+        return Outcome(sent, superseded, lsn, completed=len(completed)), deliveries
 
     @staticmethod
     def _completed(window: Window, chunk: Chunk) -> list[tuple[RelationInfo, TupleData]]:
@@ -230,7 +255,7 @@ class ClientBackfill:
         the chunk: no change in the window carried them, so they held the chunk's value all through it."""
         if not window.incomplete or window.truncated:
             return []
-        by_key = dict(zip(chunk.keys, chunk.rows, strict=True))
+        by_key = dict(zip(chunk.copy.keys, chunk.copy.rows, strict=True))
         names = chunk.relation.names
         rows = []
         for rel, cells, origin in window.incomplete.values():

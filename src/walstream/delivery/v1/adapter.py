@@ -13,7 +13,7 @@ import re
 from bisect import bisect_right
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from ... import native
 from ..._proto import tags
@@ -25,6 +25,9 @@ from ...source.messages import TRUNCATE_CASCADE, TRUNCATE_RESTART_IDENTITY, Tupl
 from ..acks import RunPayload
 from . import wire
 from .typed import TypedCatalog
+
+if TYPE_CHECKING:
+    from ...snapshot.copytext import CopyChunk, Key
 
 DEFAULT_MAX_EVENTS, MAX_EVENTS = 1000, 10_000
 DEFAULT_MAX_BYTES, MAX_BYTES = 1 << 20, 4 << 20
@@ -42,17 +45,20 @@ _OLD_ROW = {"K": pb.OLD_ROW_KEY, "O": pb.OLD_ROW_FULL}
 
 class V1Item:
     """One event as sent to subscribers: its bytes inside a Batch (field tag, length, the encoded Event),
-    its op and lsn, and the relations it needs."""
+    its op and lsn, and the relations it needs. A piece of a snapshot chunk holds `count` such events of one
+    op, lsn and relation back to back (Encoder.snapshot_chunk): queued, batched and counted as one."""
 
-    __slots__ = ("data", "op", "lsn", "relations", "size")
+    __slots__ = ("data", "op", "lsn", "relations", "size", "count")
     private = False  # True: never handed to another client (walstream.delivery.acks)
 
-    def __init__(self, data: bytes, op: int, lsn: int, relations: tuple[RelationInfo, ...] = ()) -> None:
+    def __init__(self, data: bytes, op: int, lsn: int, relations: tuple[RelationInfo, ...] = (),
+                 count: int = 1) -> None:
         self.data = data
         self.op = op
         self.lsn = lsn
         self.relations = relations
         self.size = len(data)
+        self.count = count
 
     @classmethod
     def of(cls, event: pb.Event, relations: tuple[RelationInfo, ...] = ()) -> V1Item:
@@ -226,6 +232,7 @@ class Encoder:
         self._run: tuple[InsertRun | None, list[tuple[int, V1Item | V1Run, int]]] = (None, [])
         accelerated = native.insert_run()
         self._encode_inserts = accelerated[1] if accelerated is not None else None
+        self._snapshot_events = native.snapshot_writer()  # the C snapshot_chunk, or None
 
     def item(self, event: ChangeEvent) -> V1Item:
         if self._event is not event:
@@ -309,13 +316,38 @@ class Encoder:
                 i += 1
         self._run = (run, out)
         return out
+    def _snapshot_head(self, lsn: int, txn: TxnInfo) -> bytes:
+        """Event fields 1-5 of every SNAPSHOT event at (lsn, txn)."""
+        return b"".join((_OP_FIELD[Op.SNAPSHOT], _LSN + wire.varint(lsn) if lsn else b"", self._txn_fields(txn)))
+
+    def snapshot_chunk(self, lsn: int, txn: TxnInfo, rel: RelationInfo, chunk: CopyChunk, cancelled: set[Key],
+                       first: int, max_events: int, max_bytes: int) -> tuple[list[V1Item], int]:
+        """SNAPSHOT events of a chunk's rows whose key is not in `cancelled`, ordinals first.., packed into
+        pieces of at most max_events events and max_bytes bytes (a larger event alone): (pieces, rows left
+        out). The C writer makes them straight from the COPY text; this Python path is its reference and
+        the fallback for a chunk holding a value it leaves to Python (the bytes are the same either way)."""
+        rows = self._row_encoder(rel)
+        head = self._snapshot_head(lsn, txn)
+        op = _OP_VALUE[Op.SNAPSHOT]
+        write = self._snapshot_events
+        if write is not None and rows.native is not None:
+            out = write(chunk.data, chunk.columns, chunk.width, cancelled or None, head, rows.relation_field, first,
+                        rows.kinds, rows.encoders, max_events, max_bytes)
+            if out is not None:
+                pieces, counts, superseded = out
+                return [V1Item(p, op, lsn, (rel,), n) for p, n in zip(pieces, counts, strict=True)], superseded
+        cells = chunk.rows
+        if cancelled:
+            cells = [row for row, key in zip(cells, chunk.keys, strict=True) if key not in cancelled]
+        items = self.snapshot_items(lsn, txn, [(rel, row) for row in cells], first)
+        return pack(items, max_events, max_bytes), chunk.count - len(cells)
 
     def snapshot_items(self, lsn: int, txn: TxnInfo, rows: Sequence[tuple[RelationInfo, TupleData]],
                        first: int = 1) -> list[V1Item]:
         """SNAPSHOT events of a chunk's rows at a high watermark (lsn, txn), ordinals first..: the bytes
         _row_item writes for Event(op=SNAPSHOT, new=row), without an event object per row."""
         varint = wire.varint
-        head = b"".join((_OP_FIELD[Op.SNAPSHOT], _LSN + varint(lsn) if lsn else b"", self._txn_fields(txn)))
+        head = self._snapshot_head(lsn, txn)
         op = _OP_VALUE[Op.SNAPSHOT]
         items: list[V1Item] = []
         append = items.append
@@ -383,6 +415,24 @@ class Encoder:
 
 _OP_VALUE = {op: pb.Operation.Value(name) for op, name in _OPS.items()}
 _OP_FIELD = {op: bytes((tags.EVENT_OP,)) + wire.varint(value) for op, value in _OP_VALUE.items()}
+
+
+def pack(items: Sequence[V1Item], max_events: int, max_bytes: int) -> list[V1Item]:
+    """One-event items of one op, lsn and relation packed into pieces of at most max_events events and
+    max_bytes bytes (an item larger than that alone), in order: what the C snapshot writer makes."""
+    pieces: list[V1Item] = []
+    parts: list[bytes] = []
+    size = 0
+    for item in items:
+        if parts and (len(parts) >= max_events or size + item.size > max_bytes):
+            pieces.append(V1Item(b"".join(parts), item.op, item.lsn, item.relations, len(parts)))
+            parts, size = [], 0
+        parts.append(item.data)
+        size += item.size
+    if parts:
+        last = items[-1]
+        pieces.append(V1Item(b"".join(parts), last.op, last.lsn, last.relations, len(parts)))
+    return pieces
 
 
 # --- one subscriber -----------------------------------------------------------------------------------

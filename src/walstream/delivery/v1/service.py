@@ -66,7 +66,7 @@ class _Batcher:
         self.sent: dict[int, RelationInfo] = {}  # relation_id -> the version this subscriber has
         self.closed = False  # the hub closed this client
         self._size = 0  # encoded bytes of the batch being filled
-        self._count = 0  # events in it (a V1Run holds several)
+        self._events = 0  # events in it (a snapshot piece or a V1Run is one item of several events)
         # The version of each relation the batch's events use, sent before or in it: a batch holds one
         # version per relation (a snapshot chunk read before an ALTER TABLE can follow changes made after).
         self._using: dict[int, RelationInfo] = {}
@@ -77,7 +77,7 @@ class _Batcher:
         sub = self.sub
         batch: list[V1Item | V1Run] = []
         rels: dict[int, RelationInfo] = {}
-        self._size = self._count = 0
+        self._size = self._events = 0
         self._using = {}
         full = self._fill(batch, rels)
         while not batch:
@@ -103,7 +103,7 @@ class _Batcher:
                     mid_transaction_deadline = mid_transaction_deadline or now + MID_TRANSACTION_WAIT
                     if now >= mid_transaction_deadline:
                         break
-                    took = await self._take(sub.max_events - self._count, acks, mid_transaction_deadline - now)
+                    took = await self._take(sub.max_events - self._events, acks, mid_transaction_deadline - now)
                     self.carry.extend(took)
                     full, idle = self._fill(batch, rels), 0 if took else idle
                     continue
@@ -118,11 +118,11 @@ class _Batcher:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     break
-                self.carry.extend(await self._take(sub.max_events - self._count, acks, remaining))
+                self.carry.extend(await self._take(sub.max_events - self._events, acks, remaining))
                 full = self._fill(batch, rels)
         if len(batch) > 1 and batch[-1].op == pb.BEGIN:
             self.carry.appendleft(batch.pop())  # a BEGIN goes with its transaction's first event
-            self._count -= 1
+            self._events -= 1
         self.sent.update(rels)
         # A SubscribeResponse holding a Batch, written as bytes: every item is already an encoded
         # Batch.events field, so the batch is one join (building messages would copy each event twice).
@@ -135,7 +135,7 @@ class _Batcher:
         goes in whole or, where the batch fills up inside it, cut there (its rest stays first in line)."""
         sub, carry, queue, sent, using = self.sub, self.carry, self.client.queue, self.sent, self._using
         took = full = False
-        while self._count < sub.max_events:
+        while self._events < sub.max_events:
             if carry:
                 item = carry.popleft()
             elif queue:
@@ -166,11 +166,11 @@ class _Batcher:
             if full:
                 carry.appendleft(item)
                 break
-            count = 1
+            count = item.count
             if type(item) is V1Run:
                 extra = cost - item.size  # the relation metadata it brings
                 count = item.count
-                rows = item.fit(sub.max_events - self._count, sub.max_bytes - self._size - extra)
+                rows = item.fit(sub.max_events - self._events, sub.max_bytes - self._size - extra)
                 if rows == 0:
                     if batch:
                         carry.appendleft(item)
@@ -182,20 +182,20 @@ class _Batcher:
                     carry.appendleft(rest)
                     cost, count = extra + item.size, rows
                     full = True
-            elif batch and self._size + cost > sub.max_bytes:
+            elif batch and (self._size + cost > sub.max_bytes or self._events + item.count > sub.max_events):
                 carry.appendleft(item)
                 full = True
                 break
             batch.append(item)
             self._size += cost
-            self._count += count
+            self._events += count
             for rel in new:
                 rels[rel.relation_id] = using[rel.relation_id] = rel
             if full:
                 break
         if took:
             self.hub.capacity.set()  # the queue has room again: the reader may be waiting for it
-        return full or self._count >= sub.max_events
+        return full or self._events >= sub.max_events
 
     @staticmethod
     def _progress(item: object) -> bytes:
