@@ -205,6 +205,21 @@ class Pipeline:
         run_length = runs[0] if runs is not None else None
         run_lsns: list[int] = []
         run_raws: list[bytes] = []
+        room = room_bytes = run_bytes = 0
+
+        def flush_run() -> None:
+            nonlocal run_lsns, run_raws
+            lsns, raws, run_lsns, run_raws = run_lsns, run_raws, [], []
+            if len(raws) > 1:
+                assert run_length is not None
+                assembler.insert_run(lsns, raws, run_length, plain_insert)
+                return
+            lsn, raw = lsns[0], raws[0]  # one Insert: the per-message path costs less than a run
+            if (row := plain_insert(raw)) is not None:
+                insert(row[0], row[1], lsn, raw)
+            else:
+                handle(decode_message(raw), lsn, raw)  # raises the decoder's error
+
         loop = asyncio.get_running_loop()
         deadline: float | None = None
         while True:
@@ -224,8 +239,6 @@ class Pipeline:
             msg: tuple[int, bytes] | None = None
             size = 0
             drained = False
-            room, room_bytes = hub.room()  # what a run may hold before the bounds are checked again
-            run_bytes = 0
             for _ in range(YIELD_EVERY):
                 if self._held is not None:
                     msg, self._held = self._held, None
@@ -240,6 +253,9 @@ class Pipeline:
                 size += len(data)
                 if data[0] == 0x49:  # an Insert
                     if run_length is not None:
+                        if not run_raws:  # what the run may hold before the bounds are checked again
+                            room, room_bytes = hub.room()
+                            run_bytes = 0
                         run_lsns.append(lsn)
                         run_raws.append(data)
                         run_bytes += HELD_PER_BYTE * len(data) + HELD_FIXED  # as Hub.publish will count it
@@ -252,18 +268,15 @@ class Pipeline:
                             break
                         continue
                 if run_raws:
-                    assembler.insert_run(run_lsns, run_raws, run_length, plain_insert)  # type: ignore[arg-type]
-                    run_lsns, run_raws, run_bytes = [], [], 0
+                    flush_run()
                 decoded = decode_message(data)
                 if type(decoded) is Relation and self.fetch_types is not None:
                     await self.ensure_types([c.type_oid for c in decoded.columns])
                 handle(decoded, lsn, data)
                 if not hub.can_accept():
                     break
-                room, room_bytes = hub.room()
             if run_raws:
-                assembler.insert_run(run_lsns, run_raws, run_length, plain_insert)  # type: ignore[arg-type]
-                run_lsns, run_raws = [], []
+                flush_run()
             self.bytes_read += size
             if drained:
                 self._follow_wal_end(stream)
