@@ -20,10 +20,10 @@ from .errors import ConfigError
 ENV = "WALSTREAM_NATIVE"
 RowEncodeFn = Callable[[Any, bytes, tuple[Any, ...]], "bytes | None"]
 # (op field, lsn, txn fields, ordinal, relation field, cells, kinds, column encoders) -> framed Event | None
+InsertEventFn = Callable[[bytes, int, bytes, int, bytes, Any, bytes, tuple[Any, ...]], "bytes | None"]
 RunLengthFn = Callable[[list[bytes], int], tuple[int, int]]
 # (msgs, lsns, start, stop, op field, txn fields, first ordinal, relation field, kinds, column encoders)
 EncodeInsertsFn = Callable[..., tuple[bytes, bytes, int]]
-InsertEventFn = Callable[[bytes, int, bytes, int, bytes, Any, bytes, tuple[Any, ...]], "bytes | None"]
 # (COPY text, columns) -> rows | None
 CopyRowsFn = Callable[[bytes, int], "int | None"]
 # (COPY text, columns, width, cancelled keys, head, relation field, first ordinal, kinds, column encoders,
