@@ -650,8 +650,13 @@ def _cpu(value: float | None) -> str:
     return "" if value is None else f"{value:.2f}"
 
 
+def _per_row(cpu: float | None, rows: int) -> str:
+    """walstream's CPU per row (the issue-14 figure), beside its CPU seconds."""
+    return "" if cpu is None or not rows else f" ({cpu * 1e6 / rows:.1f})"
+
+
 def table(result: dict[str, Any]) -> str:
-    lines = ["| workload | method | rows/s median (min–max) | × reference median (min–max) | walstream CPU s "
+    lines = ["| workload | method | rows/s median (min–max) | × reference median (min–max) | walstream CPU s (µs/row) "
              "| walsender CPU s | client / consumer CPU s | rows per CPU s, all processes (× reference) |",
              "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
     startups = []
@@ -672,7 +677,8 @@ def table(result: dict[str, Any]) -> str:
                 label += f": {m['runs'][0]['rows']:,} messages, its server's CPU under walstream"
             lines.append(f"| {wl['name']} ({wl['rows']:,} rows) | {label} | "
                          f"{rps['median']:,.0f} ({rps['min']:,.0f}–{rps['max']:,.0f}) | {ratio_s} | "
-                         f"{_cpu(server_cpu)} | {_cpu(m.get('walsender_cpu'))} | {_cpu(client_cpu)} | {eff_s} |")
+                         f"{_cpu(server_cpu)}{_per_row(server_cpu, m['runs'][0]['rows'])} | "
+                         f"{_cpu(m.get('walsender_cpu'))} | {_cpu(client_cpu)} | {eff_s} |")
     out = ["\n".join(lines)]
     if startups:
         out.append("\n".join(["| workload | peer | start-up s, median | CPU s in start-up |",

@@ -6,9 +6,8 @@ from __future__ import annotations
 import json
 import re
 import subprocess
-import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
@@ -187,9 +186,3 @@ def confirmed_flush(db: TestDB, slot: str) -> int:
     return int(rows[0][0]) if rows and rows[0][0] is not None else 0
 
 
-def wait_until(what: str, check: Callable[[], bool], timeout: float, log: Callable[[], str] = str) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}\n{log()[-4000:]}")
-        time.sleep(0.1)

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import os
 import pwd
-import time
-from collections.abc import Callable
 from typing import Any
 
 import psycopg2
@@ -61,13 +59,3 @@ def scalar(dsn: str, sql: str, params: tuple[object, ...] = ()) -> Any:
         conn.close()
 
 
-def wait_until(what: str, check: Callable[[], object], timeout: float = 90) -> object:
-    """Poll `check` until it returns something true; AssertionError naming `what` with its last value."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f} s waiting until {what} (last: {value!r})")
-        time.sleep(0.1)

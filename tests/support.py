@@ -234,6 +234,21 @@ class SeedClient:
         self.channel.close()
 
 
+def wait_until(what: str, check: Callable[[], object], timeout: float = 90,
+               log: Callable[[], str] | None = None) -> object:
+    """Poll `check` until it returns something true, and return that; AssertionError naming `what` with the
+    last value (and the tail of `log()`, e.g. walstream's log) when it does not within `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            tail = f"\n{log()[-4000:]}" if log is not None else ""
+            raise AssertionError(f"timed out after {timeout:.0f} s waiting until {what} (last: {value!r}){tail}")
+        time.sleep(0.1)  # the states waited on here have no event to block on from a test
+
+
 def confirmed_flush(dsn: str, slot: str) -> int:
     with psycopg2.connect(dsn) as conn, conn.cursor() as cur:
         cur.execute("SELECT confirmed_flush_lsn - '0/0'::pg_lsn FROM pg_replication_slots WHERE slot_name=%s",

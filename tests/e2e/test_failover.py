@@ -15,8 +15,17 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
-from standby import promote, scalar, start_standby, wait_until
-from support import SeedClient, WalstreamProcess, autocommit_connection, execute, require_build, run_cli, wait_confirmed
+from standby import promote, scalar, start_standby
+from support import (
+    SeedClient,
+    WalstreamProcess,
+    autocommit_connection,
+    execute,
+    require_build,
+    run_cli,
+    wait_confirmed,
+    wait_until,
+)
 
 from walstream.pgcluster import Cluster
 

@@ -37,9 +37,8 @@ from sinkcheck import (
     run_pgbench,
     snapshot,
     wait_pgbench,
-    wait_until,
 )
-from support import WalstreamProcess, walstream_env
+from support import WalstreamProcess, wait_until, walstream_env
 
 from walstream._proto import walstream_v1_pb2 as pb
 from walstream._proto import walstream_v1_pb2_grpc

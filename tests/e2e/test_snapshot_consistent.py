@@ -12,6 +12,7 @@ import grpc
 import pytest
 from snapshot_load import ROWS, Writer, assert_equal, caught_up
 from snapshot_replica import Replica, ReplicaClient
+from support import wait_until
 
 from walstream._proto import walstream_v1_pb2 as pb
 from walstream.client import Client, SnapshotProgress
@@ -68,7 +69,8 @@ def test_consistent_copy_then_every_change_builds_an_equal_replica(testdb, walst
     setup(testdb)
     ws = walstream("--snapshot-consistent", "true")
     load = writers(testdb)
-    time.sleep(0.5)  # changes committed after the slot's starting point, before the client asks
+    # changes committed after the slot's starting point, before the client asks
+    wait_until("the writers' first transactions", lambda: all(w.transactions >= 20 for w in load), 30)
     replica = Replica()
     client = ReplicaClient(ws.addr, replica, pb.SnapshotRequest(mode=pb.CONSISTENT, chunk_rows=200))
     try:
@@ -126,6 +128,29 @@ def test_consistent_copy_killed_mid_way_finishes_incrementally(testdb, walstream
     finally:
         for w in load:
             w.stop.set()
+        client.close()
+
+
+def test_consistent_copy_on_a_failover_slot(testdb, walstream):
+    """--failover with --snapshot-consistent (PostgreSQL 17+): the slot is created as a failover slot and
+    still exports its snapshot, so the copy is taken at its starting point."""
+    if testdb.conn.server_version < 170000:
+        pytest.skip("failover slots need PostgreSQL 17+ (test_failover checks the refusal)")
+    setup(testdb, rows=500)
+    ws = walstream("--snapshot-consistent", "true", "--failover")
+    testdb.execute("UPDATE t SET n = 1 WHERE id <= 10")  # after the starting point: a change, not a copy
+    replica = Replica()
+    client = ReplicaClient(ws.addr, replica, pb.SnapshotRequest(mode=pb.CONSISTENT, chunk_rows=100))
+    try:
+        client.wait_snapshot()
+        assert replica.ops["SNAPSHOT"] == 500 + NOKEY_ROWS + 1
+        assert len({p.position for p in replica.progress if p.position}) == 1
+        caught_up(testdb, client, "end")
+        assert replica.ops.get("UPDATE") == 10 + 1  # the ten of t, and caught_up's marker
+        assert_equal(replica, testdb)
+        assert testdb.query("SELECT failover FROM pg_replication_slots WHERE slot_name = %s",
+                            (testdb.slot,)) == [(True,)]
+    finally:
         client.close()
 
 

@@ -10,24 +10,15 @@ read again once the transaction is visible, and the replica equals the table.
 from __future__ import annotations
 
 import threading
-import time
 
 import psycopg2
 import psycopg2.extensions
 import pytest
 from snapshot_replica import Replica, ReplicaClient
-from support import WalstreamProcess
+from support import WalstreamProcess, wait_until
 
 from walstream._proto import walstream_v1_pb2 as pb
 from walstream.snapshot.runner import UNGUARDED_ENV
-
-
-def wait_until(check, what: str, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
 
 
 def wait_for_synchronous_commit(testdb) -> list[psycopg2.extensions.connection]:
@@ -89,8 +80,8 @@ def test_transaction_streamed_before_it_is_visible(testdb, tmp_path, monkeypatch
 
         writer = threading.Thread(target=update, daemon=True)
         writer.start()
-        wait_until(lambda: testdb.query("SELECT wait_event FROM pg_stat_activity WHERE pid = %s",
-                                        (pid,))[0][0] == "SyncRep", "the update to wait for the standby")
+        wait_until("the update to wait for the standby", lambda: testdb.query(
+            "SELECT wait_event FROM pg_stat_activity WHERE pid = %s", (pid,))[0][0] == "SyncRep", 30)
         # Streamed already, while every other session still reads the old row.
         watcher.wait_row("public.t", (7,), {"id": 7, "v": "new"})
         assert testdb.query("SELECT v FROM t WHERE id = 7")[0][0] == "old"
