@@ -466,6 +466,7 @@ async def _discard(backfill: ClientBackfill, reading: asyncio.Future[tuple[Windo
     with contextlib.suppress(Exception):
         window, _ = await reading
         backfill.drop(window)
+        log.debug("snapshot chunk %d, read ahead, is dropped: the chunk before is read again", window.seq)
 
 
 async def _in(executor: ThreadPoolExecutor, work: Callable[[], T]) -> T:
