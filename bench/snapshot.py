@@ -165,14 +165,20 @@ def backfill(addr: str, chunk_rows: int, result: dict[str, float], table: str = 
                     break
                 last[0] = -1
                 continue
-            events = response.batch.events
-            rows += sum(1 for e in events if e.op == pb.SNAPSHOT)
             with wake:
-                # One Ack per delivery: a chunk's rows (the SNAPSHOT events before its progress) are one.
-                for e in events:
-                    if e.op != pb.SNAPSHOT or e.lsn != last[0]:
+                # Every row counted, in one pass over the events (the client's own cost per row is part of
+                # the figure). One Ack per delivery: a chunk's rows (the SNAPSHOT events before its progress)
+                # are one.
+                for e in response.batch.events:
+                    if e.op == pb.SNAPSHOT:
+                        rows += 1
+                        lsn = e.lsn
+                        if lsn != last[0]:
+                            acks.append(pb.SubscribeRequest(ack=pb.Ack(lsn=lsn)))
+                            last[0] = lsn
+                    else:
                         acks.append(pb.SubscribeRequest(ack=pb.Ack(lsn=e.lsn)))
-                    last[0] = e.lsn if e.op == pb.SNAPSHOT else -1
+                        last[0] = -1
                 wake.notify()
         result["seconds"] = time.perf_counter() - start
         result["rows"] = rows

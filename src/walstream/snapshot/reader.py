@@ -126,11 +126,13 @@ class ChunkReader:
             cur.execute(sql, params)
             return list(cur.fetchall())
 
-    def emit(self, content: bytes) -> None:
-        """A transactional watermark message (committed at once: the connection is in autocommit)."""
+    def emit(self, *contents: bytes) -> None:
+        """Transactional watermark messages, in this order in one transaction (one statement string: one
+        round trip and one commit), committed at once: the connection is in autocommit."""
+        statement = "SELECT pg_catalog.pg_logical_emit_message(true, %s, %s::bytea)"
         with self._connection().cursor() as cur:
-            cur.execute("SELECT pg_catalog.pg_logical_emit_message(true, %s, %s::bytea)",
-                        (WATERMARK_PREFIX, content))
+            cur.execute("; ".join([statement] * len(contents)),
+                        tuple(v for content in contents for v in (WATERMARK_PREFIX, content)))
 
     def read(self, ref: TableRef, after: tuple[str, ...] | None, upto: tuple[str, ...] | None,
              limit: int) -> ChunkRead:

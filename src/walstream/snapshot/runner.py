@@ -354,16 +354,25 @@ class SnapshotService:
         while not self._has_room(client, rows, held_bytes) and not client.closed:
             await asyncio.sleep(ROOM_POLL)
 
-    async def _read(self, plan: Plan, backfill: ClientBackfill, ref: TableRef, after: tuple[str, ...] | None,
-                    upto: tuple[str, ...] | None) -> tuple[Window, ChunkRead | None]:
-        """A chunk's low watermark, then the chunk (None: read it again). Its window joins the client's
-        before the watermark is emitted, behind one still waiting for its high watermark (read ahead)."""
+    @staticmethod
+    def _window(plan: Plan, backfill: ClientBackfill, ref: TableRef) -> Window:
+        """A chunk's window, joining the client's before its low watermark is emitted (behind one still
+        waiting for its high watermark, when read ahead)."""
         window = Window(f"{plan.backfill_id}/{plan.run}", next(plan.seqs), ref.relid, ref.key)
         backfill.windows.append(window)
+        return window
+
+    async def _read(self, plan: Plan, backfill: ClientBackfill, ref: TableRef, after: tuple[str, ...] | None,
+                    upto: tuple[str, ...] | None, window: Window | None = None) -> tuple[Window, ChunkRead | None]:
+        """A chunk's low watermark, then the chunk (None: read it again). `window`: read ahead, its low
+        watermark emitted already (with the chunk before's high one)."""
+        emit_low = window is None
+        window = window or self._window(plan, backfill, ref)
         reader = plan.reader
         started = time.monotonic()
         try:
-            await _in(plan.executor, lambda: reader.emit(window.low))
+            if emit_low:
+                await _in(plan.executor, lambda: reader.emit(window.low))
             read = await _in(plan.executor, lambda: reader.read(ref, after, upto, plan.chunk_rows))
         except KeyChanged as exc:
             backfill.drop(window)
@@ -392,31 +401,42 @@ class SnapshotService:
         """A chunk read (`reading`: started by the caller, or read ahead by the chunk before), closed at its
         high watermark: (its outcome, the read, the next chunk's read if it was started meanwhile).
 
-        Reading ahead: once H is emitted, the next chunk of the table (when there is one and the client has
-        room for two chunks) gets its low watermark and is read while H is still on its way through the
-        stream. The windows stay apart: the reader emits H(k) and then L(k+1) from one connection, each
-        committed before the next is emitted, so the stream has them in that order; window k closes at H(k)
-        before window k+1 opens at L(k+1), and ClientBackfill.windows takes them in that order. Chunk k+1's
-        snapshot is taken after L(k+1) is committed, as without reading ahead. Its H is emitted only once
-        chunk k's outcome is known: if chunk k must be read again, window k+1 is dropped before its H exists
-        and its rows are never delivered, so no progress (resume token) gets ahead of a chunk not delivered."""
+        Reading ahead: when the table has a next chunk and the client has room for two chunks, that chunk's
+        low watermark goes with this one's high watermark, and the chunk is read while H is still on its way
+        through the stream. The windows stay apart: H(k) and then L(k+1) are emitted in that order in one
+        transaction (decoded in that order), on the one connection that emits every watermark; window k
+        closes at H(k) before window k+1 opens at L(k+1), and ClientBackfill.windows takes them in that
+        order. Chunk k+1's snapshot is taken after L(k+1) is committed, as without reading ahead. Its H is
+        emitted only once chunk k's outcome is known: if chunk k must be read again, window k+1 is dropped
+        before its H exists and its rows are never delivered, so no progress (resume token) gets ahead of a
+        chunk not delivered."""
         window, read = await reading
         if read is None or read.shape is None or not read.count:
             return Outcome(seq=window.seq), read, None
         await self.pipeline.ensure_types([c.type_oid for c in read.shape.columns])  # typed as INSERT values
         window.chunk = Chunk(self._relation(read.shape), read.copy, read.snapshot)
         emitted = time.monotonic()
-        await _in(plan.executor, lambda: plan.reader.emit(window.high))
-        ahead = None
+        ref = read.shape.ref
+        following = None
         if not last_of_table(read, plan.chunk_rows) and self._has_room(client, 2 * plan.chunk_rows, 2 * held_bytes):
-            ahead = asyncio.ensure_future(self._read(plan, backfill, read.shape.ref, read.last, read.upto))
+            following = self._window(plan, backfill, ref)
+        marks = (window.high,) if following is None else (window.high, following.low)
+        try:
+            await _in(plan.executor, lambda: plan.reader.emit(*marks))
+        except BaseException:
+            if following is not None:
+                backfill.drop(following)
+            raise
+        ahead = None
+        if following is not None:
+            ahead = asyncio.ensure_future(self._read(plan, backfill, ref, read.last, read.upto, following))
         outcome = await window.outcome
         outcome.seq = window.seq
         if outcome.retry and ahead is not None:
             await _discard(backfill, ahead)
             ahead = None
         log.debug("snapshot chunk %d of %s: closed %.1f ms after its high watermark was emitted", window.seq,
-                  read.shape.ref.name, (time.monotonic() - emitted) * 1000)
+                  ref.name, (time.monotonic() - emitted) * 1000)
         return outcome, read, ahead
 
     def _relation(self, shape: TableShape) -> RelationInfo:
@@ -446,6 +466,7 @@ async def _discard(backfill: ClientBackfill, reading: asyncio.Future[tuple[Windo
     with contextlib.suppress(Exception):
         window, _ = await reading
         backfill.drop(window)
+        log.debug("snapshot chunk %d, read ahead, is dropped: the chunk before is read again", window.seq)
 
 
 async def _in(executor: ThreadPoolExecutor, work: Callable[[], T]) -> T:

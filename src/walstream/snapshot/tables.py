@@ -7,6 +7,7 @@ are applied to the chunk query itself, so snapshot rows hold exactly what pgoutp
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -97,6 +98,23 @@ def _rows(conn: Connection, sql: str, params: Sequence[Any]) -> list[tuple[Any, 
         return list(cur.fetchall())
 
 
+# The statements prepared on each connection (prepared statements outlive the transaction they were made in).
+_PREPARED: weakref.WeakKeyDictionary[Connection, set[str]] = weakref.WeakKeyDictionary()
+
+
+def _prepared_rows(conn: Connection, name: str, sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
+    """_rows for the catalog queries every chunk runs (read_shape), prepared once per connection: planning
+    their joins costs more than running them, and a chunk is round trips and catalog reads more than rows."""
+    prepared = _PREPARED.setdefault(conn, set())
+    if name not in prepared:
+        parts = sql.split("%s")
+        text = "".join(f"{part}${i}" for i, part in enumerate(parts[:-1], 1)) + parts[-1]
+        with conn.cursor() as cur:
+            cur.execute(f"PREPARE {name} AS {text}")
+        prepared.add(name)
+    return _rows(conn, f"EXECUTE {name}({', '.join(['%s'] * len(params))})", params)
+
+
 def resolve(conn: Connection, publication: str, sub: Subscription, spec: SnapshotSpec) -> list[TableRef]:
     """The tables to copy, in name order, each with its key (() for none: see check_keys)."""
     refs: list[TableRef] = []
@@ -122,22 +140,24 @@ def check_keys(refs: list[TableRef]) -> None:
 
 def read_shape(conn: Connection, ref: TableRef, publication: str, server_version: int) -> TableShape | None:
     """The table as the current snapshot sees it; None if it no longer exists."""
-    found = _rows(conn, _RELATION_SQL, (ref.relid,))
+    found = _prepared_rows(conn, "walstream_shape_relation", _RELATION_SQL, (ref.relid,))
     if not found:
         return None
     replident, relkind, estimate, identity_columns = found[0]
     generated = "AND a.attgenerated = ''" if server_version >= 120000 else ""
-    columns = _rows(conn, _COLUMNS_SQL.format(generated=generated), (ref.relid,))
+    columns = _prepared_rows(conn, f"walstream_shape_columns{'_stored' if generated else ''}",
+                             _COLUMNS_SQL.format(generated=generated), (ref.relid,))
     row_filter: str | None = None
     if server_version >= 150000:
-        published = _rows(conn, _PUBLISHED_SQL, (publication, ref.schema, ref.table))
+        published = _prepared_rows(conn, "walstream_shape_published", _PUBLISHED_SQL,
+                                   (publication, ref.schema, ref.table))
         if not published:
             return None  # no longer in the publication
         names, row_filter = published[0]
         if names is not None:
             keep = set(names)
             columns = [c for c in columns if c[0] in keep]
-    key_cols = _rows(conn, _KEY_SQL, (ref.relid,))
+    key_cols = _prepared_rows(conn, "walstream_shape_key", _KEY_SQL, (ref.relid,))
     identity = set(identity_columns or ())
     rel_columns = tuple(
         RelationColumn(COLUMN_FLAG_KEY if replident == "f" or name in identity else 0, name, int(oid), int(typmod))

@@ -330,7 +330,7 @@ class Encoder:
         head = self._snapshot_head(lsn, txn)
         op = _OP_VALUE[Op.SNAPSHOT]
         write = self._snapshot_events
-        if write is not None and rows.native is not None:
+        if write is not None and rows.native is not None and len(rows.kinds) == chunk.width:
             out = write(chunk.data, chunk.columns, chunk.width, cancelled or None, head, rows.relation_field, first,
                         rows.kinds, rows.encoders, max_events, max_bytes)
             if out is not None:
