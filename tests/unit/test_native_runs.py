@@ -372,3 +372,18 @@ def test_a_corrupted_insert_in_a_run_raises_the_same_error_after_the_same_delive
             errors.append((str(exc.value), d.batches(), d.state()))
     assert errors[0] == errors[1]
     assert pb.SubscribeResponse.FromString(errors[0][1][0]).batch.events  # the rows before it were delivered
+
+
+def test_a_run_never_takes_more_than_the_fullest_queue_has_room_for() -> None:
+    """A client taking a run's events one by one queues each: a run is cut to the room in every queue, as the
+    per-message path stops at a full queue."""
+    hub = Hub(AckTracker(), 300, 20_000)
+    first, second = hub.connect(Tagged("a"), "a"), hub.connect(Tagged("b"), "b")
+    assert first is not None and second is not None
+    first.queue.extend(range(290))
+    second.queue.extend(range(100))
+    assert hub.room()[0] == 10
+    first.queue.extend(range(50))
+    assert hub.room()[0] == 1  # one always goes
+    first.queue.clear()
+    assert hub.room()[0] == 200

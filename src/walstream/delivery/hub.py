@@ -184,11 +184,14 @@ class Hub:
         return True
 
     def room(self) -> tuple[int, int]:
-        """How many more changes, and how many more held bytes, the unacknowledged bounds take now, per
-        client (each change is a delivery to every client); at least one change: one is always let through."""
-        clients, tracker = max(1, len(self.clients)), self.tracker
-        return (max(1, (self.max_unacked - tracker.outstanding) // clients),
-                max(1, (self.max_unacked_bytes - tracker.outstanding_bytes) // clients))
+        """How many more changes, and how many more held bytes, the bounds take now: the unacknowledged
+        ones per client (each change is a delivery to every client), and the room in every client's queue (a
+        client that takes a run's events one by one queues each); at least one change: one always goes."""
+        clients, tracker = self.clients, self.tracker
+        n = max(1, len(clients))
+        queued = max((len(c.queue) for c in clients), default=0)
+        return (max(1, min((self.max_unacked - tracker.outstanding) // n, self.queue_size - queued)),
+                max(1, (self.max_unacked_bytes - tracker.outstanding_bytes) // n))
 
     def begin(self, xid: int, commit_lsn: int) -> TxnRecord:
         return self.tracker.begin(xid, commit_lsn)
