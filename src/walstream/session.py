@@ -27,6 +27,7 @@ from .source.decoder import decode_message, insert_decoder
 from .source.messages import Relation
 from .source.stream import ReplicationStream
 from .threads import in_daemon_thread
+from .timeouts import within
 
 log = logging.getLogger(__name__)
 
@@ -190,7 +191,7 @@ class Pipeline:
 
     async def _sleep(self, seconds: float) -> None:
         try:
-            await asyncio.wait_for(self.stopping.wait(), seconds)
+            await within(self.stopping.wait(), seconds)
         except asyncio.TimeoutError:
             pass
 
@@ -333,7 +334,7 @@ class Pipeline:
     @staticmethod
     async def _wait(awaitable: object, timeout: float) -> None:
         try:
-            await asyncio.wait_for(awaitable, max(0.0, timeout))  # type: ignore[arg-type]
+            await within(awaitable, max(0.0, timeout))  # type: ignore[arg-type]
         except asyncio.TimeoutError:
             pass
 
@@ -343,7 +344,7 @@ class Pipeline:
         self._reader_wait = ready
         loop.add_reader(fd, self._wake_reader)
         try:
-            await asyncio.wait_for(ready, timeout)
+            await within(ready, timeout)
         except asyncio.TimeoutError:
             pass
         finally:

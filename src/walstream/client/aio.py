@@ -16,6 +16,7 @@ from grpc.aio import EOF  # type: ignore[attr-defined]  # grpc-stubs lag behind 
 
 from .._proto import walstream_v1_pb2 as pb
 from .._proto import walstream_v1_pb2_grpc as pb_grpc
+from ..timeouts import within
 from . import core
 from .core import Backoff, Options, Session, SnapshotState, StreamError
 from .credentials import PathArg, channel_credentials, with_token
@@ -226,7 +227,7 @@ class AsyncClient(SnapshotState):
             log.warning("stream from walstream at %s lost (%s%s); reconnecting in %.1f s", options.target,
                         item.code, f": {item.details}" if item.details else "", delay)
             with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._closed.wait(), delay)
+                await within(self._closed.wait(), delay)
 
     async def changes(self) -> AsyncIterator[Change]:
         """Yield changes one by one (from batches())."""
@@ -281,7 +282,7 @@ class AsyncClient(SnapshotState):
             stream.end_requests()  # after every ack already queued
             with contextlib.suppress(asyncio.TimeoutError):
                 # the server ends the call once it has read the acks
-                await asyncio.wait_for(stream.done.wait(), self.options.close_timeout)
+                await within(stream.done.wait(), self.options.close_timeout)
             await stream.close()
         if self._status_channel is not None:
             channel, self._status_channel = self._status_channel, None

@@ -5,7 +5,6 @@ slot monitor (retained-WAL warning), and the optional Prometheus endpoint. docs/
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from typing import TYPE_CHECKING
 
@@ -61,8 +60,7 @@ class Operations:
     async def close(self) -> None:
         if self._monitoring is not None:
             self._monitoring.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._monitoring
+            await asyncio.wait({self._monitoring})  # unlike suppress(CancelledError), keeps our own cancellation
         if self.metrics is not None:
             await asyncio.to_thread(self.metrics.close)
         await asyncio.to_thread(self.monitor.close)  # waits for a sample in progress

@@ -13,6 +13,7 @@ from typing import Any
 
 import orjson
 
+from ..timeouts import within
 from . import BrokerUnavailable, SinkError
 from .body import Record
 from .naming import NATS_COMMIT_SUBJECT, NATS_PREFIX, nats_subject
@@ -62,7 +63,7 @@ class NatsSink:
             try:
                 # nats-py retries a first connection for ever when reconnects are allowed: bound it here, the
                 # runner retries with its backoff and logs each failure.
-                self._nc = await asyncio.wait_for(nats.connect(
+                self._nc = await within(nats.connect(
                     [f"nats://{s}" for s in self.spec.servers], name="walstream", connect_timeout=CONNECT_TIMEOUT,
                     allow_reconnect=True, max_reconnect_attempts=-1, reconnect_time_wait=0.5,
                     skip_subject_validation=True,  # subjects are escaped by naming.nats_subject
@@ -173,7 +174,7 @@ class NatsSink:
             nc, self._nc = self._nc, None
             self._closing = True
             try:
-                await asyncio.wait_for(nc.close(), 2.0)
+                await within(nc.close(), 2.0)
             except (asyncio.TimeoutError, nats.errors.Error, OSError):
                 pass
 
