@@ -83,7 +83,8 @@ def row_encoder(utf8: bool) -> tuple[RowEncodeFn, InsertEventFn, dict[int, int]]
     r = _rowenc
     if implementation != "native" or r is None:
         return None
-    kinds = {20: r.K_SINT64, 21: r.K_SINT64, 23: r.K_SINT64, 1700: r.K_NUMERIC, 16: r.K_BOOL}
+    kinds = {20: r.K_SINT64, 21: r.K_SINT64, 23: r.K_SINT64, 1700: r.K_NUMERIC, 16: r.K_BOOL,
+             1114: r.K_TIMESTAMP, 1184: r.K_TIMESTAMPTZ}
     if utf8:
         kinds.update({25: r.K_TEXT, 1043: r.K_TEXT, 1042: r.K_TEXT, 19: r.K_TEXT, 114: r.K_JSON, 3802: r.K_JSON})
     fn: RowEncodeFn = r.encode_row

@@ -20,6 +20,7 @@ from test_replay import GOLDEN, Recorder, feed  # type: ignore[import-not-found]
 from test_v1wire import BAD, VALUES, reference_row, relation  # type: ignore[import-not-found]
 
 from walstream import native
+from walstream._proto import walstream_v1_pb2 as pb
 from walstream.delivery.v1.adapter import Encoder
 from walstream.delivery.v1.typed import TypedCatalog
 from walstream.delivery.v1.wire import RowEncoder
@@ -211,3 +212,53 @@ def test_the_environment_setting_is_checked() -> None:
     assert native._choose("1") == ("native", "")
     impl, problem = native._choose("yes")
     assert impl == "python" and "WALSTREAM_NATIVE must be 0" in problem and "'yes'" in problem
+
+
+# Timestamps: C reads the form PostgreSQL writes with DateStyle=ISO and TimeZone=UTC; any other text goes
+# to the column's Python encoder. Near misses of that form are generated too.
+_STAMP = st.builds(
+    lambda y, mo, d, h, mi, s, frac: f"{y:04}-{mo:02}-{d:02} {h:02}:{mi:02}:{s:02}" + (f".{frac}" if frac else ""),
+    st.integers(0, 9999), st.integers(0, 99), st.integers(0, 99), st.integers(0, 99), st.integers(0, 99),
+    st.integers(0, 99), st.one_of(st.just(""), st.from_regex(r"[0-9]{1,6}", fullmatch=True)))
+_STAMP_TEXT = st.one_of(
+    _STAMP,
+    st.builds(lambda t, pos, ch: t[:pos] + ch + t[pos + 1:], _STAMP, st.integers(0, 26),
+              st.sampled_from(["", "x", " ", "+", "-", "_", ".", ":", "0", "٣", "1234567"])),
+    st.sampled_from(["infinity", "-infinity", "0001-01-01 00:00:00 BC", "12345-01-01 00:00:00",
+                     "2024-01-02 03:04:05.1234567", "2024-01-02 03:04:05.", "2024-01-02T03:04:05"]))
+
+
+@settings(max_examples=500, deadline=None)
+@given(_STAMP_TEXT, st.sampled_from(["", "+00", "-05:30", "+00:00", "+0"]), st.booleans())
+def test_timestamps_are_byte_equal(text: str, zone: str, with_zone: bool) -> None:
+    oid = 1184 if with_zone else 1114
+    value = text + (zone if with_zone else "")
+    rel = relation((oid, False), (23, True))
+    cells = (Cell("t", value.encode()), Cell("t", b"7"))
+
+    def encode() -> list[bytes]:
+        return [RowEncoder(TypedCatalog(TypeCatalog()).relation(rel), utf8=True).row(cells)]
+
+    python, compiled = both(encode)
+    assert python == compiled
+
+
+@pytest.mark.parametrize(("oid", "text", "us"), [
+    (1114, "2024-01-02 03:04:05", 1704164645_000000), (1114, "1969-12-31 23:59:59.999999", -1),
+    (1184, "2024-01-02 03:04:05.25+00", 1704164645_250000), (1184, "0001-01-01 00:00:00+00", -62135596800_000000),
+    (1184, "2000-02-29 00:00:00.000001+00", 951782400_000001),
+])
+def test_the_usual_timestamps_are_written_in_c(oid: int, text: str, us: int) -> None:
+    """The common form does not call the Python encoder (here one that fails), and means what it says."""
+    from walstream._native import _rowenc
+
+    def python_encoder(data: bytes) -> bytes:
+        raise ValueError("the Python encoder was called")
+
+    kind = _rowenc.K_TIMESTAMPTZ if oid == 1184 else _rowenc.K_TIMESTAMP
+    got = _rowenc.encode_row((Cell("t", text.encode()),), bytes([kind]), (python_encoder,))
+    assert got is not None
+    value = pb.Row.FromString(got).values[0]
+    assert value.WhichOneof("kind") == ("timestamptz_us" if oid == 1184 else "timestamp_us")
+    assert getattr(value, value.WhichOneof("kind")) == us
+    assert _rowenc.encode_row((Cell("t", b"infinity"),), bytes([kind]), (python_encoder,)) is None  # to Python

@@ -64,6 +64,56 @@ static int parse_int64(const char *s, Py_ssize_t n, int64_t *out) {
 }
 
 
+static int digits(const char *s, int n, int64_t *out) {
+    int64_t v = 0;
+    for (int i = 0; i < n; i++) {
+        if (s[i] < '0' || s[i] > '9')
+            return 0;
+        v = v * 10 + (s[i] - '0');
+    }
+    *out = v;
+    return 1;
+}
+
+static int64_t floor_div(int64_t a, int64_t b) {
+    int64_t q = a / b;
+    return (a % b != 0 && (a < 0) != (b < 0)) ? q - 1 : q;
+}
+
+/* typed.parse_timestamp's common case, nothing else: 'YYYY-MM-DD HH:MM:SS[.f{1,6}]' (with_zone: then '+00'),
+ * ASCII digits only, as microseconds since 1970 by the same arithmetic (typed.days_from_civil). 0: any other
+ * text (infinity, BC, another zone, a 5-digit year, ...), which the column's Python encoder writes. */
+static int parse_timestamp_common(const char *s, Py_ssize_t n, int with_zone, int64_t *us) {
+    Py_ssize_t end = n;
+    if (with_zone) {
+        if (n < 3 || s[n - 3] != '+' || s[n - 2] != '0' || s[n - 1] != '0')
+            return 0;
+        end = n - 3;
+    }
+    if (!(end == 19 || (end >= 21 && end <= 26 && s[19] == '.')))
+        return 0;
+    if (s[4] != '-' || s[7] != '-' || s[10] != ' ' || s[13] != ':' || s[16] != ':')
+        return 0;
+    int64_t year, month, day, hour, minute, second, frac = 0;
+    if (!digits(s, 4, &year) || !digits(s + 5, 2, &month) || !digits(s + 8, 2, &day) || !digits(s + 11, 2, &hour) ||
+        !digits(s + 14, 2, &minute) || !digits(s + 17, 2, &second))
+        return 0;
+    if (end > 19) {
+        if (!digits(s + 20, (int)(end - 20), &frac))
+            return 0;
+        for (Py_ssize_t i = end - 20; i < 6; i++)
+            frac *= 10; /* '.25' is 250000 us */
+    }
+    int64_t y = year - (month <= 2);
+    int64_t era = floor_div(y, 400);
+    int64_t yoe = y - era * 400;
+    int64_t doy = (153 * (month + (month > 2 ? -3 : 9)) + 2) / 5 + day - 1;
+    int64_t doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    int64_t days = era * 146097 + doe - 719468;
+    *us = ((days * 1440 + hour * 60 + minute) * 60 + second) * 1000000 + frac;
+    return 1;
+}
+
 /* One text value of kind `kind` into b (framed as a Row.values element): 1 written, 0 it needs the Python
  * path, -1 a Python error is set. K_SLOW calls slow(data); data NULL: a bytes object of s is made for it. */
 int rowenc_text_value(Buf *b, unsigned char kind, const char *s, Py_ssize_t n, PyObject *slow, PyObject *data) {
@@ -108,7 +158,22 @@ int rowenc_text_value(Buf *b, unsigned char kind, const char *s, Py_ssize_t n, P
         b->len += 4;
         break;
     }
-    case K_SLOW: {
+    case K_TIMESTAMP:
+    case K_TIMESTAMPTZ: {
+        int64_t v;
+        if (!parse_timestamp_common(s, n, kind == K_TIMESTAMPTZ, &v))
+            goto slow; /* the column's Python encoder (wire.py) writes what this does not read */
+        uint64_t z = ((uint64_t)v << 1) ^ (uint64_t)(v >> 63);
+        if (buf_reserve(b, 13) < 0)
+            return -1;
+        b->data[b->len++] = TAG_ROW_VALUES;
+        b->data[b->len++] = (char)(1 + varint_size(z));
+        b->data[b->len++] = kind == K_TIMESTAMPTZ ? TAG_VALUE_TIMESTAMPTZ_US : TAG_VALUE_TIMESTAMP_US;
+        put_varint(b, z);
+        break;
+    }
+    case K_SLOW:
+    slow: {
         PyObject *arg = data != NULL ? Py_NewRef(data) : PyBytes_FromStringAndSize(s, n);
         if (arg == NULL)
             return -1;
@@ -424,7 +489,9 @@ PyMODINIT_FUNC PyInit__rowenc(void) {
     }
     if (PyModule_AddIntConstant(m, "K_SLOW", K_SLOW) < 0 || PyModule_AddIntConstant(m, "K_SINT64", K_SINT64) < 0 ||
         PyModule_AddIntConstant(m, "K_NUMERIC", K_NUMERIC) < 0 || PyModule_AddIntConstant(m, "K_TEXT", K_TEXT) < 0 ||
-        PyModule_AddIntConstant(m, "K_JSON", K_JSON) < 0 || PyModule_AddIntConstant(m, "K_BOOL", K_BOOL) < 0) {
+        PyModule_AddIntConstant(m, "K_JSON", K_JSON) < 0 || PyModule_AddIntConstant(m, "K_BOOL", K_BOOL) < 0 ||
+        PyModule_AddIntConstant(m, "K_TIMESTAMP", K_TIMESTAMP) < 0 ||
+        PyModule_AddIntConstant(m, "K_TIMESTAMPTZ", K_TIMESTAMPTZ) < 0) {
         Py_DECREF(m);
         return NULL;
     }

@@ -10,7 +10,7 @@
 
 #include "_tags.h"
 
-enum { K_SLOW = 0, K_SINT64 = 1, K_NUMERIC = 2, K_TEXT = 3, K_JSON = 4, K_BOOL = 5 };
+enum { K_SLOW = 0, K_SINT64 = 1, K_NUMERIC = 2, K_TEXT = 3, K_JSON = 4, K_BOOL = 5, K_TIMESTAMP = 6, K_TIMESTAMPTZ = 7 };
 
 typedef struct {
     char *data;

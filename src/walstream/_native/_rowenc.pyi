@@ -8,6 +8,8 @@ K_NUMERIC: int
 K_TEXT: int
 K_JSON: int
 K_BOOL: int
+K_TIMESTAMP: int
+K_TIMESTAMPTZ: int
 
 def encode_row(cells: TupleData, kinds: bytes, slow: tuple[object, ...], /) -> bytes | None: ...
 def configure(cell: type[Cell], null_cell: Cell, unchanged_cell: Cell,
