@@ -39,6 +39,8 @@ class Adapter(Protocol):
         """The encoded size of one of its messages, in bytes."""
         ...
 
+    # Optional: takes_begin = False, for an API whose expand() of a BEGIN event is always empty (the hub then
+    # tells the assembler to make none while every client's adapter says so).
     # Optional: expand_run(run: InsertRun) -> Sequence[(lsn, message, row)] | None, the messages of a run of
     # INSERTs (a RunPayload holds several rows; another message stands for row `row` of the run: a BEGIN for
     # the first), or None: take the run's events one by one with expand().
@@ -94,6 +96,7 @@ class Hub:
         self.max_unacked = max_unacked
         self.max_unacked_bytes = max_unacked_bytes
         self.clients: list[Client] = []
+        self.begin_events = False  # some client's adapter takes BEGIN events (events/assembler.py reads it)
         self.accepting = True
         self.held = False  # reading waits while a CONSISTENT snapshot is copied (walstream.snapshot.consistent)
         self.capacity = asyncio.Event()  # set whenever can_accept() may have become true
@@ -112,6 +115,7 @@ class Hub:
             return None
         client = Client(f"{adapter.api}#{next(self._ids)} {peer}", adapter)
         self.clients.append(client)
+        self._clients_changed()
         if self.tracker.has_orphans:
             before = self.tracker.confirmed_lsn
             adapter = client.adapter
@@ -131,6 +135,7 @@ class Hub:
         if client not in self.clients:
             return
         self.clients.remove(client)
+        self._clients_changed()
         last = not self.clients
         pending = client.ledger.pending_count
         self.tracker.client_left(client.ledger, last)
@@ -156,6 +161,9 @@ class Hub:
         log.warning("client %s acked %s, which matches nothing it was sent and not yet acked; "
                     "ignored (the slot does not move)", client.name, format_lsn(lsn))
         return False
+
+    def _clients_changed(self) -> None:
+        self.begin_events = any(getattr(c.adapter, "takes_begin", True) for c in self.clients)
 
     def reject(self, client: Client, what: str) -> None:
         """A client sent something other than an ack where only acks are accepted: count it, log it."""
@@ -188,10 +196,14 @@ class Hub:
         ones per client (each change is a delivery to every client), and the room in every client's queue (a
         client that takes a run's events one by one queues each); at least one change: one always goes."""
         clients, tracker = self.clients, self.tracker
-        n = max(1, len(clients))
-        queued = max((len(c.queue) for c in clients), default=0)
-        return (max(1, min((self.max_unacked - tracker.outstanding) // n, self.queue_size - queued)),
-                max(1, (self.max_unacked_bytes - tracker.outstanding_bytes) // n))
+        queued = 0
+        for client in clients:  # asked at every run's start (each Insert of one-row transactions): no generator
+            if len(client.queue) > queued:
+                queued = len(client.queue)
+        n = len(clients) or 1
+        count = min((self.max_unacked - tracker.outstanding) // n, self.queue_size - queued)
+        size = (self.max_unacked_bytes - tracker.outstanding_bytes) // n
+        return (count if count > 1 else 1, size if size > 1 else 1)
 
     def begin(self, xid: int, commit_lsn: int) -> TxnRecord:
         return self.tracker.begin(xid, commit_lsn)

@@ -26,6 +26,7 @@ log = logging.getLogger(__name__)
 
 _new_event = tuple.__new__  # ChangeEvent is a NamedTuple: this skips its Python-level __new__
 _INSERT = Op.INSERT
+_DEFAULTS = tuple(ChangeEvent(Op.BEGIN, 0, None, 0))  # every field's default, for _new_event
 _COUNTED = (Op.INSERT, Op.UPDATE, Op.DELETE, Op.TRUNCATE)
 XID_HISTORY = 8192  # transactions whose xids the snapshot visibility guard can check (walstream.snapshot)
 
@@ -38,6 +39,8 @@ class Sink(Protocol):
         """`raw`: the pgoutput message a row change was decoded from (what the ack ledger keeps of it)."""
         ...
     def commit(self, txn: Any, end_lsn: int) -> None: ...
+    # Optional: begin_events, False while nobody takes BEGIN events (the hub: no client's adapter sends
+    # anything for one), so the assembler makes none.
     # Optional: publish_run(run: InsertRun, txn), a run of INSERTs (events/run.py) as one unit; a sink without
     # it is given the run's events one by one.
 
@@ -143,7 +146,9 @@ class Assembler:
         self.xids_begun += 1
         self._txn = _OpenTxn(info, self.sink.begin(msg.xid, msg.final_lsn))
         self._skip_changes = 0
-        self.sink.publish(ChangeEvent(Op.BEGIN, msg.final_lsn, info, 0), self._txn.record)
+        if getattr(self.sink, "begin_events", True):
+            self.sink.publish(_new_event(ChangeEvent, (Op.BEGIN, msg.final_lsn, info, 0, *_DEFAULTS[4:])),
+                              self._txn.record)
 
     def _commit(self, msg: m.Commit, lsn: int = 0) -> None:
         if self._skipping:
@@ -156,7 +161,8 @@ class Assembler:
             raise ProtocolError(f"Commit at {format_lsn(msg.commit_lsn)} does not match Begin's final LSN "
                                 f"{format_lsn(txn.info.commit_lsn)}")
         self._txn = None
-        event = ChangeEvent(Op.COMMIT, msg.commit_lsn, txn.info, txn.ordinal + 1, end_lsn=msg.end_lsn)
+        event = _new_event(ChangeEvent, (Op.COMMIT, msg.commit_lsn, txn.info, txn.ordinal + 1, *_DEFAULTS[4:10],
+                                         msg.end_lsn, *_DEFAULTS[11:]))
         self.sink.publish(event, txn.record)
         self.sink.commit(txn.record, msg.end_lsn)
         self.last_commit_lsn = msg.commit_lsn

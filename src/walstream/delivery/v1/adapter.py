@@ -450,6 +450,7 @@ class V1Adapter:
     """The hub adapter of one walstream.v1 subscriber: which events it gets, as (lsn, V1Item)."""
 
     api = "v1"
+    takes_begin = False  # expand() of a BEGIN is empty: BEGIN goes out with the first event sent of it
 
     def __init__(self, encoder: Encoder, sub: Subscription) -> None:
         self.encoder = encoder
