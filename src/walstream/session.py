@@ -199,7 +199,7 @@ class Pipeline:
 
     async def _pump(self, stream: Source) -> None:
         hub, assembler, tracker = self.hub, self.assembler, self.hub.tracker
-        handle, insert, read = assembler.handle, assembler.insert, stream.read
+        handle, insert, read, boundary = assembler.handle, assembler.insert, stream.read, assembler.boundary
         plain_insert = insert_decoder()  # the C accelerator's when it is active (walstream.native)
         # With the accelerator, the Inserts of a read burst go to the assembler as runs (events/run.py).
         runs = native.insert_run()
@@ -270,10 +270,11 @@ class Pipeline:
                         continue
                 if run_raws:
                     flush_run()
-                decoded = decode_message(data)
-                if type(decoded) is Relation and self.fetch_types is not None:
-                    await self.ensure_types([c.type_oid for c in decoded.columns])
-                handle(decoded, lsn, data)
+                if not boundary(data):  # a Begin or Commit goes without a message object
+                    decoded = decode_message(data)
+                    if type(decoded) is Relation and self.fetch_types is not None:
+                        await self.ensure_types([c.type_oid for c in decoded.columns])
+                    handle(decoded, lsn, data)
                 if not hub.can_accept():
                     break
             if run_raws:

@@ -17,7 +17,7 @@ from typing import Any, Protocol
 from ..errors import ProtocolError
 from ..lsn import format_lsn
 from ..source import messages as m
-from ..source.decoder import decode_message
+from ..source.decoder import BEGIN_SIZE, COMMIT_SIZE, decode_message, read_begin, read_commit
 from ..source.messages import TupleData
 from .change import ChangeEvent, Converter, Op, RelationInfo, TxnInfo
 from .run import InsertRun
@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 _new_event = tuple.__new__  # ChangeEvent is a NamedTuple: this skips its Python-level __new__
 _INSERT = Op.INSERT
 _DEFAULTS = tuple(ChangeEvent(Op.BEGIN, 0, None, 0))  # every field's default, for _new_event
+_AFTER_ORDINAL, _BEFORE_END_LSN, _AFTER_END_LSN = _DEFAULTS[4:], _DEFAULTS[4:10], _DEFAULTS[11:]
 _COUNTED = (Op.INSERT, Op.UPDATE, Op.DELETE, Op.TRUNCATE)
 XID_HISTORY = 8192  # transactions whose xids the snapshot visibility guard can check (walstream.snapshot)
 
@@ -125,47 +126,70 @@ class Assembler:
 
     # -- transactions ---------------------------------------------------------------------------------
 
+    def boundary(self, raw: bytes) -> bool:
+        """A well-formed Begin or Commit handled straight from its bytes, with no message object (one of each
+        per transaction: most of what a one-row transaction is): True, else False and nothing done (the
+        caller decodes it, which raises the decoder's error for a malformed one)."""
+        kind = raw[0]
+        if kind == 0x42:
+            if len(raw) == BEGIN_SIZE:
+                final_lsn, commit_ts, xid = read_begin(raw, 1)
+                if final_lsn:  # else the decoder's error
+                    self._begin_txn(final_lsn, commit_ts, xid)
+                    return True
+        elif kind == 0x43 and len(raw) == COMMIT_SIZE:
+            _, commit_lsn, end_lsn, _ = read_commit(raw, 1)
+            self._commit_txn(commit_lsn, end_lsn)
+            return True
+        return False
+
     def _begin(self, msg: m.Begin, lsn: int = 0) -> None:
+        self._begin_txn(msg.final_lsn, msg.commit_ts, msg.xid)
+
+    def _begin_txn(self, final_lsn: int, commit_ts: int, xid: int) -> None:
         if self._txn is not None:
-            raise ProtocolError(f"Begin of transaction {msg.xid} while transaction {self._txn.info.xid} is open")
-        if msg.final_lsn <= self.last_commit_lsn:
+            raise ProtocolError(f"Begin of transaction {xid} while transaction {self._txn.info.xid} is open")
+        if final_lsn <= self.last_commit_lsn:
             self._skipping = True
             return
         partial, self._partial = self._partial, None
         if partial is not None:
-            if partial.info.commit_lsn == msg.final_lsn:
+            if partial.info.commit_lsn == final_lsn:
                 self._txn, self._skip_changes = partial, partial.ordinal
                 partial.ordinal = 0
                 return
             log.warning("transaction %d (commit %s) was cut off and not resent; its remaining changes are lost",
                         partial.info.xid, format_lsn(partial.info.commit_lsn))
             self.sink.commit(partial.record, partial.info.commit_lsn)
-        info = TxnInfo(msg.xid, msg.final_lsn, msg.commit_ts)
-        self.last_commit_ts = msg.commit_ts
-        self.recent_xids.append(msg.xid)
+        info = TxnInfo(xid, final_lsn, commit_ts)
+        self.last_commit_ts = commit_ts
+        self.recent_xids.append(xid)
         self.xids_begun += 1
-        self._txn = _OpenTxn(info, self.sink.begin(msg.xid, msg.final_lsn))
+        self._txn = _OpenTxn(info, self.sink.begin(xid, final_lsn))
         self._skip_changes = 0
         if getattr(self.sink, "begin_events", True):
-            self.sink.publish(_new_event(ChangeEvent, (Op.BEGIN, msg.final_lsn, info, 0, *_DEFAULTS[4:])),
+            self.sink.publish(_new_event(ChangeEvent, (Op.BEGIN, final_lsn, info, 0) + _AFTER_ORDINAL),
                               self._txn.record)
 
     def _commit(self, msg: m.Commit, lsn: int = 0) -> None:
+        self._commit_txn(msg.commit_lsn, msg.end_lsn)
+
+    def _commit_txn(self, commit_lsn: int, end_lsn: int) -> None:
         if self._skipping:
             self._skipping = False
             return
         txn = self._txn
         if txn is None:
-            raise ProtocolError(f"Commit at {format_lsn(msg.commit_lsn)} without a Begin")
-        if msg.commit_lsn != txn.info.commit_lsn:
-            raise ProtocolError(f"Commit at {format_lsn(msg.commit_lsn)} does not match Begin's final LSN "
+            raise ProtocolError(f"Commit at {format_lsn(commit_lsn)} without a Begin")
+        if commit_lsn != txn.info.commit_lsn:
+            raise ProtocolError(f"Commit at {format_lsn(commit_lsn)} does not match Begin's final LSN "
                                 f"{format_lsn(txn.info.commit_lsn)}")
         self._txn = None
-        event = _new_event(ChangeEvent, (Op.COMMIT, msg.commit_lsn, txn.info, txn.ordinal + 1, *_DEFAULTS[4:10],
-                                         msg.end_lsn, *_DEFAULTS[11:]))
+        event = _new_event(ChangeEvent, (Op.COMMIT, commit_lsn, txn.info, txn.ordinal + 1) + _BEFORE_END_LSN
+                           + (end_lsn,) + _AFTER_END_LSN)
         self.sink.publish(event, txn.record)
-        self.sink.commit(txn.record, msg.end_lsn)
-        self.last_commit_lsn = msg.commit_lsn
+        self.sink.commit(txn.record, end_lsn)
+        self.last_commit_lsn = commit_lsn
 
     # -- changes --------------------------------------------------------------------------------------
 

@@ -48,6 +48,8 @@ _T, _B, _N, _U, _MARK_N = b"tbnuN"
 _object_new = object.__new__
 _BEGIN = struct.Struct("!QqI")  # final_lsn, commit_ts, xid
 _COMMIT = struct.Struct("!BQQq")  # flags, commit_lsn, end_lsn, commit_ts
+BEGIN_SIZE, COMMIT_SIZE = 1 + _BEGIN.size, 1 + _COMMIT.size  # a well-formed Begin and Commit, type byte included
+read_begin, read_commit = _BEGIN.unpack_from, _COMMIT.unpack_from  # (buf, 1): their fields, as decode_message reads them
 
 
 _M = TypeVar("_M")
@@ -386,11 +388,11 @@ def decode_message(data: bytes | memoryview, *, in_stream: bool = False,
         row = plain_insert(buf)
         if row is not None:
             return _new_insert(None, row[0], row[1])
-    if kind == 0x42 and len(buf) == 21:  # 'B', as _FIXED's Begin reads it
+    if kind == 0x42 and len(buf) == BEGIN_SIZE:  # 'B', as _FIXED's Begin reads it
         final_lsn, commit_ts, xid = _BEGIN.unpack_from(buf, 1)
         if final_lsn:
             return _new_begin(final_lsn, commit_ts, xid)
-    elif kind == 0x43 and len(buf) == 26:  # 'C', as _FIXED's Commit reads it
+    elif kind == 0x43 and len(buf) == COMMIT_SIZE:  # 'C', as _FIXED's Commit reads it
         return _new_commit(*_COMMIT.unpack_from(buf, 1))
     change = _WITH_XID.get(kind)
     if change is not None:
