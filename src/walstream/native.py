@@ -92,6 +92,16 @@ def row_encoder(utf8: bool) -> tuple[RowEncodeFn, InsertEventFn, dict[int, int]]
     return fn, event, kinds
 
 
+def txn_fields() -> Callable[[int, int, int], bytes | None] | None:
+    """The C twin of adapter.Encoder._txn_fields' bytes (None from it: Python writes them), or None."""
+    require()
+    r = _rowenc
+    if implementation != "native" or r is None:
+        return None
+    fn: Callable[[int, int, int], bytes | None] = r.txn_fields
+    return fn
+
+
 def insert_decoder() -> tuple[Callable[..., None], Callable[[bytes], Any]] | None:
     """The C twin of decoder.plain_insert as (configure, plain_insert), or None: pure Python."""
     require()

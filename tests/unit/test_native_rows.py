@@ -262,3 +262,26 @@ def test_the_usual_timestamps_are_written_in_c(oid: int, text: str, us: int) -> 
     assert value.WhichOneof("kind") == ("timestamptz_us" if oid == 1184 else "timestamp_us")
     assert getattr(value, value.WhichOneof("kind")) == us
     assert _rowenc.encode_row((Cell("t", b"infinity"),), bytes([kind]), (python_encoder,)) is None  # to Python
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.one_of(st.integers(0, 2**32 - 1), st.just(0)), st.one_of(st.integers(0, 2**64 - 1), st.just(0)),
+       st.one_of(st.integers(-(2**63), 2**63 - 1), st.just(0), st.just(2**63 - 1)))  # int64, as pgoutput sends it
+def test_transaction_fields_are_byte_equal(xid: int, commit_lsn: int, commit_ts: int) -> None:
+    """Event fields 3-5 of a transaction (C when it is given 64-bit values, else Python), and its BEGIN."""
+    txn = TxnInfo(xid, commit_lsn, commit_ts)
+
+    def encode() -> list[bytes]:
+        return [Encoder(TypedCatalog(TypeCatalog()))._txn_fields(txn)]
+
+    python, compiled = both(encode)
+    assert python == compiled
+
+
+def test_transaction_fields_beyond_64_bits_go_to_python() -> None:
+    from walstream._native import _rowenc
+
+    assert _rowenc.txn_fields(1, 2, 3) == b"\x18\x01\x20\x02\x28\x03"
+    assert _rowenc.txn_fields(0, 0, -1) == b"\x28" + b"\xff" * 9 + b"\x01"
+    for args in [(-1, 0, 0), (0, -1, 0), (0, 2**64, 0), (0, 0, 2**63), (0, 0, -(2**63) - 1), ("1", 0, 0)]:
+        assert _rowenc.txn_fields(*args) is None  # type: ignore[arg-type]

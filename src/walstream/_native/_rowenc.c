@@ -258,6 +258,42 @@ static PyObject *encode_row(PyObject *self, PyObject *args) {
 /* insert_event(op_field, lsn, txn_fields, ordinal, relation_field, cells, kinds, slow) -> bytes | None:
  * adapter.Encoder._row_item for an INSERT in one call: the framed Batch.events element (field 2) holding
  * the Event's fields in field order, defaults left out, and the new row; None: the row needs Python. */
+/* txn_fields(xid, commit_lsn, commit_time_us) -> Event fields 3-5 (adapter.Encoder._txn_fields: a field is left
+ * out when 0), or None for a value it does not write (negative xid or LSN, beyond 64 bits): Python does. */
+static PyObject *txn_fields(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "txn_fields(xid, commit_lsn, commit_time_us)");
+        return NULL;
+    }
+    unsigned long long xid = PyLong_AsUnsignedLongLong(args[0]);
+    unsigned long long lsn = xid == (unsigned long long)-1 && PyErr_Occurred() ? 0 : PyLong_AsUnsignedLongLong(args[1]);
+    long long time = PyErr_Occurred() ? 0 : PyLong_AsLongLong(args[2]);
+    if (PyErr_Occurred()) {
+        if (!PyErr_ExceptionMatches(PyExc_OverflowError) && !PyErr_ExceptionMatches(PyExc_TypeError))
+            return NULL;
+        PyErr_Clear();
+        Py_RETURN_NONE;
+    }
+    char out[33]; /* three tags and three varints of at most 10 bytes */
+    Buf b; /* put_varint's buffer over `out` (its own stack left unused) */
+    b.data = out;
+    b.len = 0;
+    b.cap = (Py_ssize_t)sizeof(out);
+    if (xid) {
+        b.data[b.len++] = TAG_EVENT_XID;
+        put_varint(&b, xid);
+    }
+    if (lsn) {
+        b.data[b.len++] = TAG_EVENT_COMMIT_LSN;
+        put_varint(&b, lsn);
+    }
+    if (time) {
+        b.data[b.len++] = TAG_EVENT_COMMIT_TIME_US;
+        put_varint(&b, (uint64_t)time); /* a negative int64 as its two's complement, as protobuf does */
+    }
+    return PyBytes_FromStringAndSize(out, b.len);
+}
+
 static PyObject *insert_event(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     if (nargs != 8) {
         PyErr_SetString(PyExc_TypeError, "insert_event takes 8 arguments");
@@ -465,6 +501,8 @@ static PyMethodDef methods[] = {
      "read_copy_data(conn) -> (data_start, message) | the raw message | PQgetCopyData's n <= 0"},
     {"insert_event", (PyCFunction)(void (*)(void))insert_event, METH_FASTCALL,
      "insert_event(op_field, lsn, txn_fields, ordinal, relation_field, cells, kinds, slow) -> bytes | None"},
+    {"txn_fields", (PyCFunction)(void (*)(void))txn_fields, METH_FASTCALL,
+     "txn_fields(xid, commit_lsn, commit_time_us) -> Event fields 3-5 | None"},
     {"configure", configure, METH_VARARGS, "configure(Cell, null_cell, unchanged_cell, fallback)"},
     {"plain_insert", plain_insert, METH_O, "plain_insert(buf) -> (relation id, cells) | fallback(buf)"},
     {"encode_row", encode_row, METH_VARARGS,

@@ -233,6 +233,7 @@ class Encoder:
         accelerated = native.insert_run()
         self._encode_inserts = accelerated[1] if accelerated is not None else None
         self._snapshot_events = native.snapshot_writer()  # the C snapshot_chunk, or None
+        self._native_txn_fields = native.txn_fields()  # one per transaction: most of a one-row one's encoding
 
     def item(self, event: ChangeEvent) -> V1Item:
         if self._event is not event:
@@ -283,6 +284,11 @@ class Encoder:
         """Event fields 3-5 (xid, commit_lsn, commit_time_us), the same for every event of a transaction."""
         if self._txn[0] is not txn:
             commit_time = txn.commit_ts + PG_EPOCH_US
+            write = self._native_txn_fields
+            fields = write(txn.xid, txn.commit_lsn, commit_time) if write is not None else None
+            if fields is not None:
+                self._txn = (txn, fields)
+                return fields
             self._txn = (txn, b"".join((
                 _XID + wire.varint(txn.xid) if txn.xid else b"",
                 _COMMIT_LSN + wire.varint(txn.commit_lsn) if txn.commit_lsn else b"",
