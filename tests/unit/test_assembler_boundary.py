@@ -112,3 +112,39 @@ def test_truncated_and_corrupted_boundaries_give_the_same_outcome(data: st.DataO
         if how != "dropped":
             messages.append((0x100, bytes(buf)))
     assert run(messages, raw_path=True) == run(messages, raw_path=False)
+
+
+def test_the_adapters_that_say_they_take_no_begin_send_nothing_for_one() -> None:
+    """Hub.begin_events trusts takes_begin = False: each such adapter's expand() of a BEGIN is empty."""
+    from walstream.delivery.acks import AckTracker
+    from walstream.delivery.hub import Hub
+    from walstream.delivery.seed.service import SeedAdapter
+    from walstream.delivery.v1.adapter import Encoder, Subscription, V1Adapter
+    from walstream.delivery.v1.typed import TypedCatalog
+    from walstream.sinks.runner import SinkAdapter, SinkStats
+    from walstream.events.change import TxnInfo
+
+    v1 = Subscription(transaction_boundaries=True, logical_messages=True)
+    adapters = [SeedAdapter(), SinkAdapter("s", SinkStats("s"), transactions=True),
+                V1Adapter(Encoder(TypedCatalog(TypeCatalog())), v1)]
+    begin = ChangeEvent(Op.BEGIN, 0x100, TxnInfo(7, 0x100, 0), 0)
+    hub = Hub(AckTracker(), 10, 10)
+    for adapter in adapters:
+        assert adapter.takes_begin is False
+        assert list(adapter.expand(begin)) == []
+        client = hub.connect(adapter, "test")
+        assert client is not None and hub.begin_events is False
+
+    class Other:
+        api = "other"
+
+        def expand(self, event: ChangeEvent) -> list[tuple[int, object]]:
+            return [(event.lsn, event)]
+
+        def size(self, message: object) -> int:
+            return 1
+
+    other = hub.connect(Other(), "test")
+    assert other is not None and hub.begin_events is True
+    hub.disconnect(other)
+    assert hub.begin_events is False

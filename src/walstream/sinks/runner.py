@@ -221,6 +221,8 @@ class SinkAdapter:
     per transaction that had any, as (event, None, number of records), acknowledged by its end LSN. BEGIN
     and logical messages are not published (every record carries xid, commit_lsn and ordinal)."""
 
+    takes_begin = False  # expand() of a BEGIN is empty (Hub.begin_events)
+
     def __init__(self, name: str, stats: SinkStats, transactions: bool = False) -> None:
         self.api = f"sink {name}"
         self.sink_stats = stats

@@ -24,6 +24,7 @@ from ..v1.wire import varint
 
 class SeedAdapter:
     api = "seed"
+    takes_begin = False  # expand() of a BEGIN is empty: the seed API has no transaction events (Hub.begin_events)
 
     def expand(self, event: ChangeEvent) -> Sequence[tuple[int, object]]:
         return _expand_once(event)
