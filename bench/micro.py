@@ -30,9 +30,8 @@ from walstream._proto import walstream_v1_pb2 as pb
 from walstream.config import StartConfig
 from walstream.delivery.acks import AckTracker
 from walstream.delivery.hub import Hub
-from walstream.delivery.v1.adapter import Subscription, V1Adapter
+from walstream.delivery.v1.adapter import Encoder, Subscription, V1Adapter
 from walstream.delivery.v1.service import _Batcher
-from walstream.delivery.v1.adapter import Encoder
 from walstream.delivery.v1.typed import TypedCatalog
 from walstream.events.assembler import Assembler
 from walstream.events.change import ChangeEvent

@@ -35,9 +35,10 @@ class Journal:
 
     def publish(self, event: ChangeEvent, txn: Any, raw: bytes = b"") -> None:
         # Relations by id: each assembler makes its own RelationInfo (their converters compare by identity).
-        rel = event.relation.relation_id if event.relation is not None else None
-        truncated = tuple(r.relation_id for r in event.truncated)
-        self.calls.append(("publish", tuple(event._replace(relation=rel, truncated=truncated)), txn, raw))
+        fields: list[Any] = list(event)
+        fields[4] = event.relation.relation_id if event.relation is not None else None
+        fields[8] = tuple(r.relation_id for r in event.truncated)
+        self.calls.append(("publish", tuple(fields), txn, raw))
 
     def commit(self, txn: Any, end_lsn: int) -> None:
         self.calls.append(("commit", txn, end_lsn))
@@ -121,11 +122,11 @@ def test_the_adapters_that_say_they_take_no_begin_send_nothing_for_one() -> None
     from walstream.delivery.seed.service import SeedAdapter
     from walstream.delivery.v1.adapter import Encoder, Subscription, V1Adapter
     from walstream.delivery.v1.typed import TypedCatalog
-    from walstream.sinks.runner import SinkAdapter, SinkStats
     from walstream.events.change import TxnInfo
+    from walstream.sinks.runner import SinkAdapter, SinkStats
 
     v1 = Subscription(transaction_boundaries=True, logical_messages=True)
-    adapters = [SeedAdapter(), SinkAdapter("s", SinkStats("s"), transactions=True),
+    adapters: list[Any] = [SeedAdapter(), SinkAdapter("s", SinkStats("s"), transactions=True),
                 V1Adapter(Encoder(TypedCatalog(TypeCatalog())), v1)]
     begin = ChangeEvent(Op.BEGIN, 0x100, TxnInfo(7, 0x100, 0), 0)
     hub = Hub(AckTracker(), 10, 10)

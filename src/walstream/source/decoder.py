@@ -49,7 +49,7 @@ _object_new = object.__new__
 _BEGIN = struct.Struct("!QqI")  # final_lsn, commit_ts, xid
 _COMMIT = struct.Struct("!BQQq")  # flags, commit_lsn, end_lsn, commit_ts
 BEGIN_SIZE, COMMIT_SIZE = 1 + _BEGIN.size, 1 + _COMMIT.size  # a well-formed Begin and Commit, type byte included
-read_begin, read_commit = _BEGIN.unpack_from, _COMMIT.unpack_from  # (buf, 1): their fields, as decode_message reads them
+read_begin, read_commit = _BEGIN.unpack_from, _COMMIT.unpack_from  # (buf, 1): fields as decode_message reads them
 
 
 _M = TypeVar("_M")
