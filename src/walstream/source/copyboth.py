@@ -105,8 +105,10 @@ class CopyBoth:
         self.reply_requested = False
 
     def read(self) -> tuple[int, bytes] | None:
-        if self._native is not None:
-            return self._read_native(self._native)
+        native = self._native
+        if native is not None:
+            got = native(self._conn_int)  # an XLogData at once (three per one-row transaction); the rest below
+            return got if type(got) is tuple else self._read_native(native, got)
         conn, buf, buf_ref = self._conn, self._buf, self._buf_ref
         consumed = False
         while True:
@@ -130,14 +132,15 @@ class CopyBoth:
                 continue
             raise self._ended(n)
 
-    def _read_native(self, read_copy_data: Callable[[int], tuple[int, bytes] | bytes | int]
-                     ) -> tuple[int, bytes] | None:
-        """read() with the C accelerator: XLogData come back as (data_start, message), other messages whole,
-        PQgetCopyData's n <= 0 as an int; the rest as in read()."""
+    def _read_native(self, read_copy_data: Callable[[int], tuple[int, bytes] | bytes | int],
+                     got: tuple[int, bytes] | bytes | int) -> tuple[int, bytes] | None:
+        """read() with the C accelerator, from its first result `got`: XLogData come back as (data_start,
+        message), other messages whole, PQgetCopyData's n <= 0 as an int; the rest as in read()."""
         conn = self._conn_int
         consumed = False
         while True:
-            got = read_copy_data(conn)
+            if consumed:
+                got = read_copy_data(conn)
             if type(got) is tuple:
                 return got
             if isinstance(got, bytes):
