@@ -73,9 +73,9 @@ def test_snapshot_request_validation():
     assert SnapshotSpec.parse(pb.SnapshotRequest()).wants("any", "table")
     with pytest.raises(InvalidSubscription, match=r"snapshot.tables\[1\]: 'a.b.c' is not a table pattern"):
         SnapshotSpec.parse(pb.SnapshotRequest(tables=["ok", "a.b.c"]))
-    assert spec.chunk_size(10_000, 20_000, 1000) == 20_000  # walstream's most
-    assert spec.chunk_size(400, 20_000, 1000) == 20_000
-    assert spec.chunk_size(400, 20_000, 1) == 100  # one row a message: a quarter of the client queue
+    assert spec.chunk_size(10_000, 20_000, 1000) == 5000  # a quarter of --max-unacked (events)
+    assert spec.chunk_size(10_000, 200_000, 1000) == 20_000  # walstream's most
+    assert spec.chunk_size(400, 20_000, 1) == 100  # one row a piece: a quarter of the client queue
     assert spec.chunk_size(400, 20_000, 10) == 1000  # pieces of 10 rows: 100 pieces
     with pytest.raises(InvalidSubscription, match="chunk_rows: 500 is above this server.s maximum; use 1 to 100 "):
         SnapshotSpec.parse(pb.SnapshotRequest(chunk_rows=500)).chunk_size(400, 20_000, 1)

@@ -10,9 +10,10 @@ from ..delivery.v1.adapter import InvalidSubscription, Subscription, TablePatter
 
 # When walstream chooses the chunk size: a table's first chunk has FIRST_CHUNK_ROWS rows; each next one as many
 # rows as make about CHUNK_TARGET_BYTES of COPY text at the last chunk's row width, at most
-# MAX_DEFAULT_CHUNK_ROWS. Every chunk costs a fixed few milliseconds (two watermarks through the stream, the
-# table's shape, the keyset query), so small rows want large chunks (bench/snapshot.py: 2,000 rows 0.19x COPY,
-# 20,000 0.34x); wide rows want few, as the chunk is held in memory until its high watermark.
+# MAX_DEFAULT_CHUNK_ROWS and a quarter of --max-unacked (5,000 by default). Every chunk costs a fixed few
+# milliseconds (two watermarks through the stream, the table's shape, the keyset query), so small rows want
+# large chunks (bench/snapshot.py: 2,000 rows 0.19x COPY, 5,000 0.26x, 20,000 0.34x); wide rows want few, as
+# the chunk is held in memory until its high watermark.
 FIRST_CHUNK_ROWS = 1000
 MAX_DEFAULT_CHUNK_ROWS = 20_000
 CHUNK_TARGET_BYTES = 8 << 20
@@ -48,16 +49,16 @@ class SnapshotSpec:
         return hashlib.sha256("\x1e".join(parts).encode()).hexdigest()[:32]
 
     def chunk_size(self, queue_size: int, max_unacked: int, piece_events: int) -> int:
-        """The most rows a chunk may have: a chunk is queued as pieces of up to `piece_events` rows (the
-        client's max_events), each a message toward the client queue and the unacknowledged bound, so a chunk
-        takes at most a quarter of either (a backfilling client is at worst a slow client). A chunk_rows the
-        client asked for is that, if it is within the maximum."""
-        limit = max(1, min(queue_size, max_unacked) // 4) * max(1, piece_events)
+        """The most rows a chunk may have: at most a quarter of --max-unacked (which counts events) and of
+        the client queue (a chunk is queued as pieces of up to `piece_events` rows, the client's max_events:
+        each piece one entry), so a backfilling client is at worst a slow client. A chunk_rows the client
+        asked for is that, if it is within the maximum."""
+        limit = max(1, min(queue_size // 4 * max(1, piece_events), max_unacked // 4))
         if self.chunk_rows > limit:
             raise InvalidSubscription(
                 f"snapshot.chunk_rows: {self.chunk_rows} is above this server's maximum; use 1 to {limit} "
-                "(a quarter of --client-queue-size and --max-unacked, times the subscription's max_events), or "
-                "0 to let walstream choose")
+                "(a quarter of --max-unacked, and of --client-queue-size in pieces of the subscription's "
+                "max_events), or 0 to let walstream choose")
         return self.chunk_rows or min(MAX_DEFAULT_CHUNK_ROWS, limit)
 
     def next_chunk_rows(self, maximum: int, rows: int = 0, size: int = 0) -> int:

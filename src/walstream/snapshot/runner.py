@@ -236,7 +236,7 @@ class SnapshotService:
                         raise SnapshotUnavailable(f"copying {ref.name}: {catalog.first_line(item)}")
                     read, after, upto, done = item
                     if read.shape is not None and read.count:
-                        await self._room(client, _entries(backfill, read.count, held_bytes), held_bytes)
+                        await self._room(client, _pieces(backfill, read.count, held_bytes), read.count, held_bytes)
                         if client.closed:
                             return
                         await self.pipeline.ensure_types([c.type_oid for c in read.shape.columns])
@@ -287,7 +287,8 @@ class SnapshotService:
                 counters = self.counters
                 while not done:
                     if ahead is None:
-                        await self._room(client, _entries(backfill, plan.limit(ref), held_bytes), held_bytes)
+                        rows = plan.limit(ref)
+                        await self._room(client, _pieces(backfill, rows, held_bytes), rows, held_bytes)
                         ahead = asyncio.ensure_future(self._read(plan, backfill, ref, after, upto))
                     outcome, read, ahead = await self._chunk(plan, client, backfill, ahead, held_bytes)
                     if read is None:  # read again (counted)
@@ -348,16 +349,17 @@ class SnapshotService:
             client.push(_progress_item(progress))
         log.info("snapshot for %s done", client.name)
 
-    def _has_room(self, client: Client, entries: int, held_bytes: int) -> bool:
+    def _has_room(self, client: Client, pieces: int, rows: int, held_bytes: int) -> bool:
         hub, tracker = self.hub, self.hub.tracker
-        return not (len(client.queue) + entries > hub.queue_size or tracker.outstanding + entries > hub.max_unacked
+        return not (len(client.queue) + pieces > hub.queue_size or tracker.outstanding + rows > hub.max_unacked
                     or (tracker.outstanding_bytes and tracker.outstanding_bytes + held_bytes > hub.max_unacked_bytes))
 
-    async def _room(self, client: Client, entries: int, held_bytes: int) -> None:
-        """Until the client's queue and the unacknowledged bounds have room for a whole chunk: `entries`
-        messages (_entries) holding about `held_bytes` (the previous chunk's). In bytes, a chunk goes when nothing is
+    async def _room(self, client: Client, pieces: int, rows: int, held_bytes: int) -> None:
+        """Until the client's queue and the unacknowledged bounds have room for a whole chunk: `rows` rows
+        (--max-unacked counts events) queued as `pieces` (_pieces), holding about `held_bytes` (the previous
+        chunk's). In bytes, a chunk goes when nothing is
         unacknowledged, however large (as the hub lets one message through)."""
-        while not self._has_room(client, entries, held_bytes) and not client.closed:
+        while not self._has_room(client, pieces, rows, held_bytes) and not client.closed:
             await asyncio.sleep(ROOM_POLL)
 
     @staticmethod
@@ -427,8 +429,9 @@ class SnapshotService:
         emitted = time.monotonic()
         ref = read.shape.ref
         following = None
-        if not last_of_table(read) and self._has_room(
-                client, _entries(backfill, read.count + plan.limit(ref), 2 * held_bytes), 2 * held_bytes):
+        both = read.count + plan.limit(ref)  # this chunk and the next
+        if not last_of_table(read) and self._has_room(client, _pieces(backfill, both, 2 * held_bytes), both,
+                                                      2 * held_bytes):
             following = self._window(plan, backfill, ref)
         marks = (window.high,) if following is None else (window.high, following.low)
         try:
@@ -470,8 +473,8 @@ def last_of_table(read: ChunkRead) -> bool:
     return read.upto is None or read.last is None or read.last == read.upto or read.count < read.limit
 
 
-def _entries(backfill: ClientBackfill, rows: int, held_bytes: int) -> int:
-    """Messages a chunk of `rows` rows holding about `held_bytes` is queued as: pieces of at most the
+def _pieces(backfill: ClientBackfill, rows: int, held_bytes: int) -> int:
+    """Queue entries a chunk of `rows` rows holding about `held_bytes` is queued as: pieces of at most the
     client's max_events rows, and of max_bytes bytes (Encoder.snapshot_chunk)."""
     max_events, max_bytes = backfill.limits
     return -(-rows // max(1, max_events)) + held_bytes // max(1, max_bytes)
