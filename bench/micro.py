@@ -3,7 +3,7 @@
 Generated pgoutput Insert messages (the shapes of bench/workloads.py) go through the stages the session
 loop runs for each row: decode (decoder.plain_insert), assemble (Assembler.insert -> ChangeEvent), v1 encode
 (the batched API's Event bytes, Encoder.item) and seed JSON (ChangeEvent.json_bytes); and, native only, the
-three v1 stages at once as runs of 256 Inserts (Assembler.insert_run -> Encoder.run_items, events/run.py).
+three v1 stages at once as runs of 256 Inserts (Assembler.plain_run -> Encoder.run_items, events/run.py).
 No PostgreSQL, no gRPC: this measures the CPU walstream spends per row, so a change to the hot path is
 measured before and after.
 
@@ -156,11 +156,11 @@ def measure(shape: str, rows: int, repeat: int) -> dict[str, float]:
         run_asm = Assembler(run_sink, TypeCatalog(), text_decoder("utf-8"))
         run_asm.handle(decode_message(b"B" + struct.pack(">QqI", 1 << 32, 0, 1000)), 1 << 32)
         run_asm.handle(decode_message(relation_message(columns)), 1 << 32)
-        accelerated = native.insert_run()
+        accelerated = native.plain_run()
         assert accelerated is not None
         plain = insert_decoder()
         for i in range(0, len(msgs), 256):
-            run_asm.insert_run(lsns[i:i + 256], msgs[i:i + 256], accelerated[0], plain)
+            run_asm.plain_run(lsns[i:i + 256], msgs[i:i + 256], accelerated[0], plain)
 
     lsns = [lsn] * len(msgs)
 

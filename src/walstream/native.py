@@ -111,15 +111,15 @@ def insert_decoder() -> tuple[Callable[..., None], Callable[[bytes], Any]] | Non
     return r.configure, r.plain_insert
 
 
-def insert_run() -> tuple[RunLengthFn, EncodeInsertsFn] | None:
-    """(insert_run_length, encode_inserts): a burst's Inserts cut into runs of one relation and written as
+def plain_run() -> tuple[RunLengthFn, EncodeInsertsFn] | None:
+    """(plain_run_length, encode_plain_run): a burst's Inserts cut into runs of one relation and written as
     framed walstream.v1 Events in one call each (events/run.py), or None: pure Python, message by message."""
     require()
     r = _rowenc
     if implementation != "native" or r is None:
         return None
-    run_length: RunLengthFn = r.insert_run_length
-    encode: EncodeInsertsFn = r.encode_inserts
+    run_length: RunLengthFn = r.plain_run_length
+    encode: EncodeInsertsFn = r.encode_plain_run
     return run_length, encode
 
 

@@ -201,8 +201,8 @@ class Pipeline:
         hub, assembler, tracker = self.hub, self.assembler, self.hub.tracker
         handle, insert, read, boundary = assembler.handle, assembler.insert, stream.read, assembler.boundary
         plain_insert = insert_decoder()  # the C accelerator's when it is active (walstream.native)
-        # With the accelerator, the Inserts of a read burst go to the assembler as runs (events/run.py).
-        runs = native.insert_run()
+        # With the accelerator, the Inserts and Updates of a read burst go to the assembler as runs (events/run.py).
+        runs = native.plain_run()
         run_length = runs[0] if runs is not None else None
         run_lsns: list[int] = []
         run_raws: list[bytes] = []
@@ -213,9 +213,9 @@ class Pipeline:
             lsns, raws, run_lsns, run_raws = run_lsns, run_raws, [], []
             if len(raws) > 1:
                 assert run_length is not None
-                assembler.insert_run(lsns, raws, run_length, plain_insert)
+                assembler.plain_run(lsns, raws, run_length, plain_insert)
                 return
-            lsn, raw = lsns[0], raws[0]  # one Insert: the per-message path costs less than a run
+            lsn, raw = lsns[0], raws[0]  # one change: the per-message path costs less than a run
             if (row := plain_insert(raw)) is not None:
                 insert(row[0], row[1], lsn, raw)
             else:
@@ -252,7 +252,7 @@ class Pipeline:
                 if lsn > self.written_lsn:
                     self.written_lsn = lsn
                 size += len(data)
-                if data[0] == 0x49:  # an Insert
+                if data[0] == 0x49 or (data[0] == 0x55 and run_length is not None):  # an Insert (or Update)
                     if run_length is not None:
                         if not run_raws:  # what the run may hold before the bounds are checked again
                             room, room_bytes = hub.room()

@@ -216,7 +216,9 @@ def test_oversized_change_stops_with_a_clear_error_and_the_slot_keeps_it(testdb:
         try:
             code = ws.proc.wait(60)
         except subprocess.TimeoutExpired:
-            pytest.fail(f"walstream did not stop on the oversized change; its log ends:\n{ws.log()[-6000:]}")
+            tail = ws.log()[-6000:]
+            ws.kill()
+            pytest.fail(f"walstream did not stop on the oversized change; its log ends:\n{tail}")
         assert code == 1
         log = ws.log()
         assert "INSERT on public.docs at LSN" in log and "over the broker's limit of 16384 bytes" in log, log[-3000:]

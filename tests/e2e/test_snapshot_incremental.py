@@ -96,8 +96,8 @@ def test_snapshot_request_errors_are_clear(testdb, walstream):
         (pb.SnapshotRequest(), grpc.StatusCode.INVALID_ARGUMENT, "table public.nokey has no primary key"),
         (pb.SnapshotRequest(tables=["public.t"], resume_token=b"garbage"), grpc.StatusCode.INVALID_ARGUMENT,
          "not a walstream resume token"),
-        (pb.SnapshotRequest(tables=["public.t"], chunk_rows=10**6), grpc.StatusCode.INVALID_ARGUMENT,
-         "snapshot.chunk_rows: 1000000 is above"),
+        (pb.SnapshotRequest(tables=["public.t"], chunk_rows=10**7), grpc.StatusCode.INVALID_ARGUMENT,
+         "snapshot.chunk_rows: 10000000 is above"),
         (pb.SnapshotRequest(tables=["a.b.c"]), grpc.StatusCode.INVALID_ARGUMENT, "snapshot.tables[0]"),
         (pb.SnapshotRequest(tables=["public.t"], mode=pb.CONSISTENT), grpc.StatusCode.FAILED_PRECONDITION,
          "CONSISTENT is not available"),
@@ -108,3 +108,30 @@ def test_snapshot_request_errors_are_clear(testdb, walstream):
         assert client.error is not None and client.error.code() == code, (request, client.error)
         assert text in (client.error.details() or ""), client.error.details()
         client.channel.close()
+
+
+def test_walstream_sizes_chunks_by_the_row_width(testdb, walstream):
+    """chunk_rows 0: a table's first chunk has 1,000 rows, the next ones about 8 MB of COPY text each at the
+    width the chunk before had (rows of 20 kB: about 419), so a wide table is never held 5,000 rows at a time."""
+    testdb.execute("CREATE TABLE wide (id int PRIMARY KEY, body text)",
+                   "INSERT INTO wide SELECT g, repeat(md5(g::text), 625) FROM generate_series(1, 2500) g",
+                   "CREATE TABLE narrow (id int PRIMARY KEY)",
+                   "INSERT INTO narrow SELECT generate_series(1, 30000)",
+                   "CREATE PUBLICATION pub FOR ALL TABLES")
+    ws = walstream()
+    replica = Replica()
+    client = ReplicaClient(ws.addr, replica, pb.SnapshotRequest(tables=["public.wide", "public.narrow"]))
+    try:
+        client.wait_snapshot()
+    finally:
+        client.close()
+
+    def chunks(table: str) -> list[int]:
+        sent = [p.rows_sent for p in replica.progress if p.table == table]
+        return [b - a for a, b in zip([0, *sent[:-1]], sent, strict=True)]
+
+    wide = chunks("public.wide")
+    assert sum(wide) == 2500 and wide[0] == 1000, wide
+    assert all(400 <= n <= 440 for n in wide[1:-1]) and len(wide) >= 4, wide
+    narrow = chunks("public.narrow")  # about 14 bytes a row: the most, a quarter of --max-unacked
+    assert narrow == [1000, 5000, 5000, 5000, 5000, 5000, 4000], narrow

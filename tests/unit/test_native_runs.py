@@ -1,5 +1,6 @@
-"""Runs of INSERTs (events/run.py) against the per-message path, the reference: the C run writer gives the bytes
-Encoder.item gives row by row; the C run scanner takes exactly the messages decoder.plain_insert decodes; and
+"""Runs of plain changes (events/run.py: INSERTs, UPDATEs without an old row) against the per-message path, the
+reference: the C run writer gives the bytes Encoder.item gives row by row; the C run scanner takes exactly the
+messages the Python decoder decodes as plain changes; and
 through the whole delivery side (assembler, hub, ack ledger, v1 batcher) a stream fed as runs gives the same
 batches, the same ack outcomes and the same messages handed to the next client as the stream fed message by
 message in pure Python, truncated and corrupted Inserts included.
@@ -33,9 +34,10 @@ from walstream.delivery.v1.typed import TypedCatalog
 from walstream.errors import ProtocolError
 from walstream.events.assembler import Assembler
 from walstream.events.change import ChangeEvent, Op, TxnInfo
-from walstream.events.run import InsertRun
+from walstream.events.run import ChangeRun
 from walstream.events.text import text_decoder
 from walstream.events.values import TypeCatalog
+from walstream.source import messages as m
 from walstream.source.decoder import decode_message, insert_decoder, plain_insert
 
 
@@ -47,20 +49,33 @@ def built() -> None:
         pytest.skip(f"the native accelerator is not built here: {native._import_error}")
 
 
-def insert_message(cells: Sequence[tuple[str, bytes | None]], relid: int = 16385) -> bytes:
-    out = b"I" + struct.pack(">I", relid) + b"N" + struct.pack(">H", len(cells))
+def _tuple(cells: Sequence[tuple[str, bytes | None]]) -> bytes:
+    out = struct.pack(">H", len(cells))
     for kind, data in cells:
         out += kind.encode() if data is None else kind.encode() + struct.pack(">i", len(data)) + data
     return out
 
 
-def _python_outcome(msg: bytes) -> tuple[int, int] | None:
-    """(relation id, 1) if the Python decoder takes msg as a plain Insert, else None (it returns None or raises)."""
+def insert_message(cells: Sequence[tuple[str, bytes | None]], relid: int = 16385, op: bytes = b"I") -> bytes:
+    """An Insert, or with op=b"U" an Update without an old row: both plain changes."""
+    return op + struct.pack(">I", relid) + b"N" + _tuple(cells)
+
+
+def update_with_old(cells: Sequence[tuple[str, bytes | None]], relid: int = 16385) -> bytes:
+    """An Update that sends the old key ('K'): never part of a run."""
+    return b"U" + struct.pack(">I", relid) + b"K" + _tuple(cells) + b"N" + _tuple(cells)
+
+
+def _python_outcome(msg: bytes) -> tuple[int, str] | None:
+    """(relation id, kind) if the Python decoder takes msg as a plain change (an Insert, an Update without an
+    old row), else None (it decodes something else or raises)."""
     try:
-        got = plain_insert(msg)
+        got = decode_message(msg)
     except ProtocolError:
         return None
-    return None if got is None else (got[0], 1)
+    if isinstance(got, m.Insert) or (isinstance(got, m.Update) and got.old is None):
+        return got.relation_id, type(got).__name__
+    return None
 
 
 # --- the C pieces against the reference --------------------------------------------------------------
@@ -68,15 +83,15 @@ def _python_outcome(msg: bytes) -> tuple[int, int] | None:
 
 @settings(max_examples=300, deadline=None)
 @given(st.lists(st.tuples(COLUMN, CELL_KIND, st.booleans()), min_size=1, max_size=8),
-       st.integers(1, 5), st.booleans(), st.integers(0, 2**64 - 1), st.integers(0, 2**40))
+       st.integers(1, 5), st.booleans(), st.integers(0, 2**64 - 1), st.integers(0, 2**40), st.sampled_from("IU"))
 def test_a_run_is_written_as_the_events_row_by_row(columns: list[tuple[tuple[int, str], str, bool]], rows: int,
-                                                   utf8: bool, lsn: int, ordinal: int) -> None:
+                                                   utf8: bool, lsn: int, ordinal: int, kind: str) -> None:
     rel = relation(*((oid, key) for (oid, _), _, key in columns), encoding="utf-8" if utf8 else "latin-1")
-    raws = [insert_message([(kind, f"{text}{r}".encode() if kind == "t" else None)
-                            for (_, text), kind, _ in columns]) for r in range(rows)]
+    raws = [insert_message([(cell, f"{text}{r}".encode() if cell == "t" else None)
+                            for (_, text), cell, _ in columns], op=kind.encode()) for r in range(rows)]
     lsns = [(lsn + r * 40) % 2**64 for r in range(rows)]
     txn = TxnInfo(7, lsns[-1], 5)
-    run = InsertRun(rel, txn, ordinal, lsns, raws)
+    run = ChangeRun(Op.INSERT if kind == "I" else Op.UPDATE, rel, txn, ordinal, lsns, raws)
     with native.using("python"):
         encoder = Encoder(TypedCatalog(TypeCatalog()))
         want = [encoder.item(run.event(i)).data for i in range(rows)]
@@ -98,7 +113,7 @@ def test_a_run_is_written_as_the_events_row_by_row(columns: list[tuple[tuple[int
 
 def test_the_golden_inserts_are_written_by_c() -> None:
     """Not all rows fall back: the golden stream's plain rows come out of the run writer."""
-    runs: list[InsertRun] = []
+    runs: list[ChangeRun] = []
 
     class Runs:
         def begin(self, xid: int, commit_lsn: int) -> None:
@@ -107,7 +122,7 @@ def test_the_golden_inserts_are_written_by_c() -> None:
         def publish(self, event: ChangeEvent, txn: Any, raw: bytes = b"") -> None:
             pass
 
-        def publish_run(self, run: InsertRun, txn: Any) -> None:
+        def publish_run(self, run: ChangeRun, txn: Any) -> None:
             runs.append(run)
 
         def commit(self, txn: Any, end_lsn: int) -> None:
@@ -120,9 +135,40 @@ def test_the_golden_inserts_are_written_by_c() -> None:
     assert written > 5
 
 
+def test_updates_without_an_old_row_make_runs_of_their_own() -> None:
+    """bulk()'s Updates: a run of 5, the one with the old key alone (per message), a run of 3 of another table;
+    the Inserts around them runs of Inserts."""
+    runs: list[ChangeRun] = []
+    singles: list[ChangeEvent] = []
+
+    class Runs:
+        def begin(self, xid: int, commit_lsn: int) -> None:
+            return None
+
+        def publish(self, event: ChangeEvent, txn: Any, raw: bytes = b"") -> None:
+            singles.append(event)
+
+        def publish_run(self, run: ChangeRun, txn: Any) -> None:
+            runs.append(run)
+
+        def commit(self, txn: Any, end_lsn: int) -> None:
+            pass
+
+    with native.using("native"):
+        feed_runs(Runs(), bulk(), burst=256)
+    updates = [(len(r), r.relation.relation_id) for r in runs if r.op is Op.UPDATE]
+    assert updates == [(5, 16385), (3, 16386)]
+    assert [e.old_kind for e in singles if e.op is Op.UPDATE] == ["K"]
+    assert all(r.op is Op.INSERT for r in runs if r.raws[0][0] == 0x49)
+    assert [e.new for e in runs[[r.op for r in runs].index(Op.UPDATE)].events()] == [
+        decode_message(raw).new for raw in runs[[r.op for r in runs].index(Op.UPDATE)].raws]  # type: ignore[union-attr]
+
+
 def _corrupted(data: st.DataObject) -> bytes:
-    msg = bytearray(insert_message([("t", b"42"), ("t", "é".encode() * 3), ("n", None), ("t", b"12.50")],
-                                   relid=data.draw(st.sampled_from([16385, 16386]))))
+    cells = [("t", b"42"), ("t", "é".encode() * 3), ("n", None), ("t", b"12.50")]
+    relid = data.draw(st.sampled_from([16385, 16386]))
+    kind = data.draw(st.sampled_from(["I", "U", "K"]))
+    msg = bytearray(update_with_old(cells, relid) if kind == "K" else insert_message(cells, relid, kind.encode()))
     cut = data.draw(st.integers(0, len(msg)))
     for pos, value in data.draw(st.lists(st.tuples(st.integers(0, len(msg) - 1), st.integers(0, 255)),
                                          max_size=2)):
@@ -135,7 +181,7 @@ def _corrupted(data: st.DataObject) -> bytes:
 def test_the_run_scanner_takes_exactly_what_the_decoder_takes(data: st.DataObject) -> None:
     msgs = [_corrupted(data) for _ in range(data.draw(st.integers(1, 5)))]
     with native.using("native"):
-        accelerated = native.insert_run()
+        accelerated = native.plain_run()
     assert accelerated is not None
     run_length = accelerated[0]
     for start in range(len(msgs)):
@@ -146,7 +192,7 @@ def test_the_run_scanner_takes_exactly_what_the_decoder_takes(data: st.DataObjec
             want += 1
         assert n == want
         if n:
-            assert outcomes[0] == (relid, 1)
+            assert outcomes[0] is not None and outcomes[0][0] == relid
     assert run_length(msgs, len(msgs)) == (0, 0)
     assert run_length(msgs, -1) == (0, 0)
 
@@ -156,17 +202,17 @@ def test_bad_arguments_raise_and_never_crash() -> None:
 
     msg = insert_message([("t", b"1")])
     args: list[Any] = [[msg], [16], 0, 1, b"\x08\x01", b"", 1, b"", bytes([_rowenc.K_SINT64]), (None,)]
-    data, offsets, done = _rowenc.encode_inserts(*args)
+    data, offsets, done = _rowenc.encode_plain_run(*args)
     assert done == 1 and len(offsets) == 16
     for i, bad in [(0, (msg,)), (1, [-1]), (3, 2), (2, -1), (9, ()), (8, "x")]:
         wrong = list(args)
         wrong[i] = bad
         with pytest.raises((TypeError, ValueError, OverflowError)):
-            _rowenc.encode_inserts(*wrong)
-    assert _rowenc.encode_inserts([b"I"], [16], 0, 1, *args[4:])[2] == 0  # malformed: Python's turn
+            _rowenc.encode_plain_run(*wrong)
+    assert _rowenc.encode_plain_run([b"I"], [16], 0, 1, *args[4:])[2] == 0  # malformed: Python's turn
     with pytest.raises(TypeError):
-        _rowenc.insert_run_length((msg,), 0)  # type: ignore[arg-type]
-    assert _rowenc.insert_run_length([msg, "not bytes", msg], 0)[1] == 1  # type: ignore[list-item]
+        _rowenc.plain_run_length((msg,), 0)  # type: ignore[arg-type]
+    assert _rowenc.plain_run_length([msg, "not bytes", msg], 0)[1] == 1  # type: ignore[list-item]
 
 
 # --- the delivery side, fed as runs and message by message ---------------------------------------------
@@ -184,7 +230,7 @@ def golden() -> list[Message]:
 
 
 def bulk(transactions: int = 3, rows: int = 40, bad: bytes | None = None) -> list[Message]:
-    """Transactions of Inserts into two tables (a Relation each first), an Update in the middle of one."""
+    """Transactions of Inserts into two tables (a Relation each first), Updates in the middle of one."""
     def rel(relid: int, name: bytes) -> bytes:
         cols = [(1, b"id", 20), (0, b"v", 25), (0, b"n", 1700)]
         return (b"R" + struct.pack(">I", relid) + b"public\0" + name + b"\0d" + struct.pack(">H", len(cols))
@@ -200,9 +246,13 @@ def bulk(transactions: int = 3, rows: int = 40, bad: bytes | None = None) -> lis
             relid = 16385 if r % 17 < 12 else 16386
             out.append((lsn, insert_message([("t", str(r).encode()), ("t", f"row {r}".encode()),
                                              ("n", None) if r % 5 == 0 else ("t", b"1.50")], relid)))
-            if t == 1 and r == 20:
-                upd = b"U" + struct.pack(">I", 16385) + b"N" + struct.pack(">H", 3) + b"t\0\0\0\x012n" + b"t\0\0\0\x011"
-                out.append((lsn + 1, upd))
+            if t == 1 and r == 20:  # Updates: a run of 5, one with the old key (alone), a run of 3 of table b
+                for k in range(9):
+                    cells = [("t", str(k).encode()), ("u", None) if k == 2 else ("t", f"upd {k}".encode()),
+                             ("n", None) if k == 4 else ("t", b"2.25")]
+                    upd = (update_with_old(cells) if k == 5 else
+                           insert_message(cells, 16385 if k < 5 else 16386, op=b"U"))
+                    out.append((lsn + 1 + k, upd))
             if bad is not None and t == 2 and r == 25:
                 out.append((lsn + 2, bad))
         out.append((commit, b"C\0" + struct.pack(">QQq", commit, commit + 8, 5)))
@@ -224,25 +274,25 @@ def feed_messages(sink: Any, stream: list[Message]) -> Assembler:
 def feed_runs(sink: Any, stream: list[Message], burst: int) -> Assembler:
     """The session loop with the accelerator: the Inserts of each burst of messages go as runs."""
     assembler = Assembler(sink, TypeCatalog(), text_decoder("utf-8"))
-    accelerated = native.insert_run()
+    accelerated = native.plain_run()
     assert accelerated is not None
     decode = insert_decoder()
     lsns: list[int] = []
     raws: list[bytes] = []
     for i, (lsn, data) in enumerate(stream):
-        if data[0] == 0x49:
+        if data[0] in (0x49, 0x55):  # Inserts and Updates, as the session loop collects them
             lsns.append(lsn)
             raws.append(data)
         else:
             if raws:
-                assembler.insert_run(lsns, raws, accelerated[0], decode)
+                assembler.plain_run(lsns, raws, accelerated[0], decode)
                 lsns, raws = [], []
             assembler.handle(decode_message(data), lsn, data)
         if raws and (i + 1) % burst == 0:
-            assembler.insert_run(lsns, raws, accelerated[0], decode)
+            assembler.plain_run(lsns, raws, accelerated[0], decode)
             lsns, raws = [], []
     if raws:
-        assembler.insert_run(lsns, raws, accelerated[0], decode)
+        assembler.plain_run(lsns, raws, accelerated[0], decode)
     return assembler
 
 
@@ -264,7 +314,7 @@ class Delivered:
     def publish(self, event: ChangeEvent, txn: Any, raw: bytes = b"") -> None:
         self.hub.publish(event, txn, raw)
 
-    def publish_run(self, run: InsertRun, txn: Any) -> None:
+    def publish_run(self, run: ChangeRun, txn: Any) -> None:
         self.hub.publish_run(run, txn)
 
     def commit(self, txn: Any, end_lsn: int) -> None:
@@ -360,8 +410,10 @@ def test_what_the_last_client_left_goes_to_the_next_the_same(api: str) -> None:
     b"I\0\0@\x01N\0\x03t\0\0\0\x0242t",  # truncated inside a column
     b"I\0\0@\x01N\0\x01x",  # an unknown column kind
     b"I\0\0@\x01N\0\x01t\xff\xff\xff\xff",  # a negative length
+
+    b"U\0\0@\x01N\0\x03t\0\0\0\x0242t",  # an Update truncated inside a column
 ])
-def test_a_corrupted_insert_in_a_run_raises_the_same_error_after_the_same_deliveries(bad: bytes) -> None:
+def test_a_corrupted_change_in_a_run_raises_the_same_error_after_the_same_deliveries(bad: bytes) -> None:
     stream = bulk(bad=bad)
     errors = []
     for name, feed in (("python", lambda d: feed_messages(d, stream)), ("native", lambda d: feed_runs(d, stream, 256))):

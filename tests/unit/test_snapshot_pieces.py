@@ -11,7 +11,7 @@ from walstream.delivery.v1.adapter import InvalidSubscription, Subscription, V1I
 from walstream.snapshot import token
 from walstream.snapshot.copytext import CopyFormatError, parse_rows, unescape
 from walstream.snapshot.reader import Snapshot
-from walstream.snapshot.request import SnapshotSpec
+from walstream.snapshot.request import CHUNK_TARGET_BYTES, FIRST_CHUNK_ROWS, SnapshotSpec
 from walstream.source.messages import Cell
 
 
@@ -56,16 +56,30 @@ def test_resume_tokens_round_trip_and_are_refused_for_another_stream():
         token.decode(b"garbage", "sys/db/slot/permanent", "req")
 
 
+def test_chunks_are_sized_by_the_last_ones_row_width():
+    chosen = SnapshotSpec.parse(pb.SnapshotRequest())
+    assert chosen.next_chunk_rows(20_000) == FIRST_CHUNK_ROWS  # nothing read yet
+    assert chosen.next_chunk_rows(500) == 500
+    assert chosen.next_chunk_rows(20_000, 1000, 100 * 1000) == 20_000  # 100-byte rows: the most
+    assert chosen.next_chunk_rows(20_000, 1000, 4096 * 1000) == CHUNK_TARGET_BYTES // 4096  # 2,048 rows of 4 kB
+    assert chosen.next_chunk_rows(20_000, 1000, 1000 * CHUNK_TARGET_BYTES) == 1  # rows over the target: one
+    asked = SnapshotSpec.parse(pb.SnapshotRequest(chunk_rows=300))
+    assert asked.next_chunk_rows(20_000) == asked.next_chunk_rows(20_000, 10, 1 << 30) == 300  # as asked
+
+
 def test_snapshot_request_validation():
     spec = SnapshotSpec.parse(pb.SnapshotRequest(tables=["public.o*", "x"]))
     assert spec.wants("public", "orders") and spec.wants("public", "x") and not spec.wants("public", "y")
     assert SnapshotSpec.parse(pb.SnapshotRequest()).wants("any", "table")
     with pytest.raises(InvalidSubscription, match=r"snapshot.tables\[1\]: 'a.b.c' is not a table pattern"):
         SnapshotSpec.parse(pb.SnapshotRequest(tables=["ok", "a.b.c"]))
-    assert spec.chunk_size(10_000, 20_000) == 2000
-    assert spec.chunk_size(400, 20_000) == 100  # a quarter of the client queue
-    with pytest.raises(InvalidSubscription, match="chunk_rows: 500 is above this server.s maximum; use 1 to 100"):
-        SnapshotSpec.parse(pb.SnapshotRequest(chunk_rows=500)).chunk_size(400, 20_000)
+    assert spec.chunk_size(10_000, 20_000, 1000) == 5000  # a quarter of --max-unacked (events)
+    assert spec.chunk_size(10_000, 200_000, 1000) == 20_000  # walstream's most
+    assert spec.chunk_size(400, 20_000, 1) == 100  # one row a piece: a quarter of the client queue
+    assert spec.chunk_size(400, 20_000, 10) == 1000  # pieces of 10 rows: 100 pieces
+    with pytest.raises(InvalidSubscription, match="chunk_rows: 500 is above this server.s maximum; use 1 to 100 "):
+        SnapshotSpec.parse(pb.SnapshotRequest(chunk_rows=500)).chunk_size(400, 20_000, 1)
+    assert SnapshotSpec.parse(pb.SnapshotRequest(chunk_rows=500)).chunk_size(400, 20_000, 5) == 500
     sub = Subscription.parse(pb.Subscription(include_tables=["public.*"]))
     assert spec.request_hash(sub) == SnapshotSpec.parse(pb.SnapshotRequest(tables=["public.o*", "x"])).request_hash(sub)
     assert spec.request_hash(sub) != SnapshotSpec.parse(pb.SnapshotRequest(tables=["x"])).request_hash(sub)

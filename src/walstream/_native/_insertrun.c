@@ -1,12 +1,15 @@
-/* A run of pgoutput Inserts of one transaction and one relation -> their framed walstream.v1 Events in one
- * buffer, in one call: no Python object per row or per column (the reference, row by row, is
- * delivery/v1/adapter.Encoder._row_item with decoder.plain_insert; events/run.py says how runs are formed).
+/* A run of plain pgoutput changes of one transaction, one relation and one kind -> their framed walstream.v1
+ * Events in one buffer, in one call: no Python object per row or per column (the reference, row by row, is
+ * delivery/v1/adapter.Encoder._row_item with the Python decoder; events/run.py says how runs are formed).
+ * A plain change is an Insert ('I', relation id, 'N', new tuple) or an Update without an old tuple ('U',
+ * relation id, 'N', new tuple: the key did not change and the replica identity is not FULL); both are
+ * written the same way but for the op field.
  *
- * insert_run_length(msgs, start) -> (relation id, n)
- *   msgs[start:start + n] are well-formed Insert messages (what plain_insert decodes without its fallback)
- *   of one relation; n is 0 when msgs[start] is not one (the caller gives it to the Python decoder, which
- *   raises its clear error or decodes what it is).
- * encode_inserts(msgs, lsns, start, stop, op_field, txn_fields, first_ordinal, relation_field, kinds, slow)
+ * plain_run_length(msgs, start) -> (relation id, n)
+ *   msgs[start:start + n] are well-formed plain changes (what the Python decoder decodes without an error)
+ *   of one relation and one kind; n is 0 when msgs[start] is not one (the caller gives it to the Python
+ *   decoder, which raises its clear error or decodes what it is).
+ * encode_plain_run(msgs, lsns, start, stop, op_field, txn_fields, first_ordinal, relation_field, kinds, slow)
  *   -> (data, offsets, done)
  *   data: the Batch.events fields of msgs[start:start + done], each Event with the fields _row_item writes
  *         (lsn lsns[i], ordinal first_ordinal + i - start); offsets: done + 1 uint64 offsets (native byte order) of
@@ -16,9 +19,13 @@
  */
 #include "_rowenc.h"
 
-/* decoder.plain_insert's checks without building anything: 1 and *relid for a well-formed Insert. */
-static int scan_insert(const unsigned char *s, Py_ssize_t n, uint32_t *relid) {
-    if (n <= 7 || s[0] != 'I' || s[5] != 'N')
+static int plain_kind(const unsigned char *s, Py_ssize_t n) {
+    return n > 7 && (s[0] == 'I' || s[0] == 'U') && s[5] == 'N';
+}
+
+/* The Python decoder's checks without building anything: 1 and *relid for a well-formed plain change. */
+static int scan_plain(const unsigned char *s, Py_ssize_t n, uint32_t *relid) {
+    if (!plain_kind(s, n))
         return 0;
     Py_ssize_t natts = (Py_ssize_t)s[6] << 8 | s[7], pos = 8;
     for (Py_ssize_t i = 0; i < natts; i++) {
@@ -42,30 +49,33 @@ static int scan_insert(const unsigned char *s, Py_ssize_t n, uint32_t *relid) {
     return 1;
 }
 
-static PyObject *insert_run_length(PyObject *self, PyObject *args) {
+static PyObject *plain_run_length(PyObject *self, PyObject *args) {
     PyObject *msgs;
     Py_ssize_t start;
-    if (!PyArg_ParseTuple(args, "O!n:insert_run_length", &PyList_Type, &msgs, &start))
+    if (!PyArg_ParseTuple(args, "O!n:plain_run_length", &PyList_Type, &msgs, &start))
         return NULL;
     Py_ssize_t total = PyList_GET_SIZE(msgs), i = start < 0 ? total : start;
     uint32_t first = 0, relid = 0;
+    char kind = 0;
     for (; i < total; i++) {
         PyObject *msg = PyList_GET_ITEM(msgs, i);
         if (!PyBytes_Check(msg) ||
-            !scan_insert((const unsigned char *)PyBytes_AS_STRING(msg), PyBytes_GET_SIZE(msg), &relid))
+            !scan_plain((const unsigned char *)PyBytes_AS_STRING(msg), PyBytes_GET_SIZE(msg), &relid))
             break;
-        if (i == start)
+        if (i == start) {
             first = relid;
-        else if (relid != first)
+            kind = PyBytes_AS_STRING(msg)[0];
+        } else if (relid != first || PyBytes_AS_STRING(msg)[0] != kind)
             break;
     }
     return Py_BuildValue("(kn)", (unsigned long)first, start < 0 ? (Py_ssize_t)0 : i - start);
 }
 
-/* The Row of one Insert message into b: 1 written, 0 it needs the Python path, -1 a Python error is set. */
-static int write_insert_row(Buf *b, const unsigned char *s, Py_ssize_t n, const char *kinds, Py_ssize_t nkinds,
-                            PyObject *slow) {
-    if (n <= 7 || s[0] != 'I' || s[5] != 'N')
+/* The Row of one plain change's new tuple into b: 1 written, 0 it needs the Python path, -1 a Python error
+ * is set. */
+static int write_plain_row(Buf *b, const unsigned char *s, Py_ssize_t n, const char *kinds, Py_ssize_t nkinds,
+                           PyObject *slow) {
+    if (!plain_kind(s, n))
         return 0;
     Py_ssize_t natts = (Py_ssize_t)s[6] << 8 | s[7], pos = 8;
     if (natts != nkinds)
@@ -113,9 +123,9 @@ static int put_offset(Buf *b, uint64_t offset) {
     return 0;
 }
 
-static PyObject *encode_inserts(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+static PyObject *encode_plain_run(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     if (nargs != 10) {
-        PyErr_SetString(PyExc_TypeError, "encode_inserts takes 10 arguments");
+        PyErr_SetString(PyExc_TypeError, "encode_plain_run takes 10 arguments");
         return NULL;
     }
     PyObject *msgs = args[0], *lsns = args[1], *op = args[4], *txn = args[5], *relf = args[7], *kinds = args[8],
@@ -123,7 +133,7 @@ static PyObject *encode_inserts(PyObject *self, PyObject *const *args, Py_ssize_
     if (!PyList_Check(msgs) || !PyList_Check(lsns) || !PyBytes_Check(op) || !PyBytes_Check(txn) ||
         !PyBytes_Check(relf) || !PyBytes_Check(kinds) || !PyTuple_Check(slow)) {
         PyErr_SetString(PyExc_TypeError,
-                        "encode_inserts: list, list, int, int, bytes, bytes, int, bytes, bytes, tuple");
+                        "encode_plain_run: list, list, int, int, bytes, bytes, int, bytes, bytes, tuple");
         return NULL;
     }
     Py_ssize_t start = PyLong_AsSsize_t(args[2]), stop = PyLong_AsSsize_t(args[3]);
@@ -134,7 +144,7 @@ static PyObject *encode_inserts(PyObject *self, PyObject *const *args, Py_ssize_
         return NULL;
     Py_ssize_t nkinds = PyBytes_GET_SIZE(kinds);
     if (start < 0 || stop > PyList_GET_SIZE(msgs) || stop > PyList_GET_SIZE(lsns) || PyTuple_GET_SIZE(slow) != nkinds) {
-        PyErr_SetString(PyExc_ValueError, "encode_inserts: start/stop out of range, or len(slow) != len(kinds)");
+        PyErr_SetString(PyExc_ValueError, "encode_plain_run: start/stop out of range, or len(slow) != len(kinds)");
         return NULL;
     }
     uint64_t fixed = (uint64_t)(PyBytes_GET_SIZE(op) + PyBytes_GET_SIZE(txn) + PyBytes_GET_SIZE(relf));
@@ -147,15 +157,20 @@ static PyObject *encode_inserts(PyObject *self, PyObject *const *args, Py_ssize_
     Py_ssize_t i = start;
     if (put_offset(&offsets, 0) < 0)
         goto done;
+    char kind = 0; /* every row is written with op_field: one kind of change only */
     for (; i < stop; i++, ordinal++) {
         PyObject *msg = PyList_GET_ITEM(msgs, i);
-        if (!PyBytes_Check(msg))
+        if (!PyBytes_Check(msg) || PyBytes_GET_SIZE(msg) == 0)
+            break;
+        if (i == start)
+            kind = PyBytes_AS_STRING(msg)[0];
+        else if (PyBytes_AS_STRING(msg)[0] != kind)
             break;
         uint64_t lsn = PyLong_AsUnsignedLongLong(PyList_GET_ITEM(lsns, i));
         if (lsn == (uint64_t)-1 && PyErr_Occurred())
             goto done;
         row.len = 0;
-        int ok = write_insert_row(&row, (const unsigned char *)PyBytes_AS_STRING(msg), PyBytes_GET_SIZE(msg),
+        int ok = write_plain_row(&row, (const unsigned char *)PyBytes_AS_STRING(msg), PyBytes_GET_SIZE(msg),
                                   PyBytes_AS_STRING(kinds), nkinds, slow);
         if (ok < 0)
             goto done;
@@ -199,10 +214,10 @@ done:
 }
 
 PyMethodDef insertrun_methods[] = {
-    {"insert_run_length", insert_run_length, METH_VARARGS,
-     "insert_run_length(msgs, start) -> (relation id, n well-formed Inserts of it from start)"},
-    {"encode_inserts", (PyCFunction)(void (*)(void))encode_inserts, METH_FASTCALL,
-     "encode_inserts(msgs, lsns, start, stop, op_field, txn_fields, first_ordinal, relation_field, kinds, slow)"
+    {"plain_run_length", plain_run_length, METH_VARARGS,
+     "plain_run_length(msgs, start) -> (relation id, n well-formed plain changes of it and of one kind from start)"},
+    {"encode_plain_run", (PyCFunction)(void (*)(void))encode_plain_run, METH_FASTCALL,
+     "encode_plain_run(msgs, lsns, start, stop, op_field, txn_fields, first_ordinal, relation_field, kinds, slow)"
      " -> (framed events, uint64 offsets, rows done)"},
     {NULL, NULL, 0, NULL},
 };

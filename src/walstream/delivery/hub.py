@@ -21,7 +21,7 @@ from google.protobuf.message import DecodeError
 
 from ..events.change import ChangeEvent
 from ..events.replay import compact, restore
-from ..events.run import InsertRun
+from ..events.run import ChangeRun
 from ..lsn import format_lsn
 from .acks import AckTracker, ClientLedger, DeliveryGroup, RunPayload, TxnRecord
 
@@ -41,8 +41,8 @@ class Adapter(Protocol):
 
     # Optional: takes_begin = False, for an API whose expand() of a BEGIN event is always empty (the hub then
     # tells the assembler to make none while every client's adapter says so).
-    # Optional: expand_run(run: InsertRun) -> Sequence[(lsn, message, row)] | None, the messages of a run of
-    # INSERTs (a RunPayload holds several rows; another message stands for row `row` of the run: a BEGIN for
+    # Optional: expand_run(run: ChangeRun) -> Sequence[(lsn, message, row)] | None, the messages of a run of
+    # plain changes (a RunPayload holds several rows; another message stands for row `row` of the run: a BEGIN for
     # the first), or None: take the run's events one by one with expand().
 
 
@@ -237,8 +237,8 @@ class Hub:
             deliver(client.ledger, lsn, txn, payload, record, HELD_PER_BYTE * size + HELD_FIXED)  # held(), inlined
             append(payload)
 
-    def publish_run(self, run: InsertRun, txn: TxnRecord | None) -> None:
-        """publish() for each event of a run of INSERTs, in one go for the adapters that take a run whole
+    def publish_run(self, run: ChangeRun, txn: TxnRecord | None) -> None:
+        """publish() for each event of a run of plain changes, in one go for the adapters that take a run whole
         (expand_run: a RunPayload is queued once and recorded as one delivery per row); the others get the
         run's events one by one."""
         for client in self.clients:

@@ -20,7 +20,8 @@ from ..source import messages as m
 from ..source.decoder import BEGIN_SIZE, COMMIT_SIZE, decode_message, read_begin, read_commit
 from ..source.messages import TupleData
 from .change import ChangeEvent, Converter, Op, RelationInfo, TxnInfo
-from .run import InsertRun
+from .run import KINDS as RUN_KINDS
+from .run import ChangeRun
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +43,7 @@ class Sink(Protocol):
     def commit(self, txn: Any, end_lsn: int) -> None: ...
     # Optional: begin_events, False while nobody takes BEGIN events (the hub: no client's adapter sends
     # anything for one), so the assembler makes none.
-    # Optional: publish_run(run: InsertRun, txn), a run of INSERTs (events/run.py) as one unit; a sink without
+    # Optional: publish_run(run: ChangeRun, txn), a run of plain changes (events/run.py) as one unit; a sink without
     # it is given the run's events one by one.
 
 
@@ -222,12 +223,13 @@ class Assembler:
         self.sink.publish(_new_event(ChangeEvent, (_INSERT, lsn, txn.info, ordinal, rel, new, None, None, (),
                                                    0, 0, "", b"", False)), txn.record, raw)
 
-    def insert_run(self, lsns: list[int], raws: list[bytes], run_length: Callable[[list[bytes], int], tuple[int, int]],
-                   decode: Callable[[bytes], tuple[int, TupleData] | None]) -> None:
-        """The Insert messages ('I') of one read burst, in order (the session loop, with the C accelerator):
-        each run of well-formed Inserts of one relation (run_length: native.insert_run) goes to the sink as
-        one InsertRun; a message that is not one, or any Insert while resuming a transaction, goes message by
-        message as the session would send it (decode: decoder.insert_decoder()), with the same errors."""
+    def plain_run(self, lsns: list[int], raws: list[bytes], run_length: Callable[[list[bytes], int], tuple[int, int]],
+                  decode: Callable[[bytes], tuple[int, TupleData] | None]) -> None:
+        """The Insert ('I') and Update ('U') messages of one read burst, in order (the session loop, with the C
+        accelerator): each run of well-formed plain changes of one relation and kind (run_length:
+        native.plain_run) goes to the sink as one ChangeRun; a message that is not one (an Update with an
+        old row, a malformed message), or any while resuming a transaction, goes message by message as the
+        session would send it (decode: decoder.insert_decoder()), with the same errors."""
         i, n = 0, len(raws)
         publish_run = getattr(self.sink, "publish_run", None)
         while i < n:
@@ -244,10 +246,11 @@ class Assembler:
                 continue
             rel = self._rel(relid)
             end = i + count
-            run = InsertRun(rel, txn.info, txn.ordinal + 1, lsns if i == 0 and end == n else lsns[i:end],
+            op = RUN_KINDS[raws[i][0]]
+            run = ChangeRun(op, rel, txn.info, txn.ordinal + 1, lsns if i == 0 and end == n else lsns[i:end],
                             raws if i == 0 and end == n else raws[i:end])
             txn.ordinal += count
-            self._inserts[relid] += count
+            self.changes[op][relid] += count
             if publish_run is not None:
                 publish_run(run, txn.record)
             else:  # a sink that takes events only

@@ -76,6 +76,7 @@ class ChunkRead:
     upto: tuple[str, ...] | None  # the table's maximum key (None: the table is empty)
     last: tuple[str, ...] | None  # the last key read (None: no rows)
     bytes_read: int
+    limit: int = 0  # the most rows the read asked for (keyset chunks): fewer means the table's end
 
     @property
     def count(self) -> int:
@@ -218,7 +219,7 @@ class ChunkReader:
         chunk = CopyChunk(data, width + len(shape.key), width)
         key = chunk.last_key()
         last = None if key is None else tuple((v or b"").decode(self.key_codec) for v in key)
-        return ChunkRead(shape, snapshot, chunk, upto, last, len(data))
+        return ChunkRead(shape, snapshot, chunk, upto, last, len(data), limit)
 
     def wait_visible(self, xids: list[int], stop: threading.Event) -> None:
         """Until every xid is visible to a new snapshot (they have committed: they were decoded), or until

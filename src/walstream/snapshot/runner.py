@@ -35,7 +35,7 @@ from ..source import catalog
 from . import tables, token
 from .consistent import Held, ParallelCopy, decoded_any
 from .reader import ChunkRead, ChunkReader, KeyChanged, is_retryable
-from .request import SnapshotSpec, SnapshotUnavailable
+from .request import CONSISTENT_CHUNK_ROWS, SnapshotSpec, SnapshotUnavailable
 from .tables import TableRef, TableShape
 from .window import Chunk, ClientBackfill, History, Outcome, ProgressItem, Window
 
@@ -81,6 +81,11 @@ class Plan:
     # decoded again (after a restart walstream re-reads the WAL after the slot's confirmed position).
     run: str = field(default_factory=lambda: secrets.token_hex(8))
     seqs: Iterator[int] = field(default_factory=lambda: itertools.count(1))  # numbers this call's chunks
+    next_rows: dict[str, int] = field(default_factory=dict)  # by table: rows for its next chunk
+
+    def limit(self, ref: TableRef) -> int:
+        """Rows to read in the table's next chunk (SnapshotSpec.next_chunk_rows; chunk_rows is the most)."""
+        return self.next_rows.get(ref.name) or self.spec.next_chunk_rows(self.chunk_rows)
 
     def close(self) -> None:
         """Close the reader's connection (on its own thread, after any read in progress) and the thread."""
@@ -117,7 +122,7 @@ class SnapshotService:
     async def prepare(self, sub: Subscription, request: pb.SnapshotRequest) -> Plan:
         """Raises InvalidSubscription, SnapshotUnavailable or token.TokenRefused."""
         spec = SnapshotSpec.parse(request)
-        chunk_rows = spec.chunk_size(self.hub.queue_size, self.hub.max_unacked)
+        chunk_rows = spec.chunk_size(self.hub.queue_size, self.hub.max_unacked, sub.max_events)
         # CONSISTENT with a resume token goes on as INCREMENTAL chunks (the held snapshot is gone by then).
         consistent = spec.mode == pb.CONSISTENT and not spec.resume_token
         if consistent:
@@ -215,7 +220,8 @@ class SnapshotService:
     async def _copy_consistent(self, plan: Plan, client: Client, backfill: ClientBackfill) -> None:
         """Every table at the slot's consistent point, before the first change (consistent.py)."""
         held, hub = self.held, self.hub
-        copy = ParallelCopy(self.conn_str, self.publication, held.name, plan.tables, plan.chunk_rows, plan.stop)
+        copy = ParallelCopy(self.conn_str, self.publication, held.name, plan.tables,
+                            plan.spec.chunk_rows or min(CONSISTENT_CHUNK_ROWS, plan.chunk_rows), plan.stop)
         lsn, txn = held.lsn, TxnInfo(0, held.lsn, 0)
         ordinal = held_bytes = 0
         counters = self.counters
@@ -230,7 +236,7 @@ class SnapshotService:
                         raise SnapshotUnavailable(f"copying {ref.name}: {catalog.first_line(item)}")
                     read, after, upto, done = item
                     if read.shape is not None and read.count:
-                        await self._room(client, read.count, held_bytes)
+                        await self._room(client, _pieces(backfill, read.count, held_bytes), read.count, held_bytes)
                         if client.closed:
                             return
                         await self.pipeline.ensure_types([c.type_oid for c in read.shape.columns])
@@ -281,7 +287,8 @@ class SnapshotService:
                 counters = self.counters
                 while not done:
                     if ahead is None:
-                        await self._room(client, plan.chunk_rows, held_bytes)
+                        rows = plan.limit(ref)
+                        await self._room(client, _pieces(backfill, rows, held_bytes), rows, held_bytes)
                         ahead = asyncio.ensure_future(self._read(plan, backfill, ref, after, upto))
                     outcome, read, ahead = await self._chunk(plan, client, backfill, ahead, held_bytes)
                     if read is None:  # read again (counted)
@@ -316,7 +323,7 @@ class SnapshotService:
                         shown.rows_estimate = estimate
                         if read.last is not None:
                             after = read.last
-                        done = last_of_table(read, plan.chunk_rows)
+                        done = last_of_table(read)
                     if done:
                         remaining.pop(0)
                         after = upto = None
@@ -342,16 +349,17 @@ class SnapshotService:
             client.push(_progress_item(progress))
         log.info("snapshot for %s done", client.name)
 
-    def _has_room(self, client: Client, rows: int, held_bytes: int) -> bool:
+    def _has_room(self, client: Client, pieces: int, rows: int, held_bytes: int) -> bool:
         hub, tracker = self.hub, self.hub.tracker
-        return not (len(client.queue) + rows > hub.queue_size or tracker.outstanding + rows > hub.max_unacked
+        return not (len(client.queue) + pieces > hub.queue_size or tracker.outstanding + rows > hub.max_unacked
                     or (tracker.outstanding_bytes and tracker.outstanding_bytes + held_bytes > hub.max_unacked_bytes))
 
-    async def _room(self, client: Client, rows: int, held_bytes: int) -> None:
+    async def _room(self, client: Client, pieces: int, rows: int, held_bytes: int) -> None:
         """Until the client's queue and the unacknowledged bounds have room for a whole chunk: `rows` rows
-        holding about `held_bytes` (the previous chunk's). In bytes, a chunk goes when nothing is
+        (--max-unacked counts events) queued as `pieces` (_pieces), holding about `held_bytes` (the previous
+        chunk's). In bytes, a chunk goes when nothing is
         unacknowledged, however large (as the hub lets one message through)."""
-        while not self._has_room(client, rows, held_bytes) and not client.closed:
+        while not self._has_room(client, pieces, rows, held_bytes) and not client.closed:
             await asyncio.sleep(ROOM_POLL)
 
     @staticmethod
@@ -370,10 +378,11 @@ class SnapshotService:
         window = window or self._window(plan, backfill, ref)
         reader = plan.reader
         started = time.monotonic()
+        limit = plan.limit(ref)
         try:
             if emit_low:
                 await _in(plan.executor, lambda: reader.emit(window.low))
-            read = await _in(plan.executor, lambda: reader.read(ref, after, upto, plan.chunk_rows))
+            read = await _in(plan.executor, lambda: reader.read(ref, after, upto, limit))
         except KeyChanged as exc:
             backfill.drop(window)
             raise SnapshotUnavailable(
@@ -391,6 +400,8 @@ class SnapshotService:
             raise
         if read.shape is None or not read.count:
             backfill.drop(window)
+        else:  # the next chunk of the table is sized by this one's row width
+            plan.next_rows[ref.name] = plan.spec.next_chunk_rows(plan.chunk_rows, read.count, read.bytes_read)
         log.debug("snapshot chunk %d of %s: read in %.1f ms (%d bytes)", window.seq, ref.name,
                   (time.monotonic() - started) * 1000, read.bytes_read)
         return window, read
@@ -418,7 +429,9 @@ class SnapshotService:
         emitted = time.monotonic()
         ref = read.shape.ref
         following = None
-        if not last_of_table(read, plan.chunk_rows) and self._has_room(client, 2 * plan.chunk_rows, 2 * held_bytes):
+        both = read.count + plan.limit(ref)  # this chunk and the next
+        if not last_of_table(read) and self._has_room(client, _pieces(backfill, both, 2 * held_bytes), both,
+                                                      2 * held_bytes):
             following = self._window(plan, backfill, ref)
         marks = (window.high,) if following is None else (window.high, following.low)
         try:
@@ -455,9 +468,16 @@ def _decoder(assembler: Any) -> Callable[[bytes], str]:
     return decoder
 
 
-def last_of_table(read: ChunkRead, chunk_rows: int) -> bool:
+def last_of_table(read: ChunkRead) -> bool:
     """Whether no chunk of the table follows this one (read up to the key its backfill goes to)."""
-    return read.upto is None or read.last is None or read.last == read.upto or read.count < chunk_rows
+    return read.upto is None or read.last is None or read.last == read.upto or read.count < read.limit
+
+
+def _pieces(backfill: ClientBackfill, rows: int, held_bytes: int) -> int:
+    """Queue entries a chunk of `rows` rows holding about `held_bytes` is queued as: pieces of at most the
+    client's max_events rows, and of max_bytes bytes (Encoder.snapshot_chunk)."""
+    max_events, max_bytes = backfill.limits
+    return -(-rows // max(1, max_events)) + held_bytes // max(1, max_bytes)
 
 
 async def _discard(backfill: ClientBackfill, reading: asyncio.Future[tuple[Window, ChunkRead | None]]) -> None:

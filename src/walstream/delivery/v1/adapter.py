@@ -20,7 +20,7 @@ from ..._proto import tags
 from ..._proto import walstream_v1_pb2 as pb
 from ...events.change import PG_EPOCH_US, ChangeEvent, Op, RelationInfo, TxnInfo
 from ...events.replay import RowRecord
-from ...events.run import InsertRun
+from ...events.run import ChangeRun
 from ...source.messages import TRUNCATE_CASCADE, TRUNCATE_RESTART_IDENTITY, TupleData
 from ..acks import RunPayload
 from . import wire
@@ -71,17 +71,17 @@ class V1Item:
 
 
 class V1Run(RunPayload):
-    """Rows lo..hi-1 of a chunk of an InsertRun written in one C call (Encoder.run_items): their framed
+    """Rows lo..hi-1 of a chunk of a ChangeRun written in one C call (Encoder.run_items): their framed
     Batch.events fields back to back in `data`, row i's at data[offsets[i]:offsets[i + 1]]. The hub queues
     the whole chunk as one message and records a delivery per row (lsns); the batcher sends it whole or cut
     (split) where a batch is full."""
 
-    __slots__ = ("data", "offsets", "lsns", "run", "first", "relations", "lo", "hi", "size")
-    op = pb.INSERT
+    __slots__ = ("data", "offsets", "lsns", "run", "first", "relations", "lo", "hi", "size", "op")
 
-    def __init__(self, data: bytes, offsets: memoryview, lsns: list[int], run: InsertRun, first: int,
+    def __init__(self, data: bytes, offsets: memoryview, lsns: list[int], run: ChangeRun, first: int,
                  relations: tuple[RelationInfo, ...], lo: int = 0, hi: int = -1) -> None:
         self.data, self.offsets, self.lsns, self.run, self.first = data, offsets, lsns, run, first
+        self.op = _OP_VALUE[run.op]
         self.relations = relations
         self.lo, self.hi = lo, hi if hi >= 0 else len(lsns)
         self.size = offsets[self.hi] - offsets[lo]
@@ -93,7 +93,7 @@ class V1Run(RunPayload):
     def unit(self, index: int) -> tuple[V1Item, RowRecord]:
         """Row lo + index alone, with its record: what a client it is handed to gets (acks.adopt_orphans)."""
         i, o = self.lo + index, self.offsets
-        item = V1Item(self.data[o[i]:o[i + 1]], pb.INSERT, self.lsns[i], self.relations)
+        item = V1Item(self.data[o[i]:o[i + 1]], self.op, self.lsns[i], self.relations)
         return item, self.run.record(self.first + i)
 
     def fit(self, rows: int, budget: int) -> int:
@@ -229,9 +229,9 @@ class Encoder:
         self._relations: dict[int, tuple[RelationInfo, bytes]] = {}
         self._rows: dict[int, wire.RowEncoder] = {}
         self._txn: tuple[TxnInfo | None, bytes] = (None, b"")
-        self._run: tuple[InsertRun | None, list[tuple[int, V1Item | V1Run, int]]] = (None, [])
-        accelerated = native.insert_run()
-        self._encode_inserts = accelerated[1] if accelerated is not None else None
+        self._run: tuple[ChangeRun | None, list[tuple[int, V1Item | V1Run, int]]] = (None, [])
+        accelerated = native.plain_run()
+        self._encode_plain_run = accelerated[1] if accelerated is not None else None
         self._snapshot_events = native.snapshot_writer()  # the C snapshot_chunk, or None
         self._native_txn_fields = native.txn_fields()  # one per transaction: most of a one-row one's encoding
 
@@ -295,22 +295,22 @@ class Encoder:
                 _COMMIT_TIME + wire.varint(commit_time) if commit_time else b"")))
         return self._txn[1]
 
-    def run_items(self, run: InsertRun) -> list[tuple[int, V1Item | V1Run, int]]:
-        """A run of INSERTs as (lsn, message, row of the run): chunks of rows written in one C call each
+    def run_items(self, run: ChangeRun) -> list[tuple[int, V1Item | V1Run, int]]:
+        """A run of plain changes as (lsn, message, row of the run): chunks of rows written in one C call each
         (V1Run), and a V1Item of _row_item for a row the C writer leaves to Python (it gives the same bytes
         or raises the same error). Built once for every subscriber."""
         if self._run[0] is run:
             return self._run[1]
         rel, txn = run.relation, run.txn
         rows = self._row_encoder(rel)
-        encode = self._encode_inserts
+        encode = self._encode_plain_run
         out: list[tuple[int, V1Item | V1Run, int]] = []
         i, n, lsns, raws = 0, len(run), run.lsns, run.raws
         relations = (rel,)
         while i < n:
             done = 0
             if encode is not None and rows.native_insert is not None:
-                data, offsets, done = encode(raws, lsns, i, n, _OP_FIELD[Op.INSERT], self._txn_fields(txn),
+                data, offsets, done = encode(raws, lsns, i, n, _OP_FIELD[run.op], self._txn_fields(txn),
                                              run.first_ordinal + i, rows.relation_field, rows.kinds, rows.encoders)
                 if done:
                     chunk = lsns if i == 0 and done == n else lsns[i:i + done]
@@ -398,11 +398,13 @@ class Encoder:
         """INSERT, UPDATE, DELETE as wire bytes: the fields of Event in field order, defaults left out."""
         rows = self._row_encoder(rel)
         varint, lsn = wire.varint, event.lsn
-        if rows.native_insert is not None and event.op is Op.INSERT and event.new is not None and event.old is None:
-            data = rows.native_insert(_OP_FIELD[Op.INSERT], lsn, self._txn_fields(txn), event.ordinal,
+        op = event.op
+        if rows.native_insert is not None and (op is Op.INSERT or op is Op.UPDATE) and event.new is not None \
+                and event.old is None:  # a plain change: op, position, relation and new row only
+            data = rows.native_insert(_OP_FIELD[op], lsn, self._txn_fields(txn), event.ordinal,
                                       rows.relation_field, event.new, rows.kinds, rows.encoders)
             if data is not None:  # else a value the Python path writes (wire.RowEncoder.row)
-                return V1Item(data, _OP_VALUE[Op.INSERT], lsn, (rel,))
+                return V1Item(data, _OP_VALUE[op], lsn, (rel,))
         parts = [_OP_FIELD[event.op], _LSN + varint(lsn) if lsn else b"", self._txn_fields(txn),
                  _ORDINAL + varint(event.ordinal) if event.ordinal else b"", rows.relation_field]
         if event.new is not None:
@@ -523,13 +525,13 @@ class V1Adapter:
             return ((txn.commit_lsn, self.encoder.begin_item(txn)), (event.lsn, item))
         return ((event.lsn, item),)
 
-    def expand_run(self, run: InsertRun) -> Sequence[tuple[int, object, int]] | None:
-        """expand() of every event of a run of INSERTs at once (Hub.publish_run); None while a snapshot runs
+    def expand_run(self, run: ChangeRun) -> Sequence[tuple[int, object, int]] | None:
+        """expand() of every event of a run of plain changes at once (Hub.publish_run); None while a snapshot runs
         (its backfill follows each delivered change): then the run comes event by event."""
         if self.backfill is not None:
             return None
         sub = self.sub
-        if Op.INSERT not in sub.ops or not self.wants(run.relation):
+        if run.op not in sub.ops or not self.wants(run.relation):
             return ()
         items = self.encoder.run_items(run)
         txn = run.txn
