@@ -72,7 +72,9 @@ def reported_flush_after(dsn: str, slot: str, read_past: int, timeout: float = 3
                             "pg_replication_slots s ON s.active_pid = r.pid WHERE s.slot_name = %s "
                             "AND r.reply_time > %s AND r.write_lsn - '0/0'::pg_lsn >= %s", (slot, since, read_past))
                 row = cur.fetchone()
-                return None if row is None else int(row[0])
+                # flush_lsn is NULL while walstream reports 0: nothing confirmed yet (its ack ledger starts
+                # at 0 until an ack or an idle advance confirms a position)
+                return None if row is None else int(row[0] or 0)
 
             return _poll("walstream has sent a status update since", reply, timeout)
     finally:
