@@ -2,12 +2,12 @@
 
 cibuildwheel builds it on GitHub only (this CI has no Docker for the manylinux images), so this test does its
 build step with the running interpreter, without build isolation or an index (no network): a wheel of
-pyproject.toml, setup.py, README.md, LICENSE and src/ (the files the Dockerfile builds from, copied to a temp
-dir so a stale build/ or an in-place .so of the checkout cannot stand in). The wheel must carry the compiled
-accelerator and py.typed but not the C sources, and installed alone into a fresh venv it must import the
-accelerator under WALSTREAM_NATIVE=1 (the workflow's test command) from outside the source tree. A setup.py
-that stops listing the extension, or an extension that no longer compiles (setup.py's optional=True would
-build the wheel without it), fails here.
+pyproject.toml, setup.py, README.md, LICENSE and src/ (what the build reads: the Dockerfile's files and the
+license), copied to a temp dir so a stale build/ or an in-place .so of the checkout cannot stand in. The wheel
+must carry the compiled accelerator and py.typed but not the C sources, and installed alone into a fresh venv
+it must import the accelerator under WALSTREAM_NATIVE=1 (the workflow's test command) from outside the source
+tree. A setup.py that stops listing the extension, or an extension that no longer compiles (setup.py's
+optional=True would build the wheel without it), fails here.
 
 Needs a C compiler and Python.h: skipped without them, except under CI (CI=true), where it fails.
 """
