@@ -419,3 +419,32 @@ def test_release_workflow() -> None:
     assert platforms == {"linux/amd64", "linux/arm64"}
     assert build["push"] is True
     assert f"steps.{meta['id']}.outputs.tags" in build["tags"]
+
+
+def test_release_wheels_job_and_cibuildwheel_settings() -> None:
+    """The wheels job runs cibuildwheel on an amd64 and an arm64 runner with the settings in pyproject.toml:
+    CPython 3.10-3.13 manylinux wheels of the runner's own architecture, each tested with the accelerator
+    required. (tests/e2e/test_wheel.py builds and installs one here; cibuildwheel itself runs on GitHub only.)"""
+    job = release_workflow()["jobs"]["wheels"]
+    assert set(job["strategy"]["matrix"]["runner"]) == {"ubuntu-latest", "ubuntu-24.04-arm"}
+    assert job["runs-on"] == "${{ matrix.runner }}"
+    steps = job["steps"]
+    uses = [str(step.get("uses", "")) for step in steps]
+    cibw = next(i for i, u in enumerate(uses) if u.startswith("pypa/cibuildwheel@"))
+    # cibuildwheel tags releases and minors (v2.23), never a bare major: `@v2` would not resolve.
+    assert re.fullmatch(r"v\d+\.\d+(\.\d+)?", uses[cibw].split("@")[1]), uses[cibw]
+    # Its settings live in pyproject.toml only: CIBW_* variables would override them.
+    for scope in (job, steps[cibw]):
+        assert not [k for k in scope.get("env", {}) if k.startswith("CIBW_")], scope["env"]
+    upload = steps[next(i for i, u in enumerate(uses) if u.startswith("actions/upload-artifact@"))]["with"]
+    assert upload["path"] == "wheelhouse/*.whl"  # cibuildwheel's default output dir
+    assert "matrix.runner" in upload["name"]  # artifact names must differ between the runners
+
+    cibw_settings = PYPROJECT["tool"]["cibuildwheel"]
+    minimum = re.fullmatch(r">=3\.(\d+)", PYPROJECT["project"]["requires-python"])
+    assert minimum is not None
+    assert cibw_settings["build"] == [f"cp3{m}-*" for m in range(int(minimum[1]), 14)]
+    assert cibw_settings["skip"] == ["*-musllinux_*"]
+    assert cibw_settings["linux"]["archs"] == ["native"]  # `auto` adds i686 on the amd64 runner
+    assert cibw_settings["test-command"].startswith("WALSTREAM_NATIVE=1 python -c ")
+    assert "native.require()" in cibw_settings["test-command"]
