@@ -65,6 +65,7 @@ from procstat import syscalls  # noqa: E402
 from sinkdrain import SINK_METHODS, Brokers, drain_sink  # noqa: E402
 from snapshot import create_tables as create_snapshot_tables  # noqa: E402
 from snapshot import measure as measure_snapshot  # noqa: E402
+from snapshot import postmaster_pid as snapshot_postmaster_pid  # noqa: E402
 from workloads import TABLES, Workload, workloads  # noqa: E402
 
 from walstream.lsn import format_lsn  # noqa: E402
@@ -455,9 +456,10 @@ class Bench:
         rows = max(2000, int(1_000_000 * self.args.scale))
         create_snapshot_tables(self.unix_dsn, rows, "snap", "snap_live")
         try:
-            with self.walstream("snapshot", temporary=True) as (_ws, addr):
+            with self.walstream("snapshot", temporary=True) as (ws, addr):
                 out = measure_snapshot(addr, self.unix_dsn, self.bindir / "psql", rows, "snap", "snap_live",
-                                       idle_seconds=min(5.0, self.args.latency_seconds))
+                                       idle_seconds=min(5.0, self.args.latency_seconds), walstream_pid=ws.pid,
+                                       postmaster_pid=snapshot_postmaster_pid(self.cluster))
         finally:
             self.sql("DROP TABLE snap, snap_live")
         return {"table_rows": rows, **out}
@@ -702,14 +704,20 @@ def table(result: dict[str, Any]) -> str:
     if snap:
         out.append("\n".join([
             "| snapshot of one table | rows/s | × COPY TO STDOUT "
-            "| live commit→client p50 / p99 ms (without backfill) |",
-            "| --- | ---: | ---: | ---: |",
+            "| live commit→client p50 / p99 ms (without backfill) | CPU µs/row: walstream / client / PostgreSQL |",
+            "| --- | ---: | ---: | ---: | ---: |",
             f"| COPY {snap['table_rows']:,} rows TO STDOUT, psql > /dev/null (reference) | "
-            f"{snap['copy_rows_per_s']:,.0f} | 1.00 | |",
+            f"{snap['copy_rows_per_s']:,.0f} | 1.00 | | |",
             f"| walstream INCREMENTAL backfill, one walstream.v1 client | {snap['snapshot_rows_per_s']:,.0f} | "
             f"{snap['ratio']:.2f} | {snap['busy_p50_ms']:.1f} / {snap['busy_p99_ms']:.1f} "
-            f"({snap['idle_p50_ms']:.1f} / {snap['idle_p99_ms']:.1f}) |"]))
+            f"({snap['idle_p50_ms']:.1f} / {snap['idle_p99_ms']:.1f}) | {snapshot_cpu(snap)} |"]))
     return "\n\n".join(out)
+
+
+def snapshot_cpu(snap: dict[str, Any]) -> str:
+    """walstream / client / PostgreSQL CPU per backfilled row (absent from JSON written before they were)."""
+    sides = [snap.get(f"{side}_cpu_us_per_row") for side in ("walstream", "client", "postgres")]
+    return " / ".join("" if v is None else f"{v:.2f}" for v in sides) if any(v is not None for v in sides) else ""
 
 
 def debezium_build(result: dict[str, Any]) -> str:

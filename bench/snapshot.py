@@ -6,13 +6,16 @@ PostgreSQL 15.
 Prints, from one run: `COPY t TO STDOUT` through psql into /dev/null (the reference), walstream's backfill of
 the same table to a raw walstream.v1 client that acknowledges every row (rows/s and the ratio to COPY), and
 the commit->client latency of single-row transactions on another table (~100/s) without and with the
-backfill running.
+backfill running, and the CPU each side spent per row over the backfill: walstream's process, the client's
+(this process: the backfill client, plus the small latency writer and listener running beside it) and
+PostgreSQL's (every child of the postmaster: the chunk reader's backend, the walsender, the writer's).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import resource
 import signal
 import statistics
 import subprocess
@@ -26,6 +29,7 @@ sys.path.insert(0, str(ROOT / "src"))
 
 import grpc  # noqa: E402
 import psycopg2  # noqa: E402
+from procstat import cpu_seconds  # noqa: E402
 
 from walstream._proto import walstream_v1_pb2 as pb  # noqa: E402
 from walstream._proto import walstream_v1_pb2_grpc  # noqa: E402
@@ -78,19 +82,68 @@ def copy_seconds(psql: Path, dsn: str, table: str, runs: int = 3) -> list[float]
 
 
 def measure(addr: str, dsn: str, psql: Path, rows: int, table: str = "t", live: str = "live",
-            chunk_rows: int = 0, idle_seconds: float = 5.0) -> dict[str, float]:
+            chunk_rows: int = 0, idle_seconds: float = 5.0, walstream_pid: int = 0,
+            postmaster_pid: int = 0) -> dict[str, float]:
     """Against a running walstream at addr: COPY (best of 3), the backfill of `table` by one client, and
-    the live latency on `live` without and during the backfill. Rates in rows/s, latencies in ms."""
+    the live latency on `live` without and during the backfill. Rates in rows/s, latencies in ms; with the
+    pids, CPU µs per backfilled row of walstream, the client (this process) and PostgreSQL."""
     copy_s = min(copy_seconds(psql, dsn, table))
     idle = latency(addr, dsn, None, seconds=idle_seconds, table=live)
     result: dict[str, float] = {}
+    before = _cpu(walstream_pid, postmaster_pid)
+    seen = dict(before)  # the last CPU seen of each process: backends that exit keep what they had
+    stop = threading.Event()
+
+    def sample() -> None:
+        while not stop.wait(0.05):
+            seen.update(_cpu(walstream_pid, postmaster_pid))
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
     busy = latency(addr, dsn, lambda: backfill(addr, chunk_rows, result, table), seconds=0, table=live)
+    stop.set()
+    sampler.join()
+    seen.update(_cpu(walstream_pid, postmaster_pid))
     copy_rate = rows / copy_s
     rate = result["rows"] / result["seconds"]
-    return {"rows": result["rows"], "copy_seconds": copy_s, "copy_rows_per_s": copy_rate,
-            "snapshot_seconds": result["seconds"], "snapshot_rows_per_s": rate, "ratio": rate / copy_rate,
-            "idle_p50_ms": idle[0], "idle_p99_ms": idle[1], "idle_count": idle[2],
-            "busy_p50_ms": busy[0], "busy_p99_ms": busy[1], "busy_count": busy[2]}
+    out = {"rows": result["rows"], "copy_seconds": copy_s, "copy_rows_per_s": copy_rate,
+           "snapshot_seconds": result["seconds"], "snapshot_rows_per_s": rate, "ratio": rate / copy_rate,
+           "idle_p50_ms": idle[0], "idle_p99_ms": idle[1], "idle_count": idle[2],
+           "busy_p50_ms": busy[0], "busy_p99_ms": busy[1], "busy_count": busy[2]}
+    # Over the backfill and the second of latency samples after it: a little more than the backfill alone.
+    # A backend's CPU is its last sample (every 50 ms), so one that exits loses at most that much.
+    for side in ("walstream", "client"):
+        if side in before:
+            out[f"{side}_cpu_us_per_row"] = (seen[side] - before[side]) * 1e6 / result["rows"]
+    if postmaster_pid:
+        pg = sum(cpu - before.get(pid, 0.0) for pid, cpu in seen.items() if pid.startswith("pg"))
+        out["postgres_cpu_us_per_row"] = pg * 1e6 / result["rows"]
+    return out
+
+
+def _cpu(walstream_pid: int, postmaster_pid: int) -> dict[str, float]:
+    """CPU seconds so far: walstream's process, this process, and each child of the postmaster ("pg<pid>")."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    out = {"client": usage.ru_utime + usage.ru_stime}
+    if walstream_pid:
+        ws = cpu_seconds(walstream_pid)
+        if ws is not None:
+            out["walstream"] = ws
+    if postmaster_pid:
+        try:  # the kernel's list of the postmaster's children (CONFIG_PROC_CHILDREN)
+            with open(f"/proc/{postmaster_pid}/task/{postmaster_pid}/children") as f:
+                children = [int(pid) for pid in f.read().split()]
+        except OSError:
+            children = []
+        for pid in children:
+            cpu = cpu_seconds(pid)
+            if cpu is not None:
+                out[f"pg{pid}"] = cpu
+    return out
+
+
+def postmaster_pid(cluster: Cluster) -> int:
+    return int((cluster.datadir / "postmaster.pid").read_text().split()[0])
 
 
 def run(cluster: Cluster, bindir: Path, args: argparse.Namespace) -> int:
@@ -120,7 +173,8 @@ def run(cluster: Cluster, bindir: Path, args: argparse.Namespace) -> int:
             if proc.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(log.read_text()[-2000:])
             time.sleep(0.01)
-        m = measure(f"127.0.0.1:{port}", dsn, bindir / "psql", args.rows, chunk_rows=args.chunk_rows)
+        m = measure(f"127.0.0.1:{port}", dsn, bindir / "psql", args.rows, chunk_rows=args.chunk_rows,
+                    walstream_pid=proc.pid, postmaster_pid=postmaster_pid(cluster))
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(30)
@@ -134,6 +188,9 @@ def run(cluster: Cluster, bindir: Path, args: argparse.Namespace) -> int:
           f"({m['idle_count']:.0f} txns)")
     print(f"live latency during backfill:  median {m['busy_p50_ms']:.1f} ms, p99 {m['busy_p99_ms']:.1f} ms "
           f"({m['busy_count']:.0f} txns)")
+    if "walstream_cpu_us_per_row" in m:
+        print(f"CPU per backfilled row: walstream {m['walstream_cpu_us_per_row']:.2f} µs, client "
+              f"{m['client_cpu_us_per_row']:.2f} µs, PostgreSQL {m['postgres_cpu_us_per_row']:.2f} µs")
     return 0
 
 

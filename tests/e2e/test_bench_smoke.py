@@ -113,6 +113,8 @@ def test_bench_tiny(tmp_path: Path) -> None:
     assert snap["rows"] == snap["table_rows"] == 2000, snap  # every row of the table, once
     assert snap["copy_rows_per_s"] > 0 and snap["snapshot_rows_per_s"] > 0 and snap["ratio"] > 0, snap
     assert snap["idle_count"] > 0 and snap["busy_count"] > 0 and 0 < snap["busy_p50_ms"] <= snap["busy_p99_ms"], snap
+    # CPU per row of each side (a tiny backfill may round to 0 ticks, never below)
+    assert all(snap[f"{side}_cpu_us_per_row"] >= 0 for side in ("walstream", "client", "postgres")), snap
     if go_missing:
         assert skipped["grpc-ceiling-go"], skipped
         assert "Skipped grpc-ceiling-go: " in proc.stdout
