@@ -18,6 +18,15 @@ def cpu_seconds(pid: int) -> float | None:
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
+def children(pid: int) -> list[int]:
+    """The pids of a process's children, from the kernel's list (/proc/<pid>/task/<pid>/children), or []."""
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            return [int(child) for child in f.read().split()]
+    except OSError:
+        return []
+
+
 def syscalls(pid: int) -> tuple[int, int] | None:
     """(read-type, write-type) system calls a process has made so far, from /proc/<pid>/io, or None."""
     try:

@@ -65,7 +65,6 @@ from procstat import syscalls  # noqa: E402
 from sinkdrain import SINK_METHODS, Brokers, drain_sink  # noqa: E402
 from snapshot import create_tables as create_snapshot_tables  # noqa: E402
 from snapshot import measure as measure_snapshot  # noqa: E402
-from snapshot import postmaster_pid as snapshot_postmaster_pid  # noqa: E402
 from workloads import TABLES, Workload, workloads  # noqa: E402
 
 from walstream.lsn import format_lsn  # noqa: E402
@@ -459,7 +458,7 @@ class Bench:
             with self.walstream("snapshot", temporary=True) as (ws, addr):
                 out = measure_snapshot(addr, self.unix_dsn, self.bindir / "psql", rows, "snap", "snap_live",
                                        idle_seconds=min(5.0, self.args.latency_seconds), walstream_pid=ws.pid,
-                                       postmaster_pid=snapshot_postmaster_pid(self.cluster))
+                                       postmaster_pid=self.cluster.postmaster_pid() or 0)
         finally:
             self.sql("DROP TABLE snap, snap_live")
         return {"table_rows": rows, **out}
@@ -717,7 +716,9 @@ def table(result: dict[str, Any]) -> str:
 def snapshot_cpu(snap: dict[str, Any]) -> str:
     """walstream / client / PostgreSQL CPU per backfilled row (absent from JSON written before they were)."""
     sides = [snap.get(f"{side}_cpu_us_per_row") for side in ("walstream", "client", "postgres")]
-    return " / ".join("" if v is None else f"{v:.2f}" for v in sides) if any(v is not None for v in sides) else ""
+    if all(v is None for v in sides):
+        return ""
+    return " / ".join("" if v is None else f"{v:.2f}" for v in sides)
 
 
 def debezium_build(result: dict[str, Any]) -> str:

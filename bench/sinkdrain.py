@@ -25,7 +25,7 @@ if str(ROOT / "tests") not in sys.path:
     sys.path.append(str(ROOT / "tests"))
 
 from brokers import BrokerUnavailable, KafkaBroker, NatsServer  # noqa: E402
-from procstat import cpu_seconds  # noqa: E402
+from procstat import children, cpu_seconds  # noqa: E402
 
 SINK_METHODS = {"sink-nats": "nats", "sink-kafka": "kafka"}
 
@@ -99,8 +99,7 @@ def drain_sink(dsn: str, slot: str, end: int, rows: int, url: str, log_path: Pat
             time.sleep(0.002)
         t0 = time.perf_counter()
         if spy_out:  # the walstream process under py-spy
-            children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
-            pid = int(children[0]) if children else proc.pid
+            pid = next(iter(children(proc.pid)), proc.pid)
         cpu0 = [cpu_seconds(p) if p else None for p in (pid, walsender, broker_pid)]
         deadline = time.monotonic() + timeout
         while int(_slot_value(dsn, slot, "confirmed_flush_lsn - '0/0'::pg_lsn")) < end:

@@ -29,7 +29,7 @@ sys.path.insert(0, str(ROOT / "src"))
 
 import grpc  # noqa: E402
 import psycopg2  # noqa: E402
-from procstat import cpu_seconds  # noqa: E402
+from procstat import children, cpu_seconds  # noqa: E402
 
 from walstream._proto import walstream_v1_pb2 as pb  # noqa: E402
 from walstream._proto import walstream_v1_pb2_grpc  # noqa: E402
@@ -130,20 +130,11 @@ def _cpu(walstream_pid: int, postmaster_pid: int) -> dict[str, float]:
         if ws is not None:
             out["walstream"] = ws
     if postmaster_pid:
-        try:  # the kernel's list of the postmaster's children (CONFIG_PROC_CHILDREN)
-            with open(f"/proc/{postmaster_pid}/task/{postmaster_pid}/children") as f:
-                children = [int(pid) for pid in f.read().split()]
-        except OSError:
-            children = []
-        for pid in children:
+        for pid in children(postmaster_pid):
             cpu = cpu_seconds(pid)
             if cpu is not None:
                 out[f"pg{pid}"] = cpu
     return out
-
-
-def postmaster_pid(cluster: Cluster) -> int:
-    return int((cluster.datadir / "postmaster.pid").read_text().split()[0])
 
 
 def run(cluster: Cluster, bindir: Path, args: argparse.Namespace) -> int:
@@ -174,7 +165,7 @@ def run(cluster: Cluster, bindir: Path, args: argparse.Namespace) -> int:
                 raise RuntimeError(log.read_text()[-2000:])
             time.sleep(0.01)
         m = measure(f"127.0.0.1:{port}", dsn, bindir / "psql", args.rows, chunk_rows=args.chunk_rows,
-                    walstream_pid=proc.pid, postmaster_pid=postmaster_pid(cluster))
+                    walstream_pid=proc.pid, postmaster_pid=cluster.postmaster_pid() or 0)
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(30)

@@ -237,14 +237,15 @@ class Cluster:
         """Stop the server and return once its postmaster has exited. pg_ctl -w returns when the postmaster
         removed its pid file, which it does on its way out: a moment later (longer on a loaded machine) the
         process can still be there."""
-        postmaster = self._postmaster_pid()
+        postmaster = self.postmaster_pid()
         self._run(["pg_ctl", "-D", str(self.datadir), "-m", mode, "-w", "-t", "60", "stop"], check=False)
         if postmaster is not None:
             deadline = time.monotonic() + 30
             while _alive(postmaster) and time.monotonic() < deadline:
                 time.sleep(0.01)
 
-    def _postmaster_pid(self) -> int | None:
+    def postmaster_pid(self) -> int | None:
+        """The running postmaster's pid (its pid file's first line), or None when it is not running."""
         try:
             return int((self.datadir / "postmaster.pid").read_text().split("\n", 1)[0])
         except (OSError, ValueError):
